@@ -1,0 +1,192 @@
+//! Write Warren message handlers in plain Rust.
+//!
+//! A Warren plugin is a WebAssembly component built for `wasm32-wasip2` that exports the
+//! `warren:plugin/handler` world (see `wit/handler.wit`). This crate hides the generated
+//! bindings: you write one function and export it with one macro.
+//!
+//! # A JSON handler
+//!
+//! The body is parsed into your input type; a body that does not parse becomes
+//! [`HandlerError::BadRequest`] (the host rejects it, it is never retried). Your output is
+//! serialised as the response body.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use warren_guest::HandlerError;
+//!
+//! #[derive(Deserialize)]
+//! struct Greet { name: String }
+//!
+//! #[derive(Serialize)]
+//! struct Greeting { greeting: String }
+//!
+//! fn greet(input: Greet) -> Result<Greeting, HandlerError> {
+//!     Ok(Greeting { greeting: format!("Hello, {}!", input.name) })
+//! }
+//!
+//! warren_guest::export_json!(greet);
+//! # fn main() {}
+//! ```
+//!
+//! # A bytes handler
+//!
+//! For full control, take the whole [`Message`] (routing key, body, content type, typed
+//! headers) and return a [`Response`]:
+//!
+//! ```
+//! use warren_guest::{HandlerError, Message, Response};
+//!
+//! fn echo(message: Message) -> Result<Response, HandlerError> {
+//!     Ok(Response::new(message.body))
+//! }
+//!
+//! warren_guest::export!(echo);
+//! # fn main() {}
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2` (or `warren build`) and drop
+//! the `.wasm` into the host's plugins folder. Handlers are plain functions, so they can be
+//! unit-tested natively with `cargo test`.
+
+// Lets the generated bindings name this crate the way plugin crates do.
+extern crate self as warren_guest;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "handler",
+        pub_export_macro: true,
+        export_macro_name: "__export_handler_world",
+        default_bindings_module: "warren_guest::bindings",
+        runtime_path: "warren_guest::__private::wit_bindgen::rt",
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use bindings::warren::plugin::types::{Header, HeaderValue, HandlerError, Response};
+
+/// The delivery handed to a bytes handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The delivery's routing key.
+    pub routing_key: String,
+    /// The body, byte for byte as published.
+    pub body: Vec<u8>,
+    /// The AMQP content type, when the publisher set one.
+    pub content_type: Option<String>,
+    /// Every AMQP header with its type, plus `routing-key` as goamqp adds it.
+    pub headers: Vec<Header>,
+}
+
+impl Message {
+    /// The value of the header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&HeaderValue> {
+        self.headers.iter().find(|h| h.name == name).map(|h| &h.value)
+    }
+
+    /// The value of the header `name` when it is a string.
+    pub fn text_header(&self, name: &str) -> Option<&str> {
+        match self.header(name) {
+            Some(HeaderValue::Text(text)) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+impl Response {
+    /// A response with this body and no extra headers.
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Response { body: body.into(), headers: Vec::new() }
+    }
+
+    /// Adds a header to the response (the host sets `service` itself and ignores it here).
+    pub fn with_header(mut self, name: impl Into<String>, value: HeaderValue) -> Self {
+        self.headers.push(Header { name: name.into(), value });
+        self
+    }
+
+    /// A response whose body is `value` serialised as JSON.
+    pub fn json<T: serde::Serialize>(value: &T) -> Result<Self, HandlerError> {
+        serde_json::to_vec(value)
+            .map(Response::new)
+            .map_err(|e| HandlerError::Failed(format!("cannot serialise the response: {e}")))
+    }
+}
+
+/// Runs a JSON handler on a message: parse, call, serialise.
+///
+/// A body that does not parse as `In` becomes [`HandlerError::BadRequest`]. This is what
+/// [`export_json!`] calls; it is public so handlers can be tested natively.
+pub fn call_json<In, Out>(
+    handler: impl FnOnce(In) -> Result<Out, HandlerError>,
+    message: Message,
+) -> Result<Response, HandlerError>
+where
+    In: serde::de::DeserializeOwned,
+    Out: serde::Serialize,
+{
+    let input: In = serde_json::from_slice(&message.body).map_err(|e| {
+        HandlerError::BadRequest(format!(
+            "the body of '{}' is not the JSON this handler expects: {e}",
+            message.routing_key
+        ))
+    })?;
+    Response::json(&handler(input)?)
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    use crate::bindings::warren::plugin::types::Request;
+    use crate::{Header, Message};
+
+    /// Joins the two halves of the WIT call into one [`Message`].
+    pub fn message(request: Request, headers: Vec<Header>) -> Message {
+        Message {
+            routing_key: request.routing_key,
+            body: request.body,
+            content_type: request.content_type,
+            headers,
+        }
+    }
+}
+
+/// Exports `handler: fn(Message) -> Result<Response, HandlerError>` as this plugin's handler.
+///
+/// Use it once per plugin crate, at the crate root.
+#[macro_export]
+macro_rules! export {
+    ($handler:path) => {
+        #[doc(hidden)]
+        pub struct __WarrenHandler;
+
+        impl $crate::bindings::Guest for __WarrenHandler {
+            fn handle(
+                request: $crate::bindings::warren::plugin::types::Request,
+                headers: ::std::vec::Vec<$crate::Header>,
+            ) -> ::std::result::Result<$crate::Response, $crate::HandlerError> {
+                $handler($crate::__private::message(request, headers))
+            }
+        }
+
+        $crate::bindings::__export_handler_world!(__WarrenHandler with_types_in $crate::bindings);
+    };
+}
+
+/// Exports `handler: fn(In) -> Result<Out, HandlerError>` as a JSON handler: `In` is parsed
+/// from the body (a parse failure is `bad-request`), `Out` is serialised as the response.
+///
+/// Use it once per plugin crate, at the crate root.
+#[macro_export]
+macro_rules! export_json {
+    ($handler:path) => {
+        fn __warren_json_handler(
+            message: $crate::Message,
+        ) -> ::std::result::Result<$crate::Response, $crate::HandlerError> {
+            $crate::call_json($handler, message)
+        }
+        $crate::export!(__warren_json_handler);
+    };
+}

@@ -1,0 +1,221 @@
+//! The RabbitMQ connection: connecting, declaring a [`Topology`], and publishing with
+//! publisher confirms. A refused declaration (406 PRECONDITION_FAILED) is explained in words.
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind as LapinKind};
+
+use crate::topology::{ArgValue, ExchangeKind, Topology};
+
+/// Content type of everything Warren publishes (goamqp bodies are JSON).
+pub const CONTENT_TYPE: &str = "application/json";
+/// AMQP delivery mode 2: persistent.
+pub const PERSISTENT: u8 = 2;
+
+/// A broker operation that failed, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(
+        "cannot connect to RabbitMQ at {url}: {reason}. Is the broker running (`rabbitmq-server -detached`)? Set broker.url or WARREN_BROKER_URL to its address"
+    )]
+    Connect { url: String, reason: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error("RabbitMQ channel error while {doing}: {source}")]
+    Channel { doing: String, source: lapin::Error },
+    #[error("RabbitMQ did not confirm the publish to exchange '{exchange}' (routing key '{routing_key}'): {reason}")]
+    NotConfirmed { exchange: String, routing_key: String, reason: String },
+}
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].find(':') {
+            Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+/// Opens a connection named after the service, so `rabbitmqctl list_connections` shows it.
+pub async fn connect(url: &str, service: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(format!("warren {service}").into());
+    Connection::connect(url, properties)
+        .await
+        .map_err(|e| BrokerError::Connect { url: redact(url), reason: e.to_string() })
+}
+
+fn field_table(arguments: &std::collections::BTreeMap<String, ArgValue>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in arguments {
+        let value = match value {
+            ArgValue::Int(i) => AMQPValue::LongLongInt(*i),
+            ArgValue::Text(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        };
+        table.insert(ShortString::from(name.as_str()), value);
+    }
+    table
+}
+
+/// Declares every exchange, queue and binding of `topology`, idempotently.
+///
+/// Uses its own channel: a refused declaration closes the channel it was made on.
+pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(), BrokerError> {
+    let channel = open_channel(connection).await?;
+    for exchange in &topology.exchanges {
+        let kind = match exchange.kind {
+            ExchangeKind::Direct => LapinKind::Direct,
+            ExchangeKind::Headers => LapinKind::Headers,
+            ExchangeKind::Topic => LapinKind::Topic,
+        };
+        let options = ExchangeDeclareOptions { durable: true, auto_delete: false, internal: false, ..Default::default() };
+        channel
+            .exchange_declare(exchange.name.as_str().into(), kind, options, FieldTable::default())
+            .await
+            .map_err(|e| refused(&format!("exchange '{}'", exchange.name), e))?;
+    }
+    for queue in &topology.queues {
+        let options = QueueDeclareOptions {
+            durable: queue.durable,
+            exclusive: !queue.durable,
+            auto_delete: !queue.durable,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.name.as_str().into(), options, field_table(&queue.arguments))
+            .await
+            .map_err(|e| refused(&format!("queue '{}'", queue.name), e))?;
+    }
+    for binding in &topology.bindings {
+        channel
+            .queue_bind(
+                binding.queue.as_str().into(),
+                binding.exchange.as_str().into(),
+                binding.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                field_table(&binding.arguments),
+            )
+            .await
+            .map_err(|e| {
+                refused(&format!("binding of '{}' to '{}' ({})", binding.queue, binding.exchange, binding.routing_key), e)
+            })?;
+    }
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Opens a plain channel.
+pub async fn open_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|source| BrokerError::Channel { doing: "opening a channel".into(), source })
+}
+
+/// Turns a declaration error into words; RabbitMQ's 406 names the argument that differs.
+fn refused(what: &str, error: lapin::Error) -> BrokerError {
+    let text = error.to_string();
+    if !text.contains("PRECONDITION_FAILED") {
+        return BrokerError::Channel { doing: format!("declaring {what}"), source: error };
+    }
+    // e.g. "inequivalent arg 'x-expires' for queue 'q' in vhost '/': received the value
+    // '432000000' of type 'long' but current is none"
+    let quoted: Vec<&str> = text.split('\'').skip(1).step_by(2).collect();
+    let advice = match (text.contains("inequivalent arg"), quoted.first()) {
+        (true, Some(argument)) => {
+            let asked = text.split("received ").nth(1).and_then(|r| r.split(" but current is ").next()).unwrap_or("?");
+            let has = text.split(" but current is ").nth(1).unwrap_or("?");
+            format!(
+                "it already exists on the broker with argument '{argument}' = {has}, but Warren declares {asked}. \
+                 Another client declared it differently: make the declarations agree (queue_profile, x-expires), \
+                 or delete it (`rabbitmqctl delete_queue <name>`; its messages are lost) and start again"
+            )
+        }
+        _ => "it already exists on the broker with different flags or arguments. \
+              Make the declarations agree, or delete it and start again"
+            .to_string(),
+    };
+    BrokerError::Refused(format!("RabbitMQ refused to declare {what} (406 PRECONDITION_FAILED): {advice}. Broker said: {text}"))
+}
+
+/// What became of a confirmed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// The broker took the message and routed it to at least one queue.
+    Routed,
+    /// The broker took the message but no queue was bound for it (returned as unroutable).
+    Unroutable,
+}
+
+/// A channel in confirm mode: every publish waits for the broker's ack.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Opens a channel on `connection` and turns publisher confirms on.
+    pub async fn open(connection: &Connection) -> Result<Publisher, BrokerError> {
+        let channel = open_channel(connection).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|source| BrokerError::Channel { doing: "enabling publisher confirms".into(), source })?;
+        Ok(Publisher { channel })
+    }
+
+    /// Publishes `body` as mandatory and waits until the broker confirms it.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Delivered, BrokerError> {
+        let not_confirmed = |reason: String| BrokerError::NotConfirmed {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+            reason,
+        };
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let confirm = self
+            .channel
+            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .await
+            .map_err(|e| not_confirmed(e.to_string()))?
+            .await
+            .map_err(|e| not_confirmed(e.to_string()))?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(Delivered::Routed),
+            Confirmation::Ack(Some(_returned)) => Ok(Delivered::Unroutable),
+            Confirmation::Nack(_) => Err(not_confirmed("the broker nacked it".into())),
+            Confirmation::NotRequested => Err(not_confirmed("confirms are not on for this channel".into())),
+        }
+    }
+}
+
+/// Properties goamqp gives every message: JSON, persistent, `service` = the sender.
+pub fn message_properties(sender: &str, mut headers: FieldTable) -> BasicProperties {
+    headers.insert(
+        crate::headers::SERVICE_HEADER.into(),
+        AMQPValue::LongString(LongString::from(sender)),
+    );
+    BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

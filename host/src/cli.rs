@@ -1,0 +1,195 @@
+//! The `warren` command line (SPEC §3). Command names and flags are a public interface:
+//! scripts and other teams' tooling call them.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::builder::{self, BuildError};
+use crate::client::{self, Call, ClientError, DEFAULT_CLIENT_NAME};
+use crate::config::{self, Config, ConfigError};
+use crate::server::{Server, ServerError};
+use crate::shutdown;
+use crate::topology::Topology;
+
+/// Run message handlers as WebAssembly components on RabbitMQ, wire-compatible with goamqp.
+///
+/// Typical use: `warren build` compiles the plugin crates under plugins/ into .wasm files,
+/// `warren run` serves them. The config (warren.toml) names the service, the broker and which
+/// plugin handles which routing key.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build every plugin crate under --source for wasm32-wasip2 into the config's plugins folder.
+    Build {
+        #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+        /// Folder whose sub-folders are plugin crates.
+        #[arg(long, default_value = "plugins")]
+        source: PathBuf,
+        /// Cargo target folder for the wasm builds.
+        #[arg(long, default_value = "target/plugin-build")]
+        target_dir: PathBuf,
+    },
+    /// Declare the topology, load the plugins and serve until Ctrl-C or SIGTERM.
+    Run {
+        #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+    },
+    /// Validate the config and every plugin (a component of the right world) without a broker.
+    Check {
+        #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+    },
+    /// Print every exchange, queue (with arguments) and binding `run` would declare.
+    Topology {
+        #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one request as a goamqp client and print the response body on stdout.
+    ///
+    /// Example: warren request demo greet '{"name":"Ada"}'
+    Request {
+        /// The service to ask (its requests go to <service>.direct.exchange.request).
+        service: String,
+        /// The request's routing key.
+        routing_key: String,
+        /// The request body; `-` reads it from stdin; empty when left out.
+        body: Option<String>,
+        /// This client's own service name; responses come to
+        /// <service>.headers.exchange.response.queue.<client>.
+        #[arg(long, default_value = DEFAULT_CLIENT_NAME)]
+        client: String,
+        /// How long to wait for the response.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Broker URL (default: WARREN_BROKER_URL, else broker.url of --config when it exists, else the local broker).
+        #[arg(long)]
+        broker_url: Option<String>,
+        #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+    },
+}
+
+/// Info and above, without two lapin targets that Warren reports better itself: lapin logs an
+/// error for every channel on a clean `connection.close()`, and a debug dump for each
+/// returned (unroutable) message, which the publisher already turns into one warning.
+pub const DEFAULT_LOG_FILTER: &str = "info,lapin::channels=off,lapin::returned_messages=off";
+
+/// A command that failed; each variant's message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Cli {
+    /// Logs to stderr; `RUST_LOG` filters (default [`DEFAULT_LOG_FILTER`]).
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+}
+
+/// Runs one command to completion.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Build { config, source, target_dir } => {
+                let config = Config::load(&config)?;
+                let built = tokio::task::spawn_blocking(move || {
+                    builder::build_plugins(&source, &config.plugins_dir, &target_dir)
+                })
+                .await
+                .expect("the build task panicked")?;
+                for plugin in built {
+                    println!("{}", plugin.wasm.display());
+                }
+                Ok(())
+            }
+            Command::Run { config } => {
+                let config = Config::load(&config)?;
+                let server = Server::start(&config).await?;
+                server.serve(shutdown::signal()).await?;
+                Ok(())
+            }
+            Command::Check { config } => check(&config).await,
+            Command::Topology { config, json } => {
+                let topology = Topology::for_config(&Config::load(&config)?);
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&topology).expect("topology serialises"));
+                } else {
+                    print!("{}", topology.to_table());
+                }
+                Ok(())
+            }
+            Command::Request { service, routing_key, body, client, timeout_ms, broker_url, config } => {
+                let broker_url = broker_url
+                    .or_else(|| std::env::var(config::BROKER_URL_ENV).ok())
+                    .or_else(|| config.exists().then(|| Config::load(&config).ok()).flatten().map(|c| c.broker_url))
+                    .unwrap_or_else(|| config::DEFAULT_BROKER_URL.to_string());
+                let body = match body.as_deref() {
+                    Some("-") => {
+                        let mut bytes = Vec::new();
+                        std::io::stdin().read_to_end(&mut bytes)?;
+                        bytes
+                    }
+                    Some(text) => text.as_bytes().to_vec(),
+                    None => Vec::new(),
+                };
+                let call = Call { service, routing_key, body, client, timeout: Duration::from_millis(timeout_ms) };
+                let reply = client::request(&broker_url, &call).await?;
+                let mut stdout = std::io::stdout();
+                stdout.write_all(&reply.body)?;
+                if std::io::IsTerminal::is_terminal(&stdout) {
+                    writeln!(stdout)?;
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+/// `warren check`: the config, then every plugin, each problem on its own line.
+async fn check(path: &Path) -> Result<(), CliError> {
+    let config = Config::load(path)?;
+    let runtime = crate::runtime::Runtime::new(4, config.limits.memory_bytes).map_err(ServerError::from)?;
+    crate::plugins::Plugins::load_all(&runtime, &config).await.map_err(ServerError::from)?;
+    println!("{}: ok ({} plugins: {})", path.display(), config.plugin_names().len(), config.plugin_names().join(", "));
+    Ok(())
+}

@@ -1,0 +1,462 @@
+//! The TOML config (SPEC §3): parsed, checked and resolved into a [`Config`] before anything
+//! touches the broker. Every error names the file, the line and the key, and says what to do.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::naming::DEFAULT_STREAM;
+
+/// The environment variable that overrides `broker.url`.
+pub const BROKER_URL_ENV: &str = "WARREN_BROKER_URL";
+/// The config file used when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "warren.toml";
+/// The local broker, used when neither the config nor the environment names one.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const DEFAULT_PLUGINS_DIR: &str = "target/plugins";
+
+/// A config file that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read the config file {path}: {source}. Pass --config FILE, or run from the folder that holds warren.toml"
+    )]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String },
+}
+
+/// Which kind of queue durable queues are declared as (SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueProfile {
+    /// goamqp's own declaration: classic queues with `x-expires`. Byte-compatible with goamqp.
+    #[default]
+    Classic,
+    /// `x-queue-type = quorum` plus the same `x-expires`, for durable queues only.
+    Quorum,
+}
+
+/// Resource limits applied to every call of a plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest linear memory a plugin instance may grow to.
+    pub memory_bytes: usize,
+    /// Wall-clock deadline of one call; past it the call is interrupted.
+    pub timeout: Duration,
+    /// How many times a `retry` error requeues a message before it is rejected.
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 64 << 20, timeout: Duration::from_secs(5), max_retries: 5 }
+    }
+}
+
+/// The whole resolved configuration of one Warren host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this config was read from.
+    pub source: PathBuf,
+    /// `S` in the wire contract.
+    pub service: String,
+    /// The folder of `.wasm` plugins (already resolved against the config file's folder).
+    pub plugins_dir: PathBuf,
+    /// The AMQP URL (`WARREN_BROKER_URL` wins over `broker.url`).
+    pub broker_url: String,
+    pub queue_profile: QueueProfile,
+    /// Unacknowledged deliveries per consumer (and so concurrent calls per queue).
+    pub prefetch: u16,
+    pub limits: Limits,
+    pub requests: Vec<RequestHandler>,
+    pub events: Vec<EventHandler>,
+    pub responses: Vec<ResponseHandler>,
+}
+
+/// `[[request]]`: serve requests with this routing key on `S.direct.exchange.request.queue`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestHandler {
+    pub routing_key: String,
+    pub plugin: String,
+}
+
+/// `[[event]]`: consume events matching `routing_key` (`*`, `#` allowed) from a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventHandler {
+    pub stream: String,
+    pub routing_key: String,
+    pub plugin: String,
+    pub transient: bool,
+    pub queue_suffix: Option<String>,
+}
+
+/// `[[response]]`: consume responses from service `service` to our requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseHandler {
+    pub service: String,
+    pub routing_key: String,
+    pub plugin: String,
+}
+
+impl Config {
+    /// Reads, parses and resolves the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let broker_url = std::env::var(BROKER_URL_ENV).ok();
+        Config::parse(path, &text, broker_url)
+    }
+
+    /// Parses config `text` as if read from `path`; `broker_url` overrides `broker.url`.
+    pub fn parse(path: &Path, text: &str, broker_url: Option<String>) -> Result<Config, ConfigError> {
+        let at = Locator { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let key = text.get(span.clone()).filter(|k| !k.contains('\n')).unwrap_or("config");
+            at.error(span.start, key, e.message().trim())
+        })?;
+        raw.resolve(&at, broker_url)
+    }
+
+    /// Every plugin name the handlers use, once each, in a stable order.
+    pub fn plugin_names(&self) -> Vec<String> {
+        let names = self.requests.iter().map(|h| &h.plugin);
+        let names = names.chain(self.events.iter().map(|h| &h.plugin));
+        let names = names.chain(self.responses.iter().map(|h| &h.plugin));
+        let mut unique: Vec<String> = names.cloned().collect();
+        unique.sort();
+        unique.dedup();
+        unique
+    }
+
+    /// The file a plugin is loaded from: `<plugins>/<name>.wasm`.
+    pub fn plugin_path(&self, plugin: &str) -> PathBuf {
+        self.plugins_dir.join(format!("{plugin}.wasm"))
+    }
+}
+
+/// Turns byte offsets in the config text into `file:line:column` errors.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, offset: usize, key: &str, message: impl Into<String>) -> ConfigError {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn at<T>(&self, value: &Spanned<T>, key: &str, message: impl Into<String>) -> ConfigError {
+        self.error(value.span().start, key, message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    service: RawService,
+    #[serde(default)]
+    broker: RawBroker,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    request: Vec<RawRequest>,
+    #[serde(default)]
+    event: Vec<RawEvent>,
+    #[serde(default)]
+    response: Vec<RawResponse>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    plugins: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    url: Option<String>,
+    #[serde(default)]
+    queue_profile: QueueProfile,
+    prefetch: Option<Spanned<u16>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_mib: Option<Spanned<u32>>,
+    timeout_ms: Option<Spanned<u64>>,
+    max_retries: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    routing_key: Spanned<String>,
+    plugin: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    routing_key: Spanned<String>,
+    plugin: Spanned<String>,
+    stream: Option<Spanned<String>>,
+    #[serde(default)]
+    transient: bool,
+    queue_suffix: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponse {
+    service: Spanned<String>,
+    routing_key: Spanned<String>,
+    plugin: Spanned<String>,
+}
+
+/// Characters goamqp's names and AMQP's short strings can carry safely in a name segment.
+fn check_name(at: &Locator, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let name = value.get_ref();
+    if name.is_empty() {
+        return Err(at.at(value, key, "must not be empty"));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c))) {
+        return Err(at.at(
+            value,
+            key,
+            format!("'{name}' contains '{bad}'; use letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(name.clone())
+}
+
+fn check_routing_key(at: &Locator, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let routing_key = value.get_ref();
+    if routing_key.is_empty() || routing_key.len() > 255 {
+        return Err(at.at(value, key, "must be 1 to 255 bytes long (an AMQP short string)"));
+    }
+    Ok(routing_key.clone())
+}
+
+fn check_plugin(at: &Locator, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let plugin = check_name(at, value, key)?;
+    if plugin.ends_with(".wasm") {
+        return Err(at.at(value, key, format!("name the plugin without '.wasm' (the file is <plugins>/{plugin})")));
+    }
+    Ok(plugin)
+}
+
+impl RawConfig {
+    fn resolve(self, at: &Locator, broker_url: Option<String>) -> Result<Config, ConfigError> {
+        let service = check_name(at, &self.service.name, "service.name")?;
+        let base = at.path.parent().unwrap_or(Path::new("."));
+        let plugins_dir = base.join(self.service.plugins.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR));
+        let broker_url = broker_url
+            .or(self.broker.url)
+            .unwrap_or_else(|| DEFAULT_BROKER_URL.to_string());
+
+        let prefetch = match self.broker.prefetch {
+            Some(p) if *p.get_ref() == 0 => {
+                return Err(at.at(&p, "broker.prefetch", "must be at least 1 (0 would mean unlimited)"));
+            }
+            Some(p) => p.into_inner(),
+            None => 100,
+        };
+
+        let defaults = Limits::default();
+        let limits = Limits {
+            memory_bytes: match self.limits.memory_mib {
+                Some(m) if *m.get_ref() == 0 || *m.get_ref() > 4096 => {
+                    return Err(at.at(&m, "limits.memory_mib", "must be between 1 and 4096"));
+                }
+                Some(m) => (m.into_inner() as usize) << 20,
+                None => defaults.memory_bytes,
+            },
+            timeout: match self.limits.timeout_ms {
+                Some(t) if *t.get_ref() == 0 => {
+                    return Err(at.at(&t, "limits.timeout_ms", "must be at least 1"));
+                }
+                Some(t) => Duration::from_millis(t.into_inner()),
+                None => defaults.timeout,
+            },
+            max_retries: self.limits.max_retries.unwrap_or(defaults.max_retries),
+        };
+
+        let mut requests = Vec::new();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, raw) in self.request.iter().enumerate() {
+            let key = format!("request[{i}].routing_key");
+            let routing_key = check_routing_key(at, &raw.routing_key, &key)?;
+            if let Some(first) = seen.insert(routing_key.clone(), i) {
+                return Err(at.at(
+                    &raw.routing_key,
+                    &key,
+                    format!("'{routing_key}' is already served by request[{first}]; each request routing key has one handler"),
+                ));
+            }
+            let plugin = check_plugin(at, &raw.plugin, &format!("request[{i}].plugin"))?;
+            requests.push(RequestHandler { routing_key, plugin });
+        }
+
+        let mut events = Vec::new();
+        for (i, raw) in self.event.iter().enumerate() {
+            let stream = match &raw.stream {
+                Some(s) => check_name(at, s, &format!("event[{i}].stream"))?,
+                None => DEFAULT_STREAM.to_string(),
+            };
+            let queue_suffix = match &raw.queue_suffix {
+                Some(s) if raw.transient => {
+                    return Err(at.at(
+                        s,
+                        &format!("event[{i}].queue_suffix"),
+                        "a transient consumer gets a fresh UUID suffix; remove queue_suffix or set transient = false",
+                    ));
+                }
+                Some(s) => Some(check_name(at, s, &format!("event[{i}].queue_suffix"))?),
+                None => None,
+            };
+            events.push(EventHandler {
+                stream,
+                routing_key: check_routing_key(at, &raw.routing_key, &format!("event[{i}].routing_key"))?,
+                plugin: check_plugin(at, &raw.plugin, &format!("event[{i}].plugin"))?,
+                transient: raw.transient,
+                queue_suffix,
+            });
+        }
+
+        let mut responses = Vec::new();
+        for (i, raw) in self.response.iter().enumerate() {
+            responses.push(ResponseHandler {
+                service: check_name(at, &raw.service, &format!("response[{i}].service"))?,
+                routing_key: check_routing_key(at, &raw.routing_key, &format!("response[{i}].routing_key"))?,
+                plugin: check_plugin(at, &raw.plugin, &format!("response[{i}].plugin"))?,
+            });
+        }
+
+        Ok(Config {
+            source: at.path.to_path_buf(),
+            service,
+            plugins_dir,
+            broker_url,
+            queue_profile: self.broker.queue_profile,
+            prefetch,
+            limits,
+            requests,
+            events,
+            responses,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("conf/warren.toml"), text, None)
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_spec_example_resolves() {
+        let config = parse(
+            r#"
+            [service]
+            name = "demo"
+            plugins = "target/plugins"
+
+            [broker]
+            url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+            queue_profile = "classic"
+
+            [[request]]
+            routing_key = "echo"
+            plugin = "echo"
+
+            [[event]]
+            routing_key = "order.#"
+            plugin = "audit"
+            transient = false
+
+            [[response]]
+            service = "billing"
+            routing_key = "invoice"
+            plugin = "orders"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.service, "demo");
+        assert_eq!(config.plugins_dir, Path::new("conf/target/plugins"));
+        assert_eq!(config.plugin_path("echo"), Path::new("conf/target/plugins/echo.wasm"));
+        assert_eq!(config.queue_profile, QueueProfile::Classic);
+        assert_eq!(config.requests, vec![RequestHandler { routing_key: "echo".into(), plugin: "echo".into() }]);
+        assert_eq!(config.events[0].stream, "events");
+        assert_eq!(config.responses[0].service, "billing");
+        assert_eq!(config.plugin_names(), vec!["audit", "echo", "orders"]);
+        assert_eq!(config.prefetch, 100);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_broker_url() {
+        let text = "[service]\nname = \"demo\"\n[broker]\nurl = \"amqp://a\"\n";
+        let config = Config::parse(Path::new("w.toml"), text, Some("amqp://b".into())).unwrap();
+        assert_eq!(config.broker_url, "amqp://b");
+    }
+
+    #[test]
+    fn a_typo_names_file_line_and_key() {
+        let message = error("[service]\nname = \"demo\"\n\n[[request]]\nrouting_kye = \"echo\"\nplugin = \"echo\"\n");
+        assert!(message.starts_with("conf/warren.toml:5:1: routing_kye: unknown field `routing_kye`"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_service_name_is_reported() {
+        let message = error("[service]\nplugins = \"x\"\n");
+        assert!(message.contains("missing field `name`"), "{message}");
+    }
+
+    #[test]
+    fn a_duplicate_request_key_names_both_entries() {
+        let message = error(
+            "[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"x\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"y\"\n",
+        );
+        assert!(message.starts_with("conf/warren.toml:7:15: request[1].routing_key: 'a' is already served by request[0]"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_service_name_says_which_character() {
+        let message = error("[service]\nname = \"my service\"\n");
+        assert!(message.contains("service.name: 'my service' contains ' '"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_queue_profile_is_refused() {
+        let message = error("[service]\nname = \"d\"\n[broker]\nqueue_profile = \"stream\"\n");
+        assert!(message.contains("unknown variant `stream`"), "{message}");
+    }
+
+    #[test]
+    fn a_plugin_named_with_its_extension_is_refused() {
+        let message = error("[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"echo.wasm\"\n");
+        assert!(message.contains("request[0].plugin: name the plugin without '.wasm'"), "{message}");
+    }
+}

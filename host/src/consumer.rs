@@ -1,0 +1,234 @@
+//! Consumes one queue: each delivery is routed to its plugin by routing key, handled in its
+//! own task, and settled by the outcome table of SPEC §1. Nothing is acked before its outcome
+//! is safe: a request is acked only after its response is confirmed by the broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::broker::{self, BrokerError, Delivered, Publisher};
+use crate::headers::{self, SERVICE_HEADER};
+use crate::naming;
+use crate::plugins::PluginSlot;
+use crate::routing::RouteTable;
+use crate::runtime::{HandlerError, Request, Response};
+use crate::shutdown::Shutdown;
+use crate::topology::ConsumerKind;
+
+/// Header counting how often a `retry` has requeued a message (classic queues have no
+/// delivery count of their own).
+pub const RETRIES_HEADER: &str = "x-warren-retries";
+/// Header keeping a retried message's original routing key (a retry is republished through
+/// the default exchange straight to the queue, which replaces the routing key).
+pub const ORIGINAL_KEY_HEADER: &str = "x-warren-routing-key";
+/// W3C trace context, copied from a request to its response.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// Everything a queue's consumer needs to handle its deliveries.
+pub struct QueueConsumer {
+    /// The queue consumed.
+    pub queue: String,
+    pub kind: ConsumerKind,
+    /// Routing key pattern → plugin.
+    pub routes: RouteTable<PluginSlot>,
+    /// `S`: the sender of every response.
+    pub service: String,
+    pub publisher: Publisher,
+    pub prefetch: u16,
+    pub max_retries: u32,
+}
+
+/// How a delivery was settled (logged, and counted by tests and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled; for a request, the response was confirmed first.
+    Acked,
+    /// Rejected without requeue (dead-lettered when the queue has a DLX).
+    Rejected(String),
+    /// Requeued for another try.
+    Requeued(String),
+    /// The handler asked for a retry: a copy with a higher retry count was confirmed on the
+    /// queue, and this delivery is acked.
+    Retried(u32),
+}
+
+impl QueueConsumer {
+    /// Consumes until `shutdown` fires, then stops taking deliveries and lets those in
+    /// flight finish within `grace`. `started` is told once the broker accepted the consumer.
+    pub async fn run(
+        self: Arc<Self>,
+        channel: Channel,
+        mut shutdown: Shutdown,
+        grace: Duration,
+        started: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), BrokerError> {
+        let channel_error = |doing: &str| {
+            let doing = format!("{doing} on queue '{}'", self.queue);
+            move |source| BrokerError::Channel { doing, source }
+        };
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(channel_error("setting prefetch"))?;
+        let tag = format!("warren-{}", uuid::Uuid::new_v4());
+        let mut deliveries = channel
+            .basic_consume(self.queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(channel_error("starting to consume"))?;
+        info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
+        let _ = started.send(());
+
+        let mut in_flight = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let consumer = self.clone();
+                        in_flight.spawn(async move { consumer.handle(delivery).await });
+                    }
+                    Some(Err(error)) => {
+                        warn!(queue = %self.queue, %error, "consumer stopped by a broker error");
+                        return Err(channel_error("consuming")(error));
+                    }
+                    None => {
+                        warn!(queue = %self.queue, "the broker cancelled the consumer");
+                        break;
+                    }
+                },
+            }
+        }
+
+        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+        let pending = in_flight.len();
+        if pending > 0 {
+            info!(queue = %self.queue, pending, "waiting for in-flight messages");
+        }
+        if tokio::time::timeout(grace, async { while in_flight.join_next().await.is_some() {} }).await.is_err() {
+            warn!(queue = %self.queue, left = in_flight.len(), "grace period over; unfinished messages are redelivered by RabbitMQ");
+            in_flight.abort_all();
+        }
+        let _ = channel.close(200, "shutting down".into()).await;
+        Ok(())
+    }
+
+    /// Handles one delivery end to end and settles it.
+    pub async fn handle(&self, delivery: Delivery) -> Outcome {
+        let props = &delivery.properties;
+        let table = props.headers().as_ref();
+        let routing_key = match (delivery.exchange.as_str(), headers::text(table, ORIGINAL_KEY_HEADER)) {
+            ("", Some(original)) => original,
+            _ => delivery.routing_key.to_string(),
+        };
+        let message_id = props.message_id().as_ref().map_or("-".to_string(), |id| id.to_string());
+        let outcome = self.decide(&delivery, &routing_key).await;
+        let result = match &outcome {
+            Outcome::Acked | Outcome::Retried(_) => delivery.ack(BasicAckOptions::default()).await,
+            Outcome::Rejected(reason) => {
+                warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
+                delivery.reject(BasicRejectOptions { requeue: false }).await
+            }
+            Outcome::Requeued(reason) => {
+                info!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message requeued");
+                delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
+            }
+        };
+        if let Err(error) = result {
+            // The channel is gone: RabbitMQ redelivers the message, nothing is lost.
+            warn!(queue = %self.queue, routing_key = %routing_key, %error, "could not settle the message; the broker will redeliver it");
+        }
+        outcome
+    }
+
+    async fn decide(&self, delivery: &Delivery, routing_key: &str) -> Outcome {
+        let Some(slot) = self.routes.find(routing_key) else {
+            return Outcome::Rejected(format!("no handler for routing key '{routing_key}' on this queue"));
+        };
+        let props = &delivery.properties;
+        let table = props.headers().as_ref();
+        let requester = headers::text(table, SERVICE_HEADER);
+        if self.kind == ConsumerKind::Request && requester.is_none() {
+            return Outcome::Rejected("request without a string 'service' header: it can never be answered".into());
+        }
+
+        let plugin = slot.load_full();
+        let request = Request {
+            routing_key: routing_key.to_string(),
+            body: delivery.data.clone(),
+            content_type: props.content_type().as_ref().map(|c| c.to_string()),
+        };
+        let plugin_headers = headers::to_plugin(table, routing_key);
+        debug!(queue = %self.queue, routing_key, plugin = plugin.name(), "calling plugin");
+        match plugin.handle(&request, &plugin_headers).await {
+            Err(fault) => Outcome::Rejected(format!("plugin '{}' {fault}; instance discarded", plugin.name())),
+            Ok(Err(HandlerError::BadRequest(why))) => Outcome::Rejected(format!("bad-request from '{}': {why}", plugin.name())),
+            Ok(Err(HandlerError::Failed(why))) => Outcome::Rejected(format!("failed in '{}': {why}", plugin.name())),
+            Ok(Err(HandlerError::Retry(why))) => self.retry(delivery, routing_key, &why).await,
+            Ok(Ok(response)) => match (self.kind, requester) {
+                (ConsumerKind::Request, Some(requester)) => self.respond(delivery, routing_key, &requester, response).await,
+                _ => Outcome::Acked,
+            },
+        }
+    }
+
+    /// Publishes the response to the requester and waits for the broker's confirm.
+    async fn respond(&self, delivery: &Delivery, routing_key: &str, requester: &str, response: Response) -> Outcome {
+        let mut table = FieldTable::default();
+        for header in &response.headers {
+            if header.name != SERVICE_HEADER {
+                table.insert(header.name.as_str().into(), headers::from_plugin_value(&header.value));
+            }
+        }
+        let request_headers = delivery.properties.headers().as_ref();
+        if let Some(traceparent) = headers::text(request_headers, TRACEPARENT_HEADER) {
+            table.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent)));
+        }
+        // The response's `service` header names the requester: its queue is bound on it.
+        let mut properties = broker::message_properties(requester, table);
+        if let Some(id) = delivery.properties.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let exchange = naming::response_exchange(&self.service);
+        match self.publisher.publish(&exchange, routing_key, &response.body, properties).await {
+            Ok(Delivered::Routed) => Outcome::Acked,
+            Ok(Delivered::Unroutable) => {
+                warn!(exchange = %exchange, routing_key, requester, "response unroutable: no queue of '{requester}' is bound for it; the request is acked");
+                Outcome::Acked
+            }
+            Err(error) => Outcome::Requeued(format!("response not confirmed ({error}); the request will be handled again")),
+        }
+    }
+
+    /// `retry` from a handler: republish the message to this queue with a retry count, or
+    /// reject it once the count reaches `max_retries`.
+    async fn retry(&self, delivery: &Delivery, routing_key: &str, why: &str) -> Outcome {
+        let props = &delivery.properties;
+        let retries = match props.headers().as_ref().and_then(|t| t.inner().get(RETRIES_HEADER)) {
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            _ => 0,
+        };
+        if retries >= self.max_retries {
+            return Outcome::Rejected(format!("retry asked ({why}) but the message was already retried {retries} times (limits.max_retries)"));
+        }
+        let mut table = props.headers().clone().unwrap_or_default();
+        table.insert(ShortString::from(RETRIES_HEADER), AMQPValue::LongLongInt(i64::from(retries) + 1));
+        table.insert(ShortString::from(ORIGINAL_KEY_HEADER), AMQPValue::LongString(LongString::from(routing_key)));
+        let properties: BasicProperties = props.clone().with_headers(table);
+        match self.publisher.publish("", &self.queue, &delivery.data, properties).await {
+            Ok(_) => {
+                info!(queue = %self.queue, routing_key, retry = retries + 1, max = self.max_retries, reason = why, "retry requested; message requeued");
+                Outcome::Retried(retries + 1)
+            }
+            Err(error) => Outcome::Requeued(format!("retry asked ({why}); republish failed ({error})")),
+        }
+    }
+}

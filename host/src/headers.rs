@@ -1,0 +1,219 @@
+//! AMQP headers ↔ plugin headers (SPEC §2): every AMQP field type keeps its meaning — text,
+//! integer, float, boolean, bytes, timestamp, void; nested tables and arrays travel as JSON
+//! text — so nothing is silently dropped or stringified.
+
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use serde_json::Value as Json;
+
+use crate::runtime::{Header, HeaderValue};
+
+/// The header goamqp adds to every delivery it hands a handler.
+pub const ROUTING_KEY_HEADER: &str = "routing-key";
+/// The header that names the sending service.
+pub const SERVICE_HEADER: &str = "service";
+
+/// The headers a handler sees: the delivery's AMQP headers plus `routing-key`.
+pub fn to_plugin(table: Option<&FieldTable>, routing_key: &str) -> Vec<Header> {
+    let mut headers: Vec<Header> = table
+        .map(|t| t.inner())
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| name.as_str() != ROUTING_KEY_HEADER)
+        .map(|(name, value)| Header { name: name.to_string(), value: to_plugin_value(value) })
+        .collect();
+    headers.push(Header {
+        name: ROUTING_KEY_HEADER.to_string(),
+        value: HeaderValue::Text(routing_key.to_string()),
+    });
+    headers
+}
+
+/// A string header's value, if present and a string.
+pub fn text(table: Option<&FieldTable>, name: &str) -> Option<String> {
+    match table?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_string),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn to_plugin_value(value: &AMQPValue) -> HeaderValue {
+    match value {
+        AMQPValue::Boolean(b) => HeaderValue::Boolean(*b),
+        AMQPValue::ShortShortInt(i) => HeaderValue::Integer(i64::from(*i)),
+        AMQPValue::ShortShortUInt(i) => HeaderValue::Integer(i64::from(*i)),
+        AMQPValue::ShortInt(i) => HeaderValue::Integer(i64::from(*i)),
+        AMQPValue::ShortUInt(i) => HeaderValue::Integer(i64::from(*i)),
+        AMQPValue::LongInt(i) => HeaderValue::Integer(i64::from(*i)),
+        AMQPValue::LongUInt(i) => HeaderValue::Integer(i64::from(*i)),
+        AMQPValue::LongLongInt(i) => HeaderValue::Integer(*i),
+        AMQPValue::Float(f) => HeaderValue::Float(f64::from(*f)),
+        AMQPValue::Double(f) => HeaderValue::Float(*f),
+        AMQPValue::DecimalValue(d) => HeaderValue::Text(decimal_text(d.value, d.scale)),
+        AMQPValue::ShortString(s) => HeaderValue::Text(s.to_string()),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => HeaderValue::Text(text.to_string()),
+            Err(_) => HeaderValue::Bytes(s.as_bytes().to_vec()),
+        },
+        AMQPValue::ByteArray(b) => HeaderValue::Bytes(b.as_slice().to_vec()),
+        AMQPValue::Timestamp(t) => HeaderValue::Timestamp(*t),
+        AMQPValue::Void => HeaderValue::Void,
+        AMQPValue::FieldTable(_) => HeaderValue::Table(to_json(value).to_string()),
+        AMQPValue::FieldArray(_) => HeaderValue::Array(to_json(value).to_string()),
+    }
+}
+
+fn decimal_text(value: u32, scale: u8) -> String {
+    let digits = value.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - scale);
+    format!("{whole}.{fraction}")
+}
+
+/// A nested AMQP value as JSON (tables → objects, arrays → arrays, bytes → arrays of numbers).
+fn to_json(value: &AMQPValue) -> Json {
+    match value {
+        AMQPValue::FieldTable(t) => {
+            Json::Object(t.inner().iter().map(|(k, v)| (k.to_string(), to_json(v))).collect())
+        }
+        AMQPValue::FieldArray(a) => Json::Array(a.as_slice().iter().map(to_json).collect()),
+        AMQPValue::ByteArray(b) => Json::Array(b.as_slice().iter().map(|&x| Json::from(x)).collect()),
+        other => match to_plugin_value(other) {
+            HeaderValue::Text(s) => Json::String(s),
+            HeaderValue::Integer(i) => Json::from(i),
+            HeaderValue::Float(f) => serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number),
+            HeaderValue::Boolean(b) => Json::Bool(b),
+            HeaderValue::Bytes(b) => Json::Array(b.into_iter().map(Json::from).collect()),
+            HeaderValue::Timestamp(t) => Json::from(t),
+            HeaderValue::Void | HeaderValue::Table(_) | HeaderValue::Array(_) => Json::Null,
+        },
+    }
+}
+
+fn from_json(value: &Json) -> AMQPValue {
+    match value {
+        Json::Null => AMQPValue::Void,
+        Json::Bool(b) => AMQPValue::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        Json::Array(items) => AMQPValue::FieldArray(FieldArray::from(items.iter().map(from_json).collect::<Vec<_>>())),
+        Json::Object(map) => {
+            let mut table = FieldTable::default();
+            for (k, v) in map {
+                table.insert(ShortString::from(k.as_str()), from_json(v));
+            }
+            AMQPValue::FieldTable(table)
+        }
+    }
+}
+
+/// The AMQP value a plugin's header value is published as.
+pub fn from_plugin_value(value: &HeaderValue) -> AMQPValue {
+    match value {
+        HeaderValue::Text(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        HeaderValue::Integer(i) => AMQPValue::LongLongInt(*i),
+        HeaderValue::Float(f) => AMQPValue::Double(*f),
+        HeaderValue::Boolean(b) => AMQPValue::Boolean(*b),
+        HeaderValue::Bytes(b) => AMQPValue::ByteArray(b.clone().into()),
+        HeaderValue::Timestamp(t) => AMQPValue::Timestamp(*t),
+        HeaderValue::Void => AMQPValue::Void,
+        // JSON that does not parse is kept as the text the plugin gave.
+        HeaderValue::Table(json) | HeaderValue::Array(json) => match serde_json::from_str::<Json>(json) {
+            Ok(parsed) => from_json(&parsed),
+            Err(_) => AMQPValue::LongString(LongString::from(json.as_str())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in entries {
+            t.insert(ShortString::from(*k), v.clone());
+        }
+        t
+    }
+
+    fn value<'a>(headers: &'a [Header], name: &str) -> &'a HeaderValue {
+        &headers.iter().find(|h| h.name == name).unwrap().value
+    }
+
+    #[test]
+    fn handlers_see_routing_key_added_like_goamqp() {
+        let t = table(&[("routing-key", AMQPValue::LongString("spoofed".into()))]);
+        let headers = to_plugin(Some(&t), "order.created");
+        assert_eq!(headers.len(), 1);
+        assert_eq!(value(&headers, "routing-key"), &HeaderValue::Text("order.created".into()));
+    }
+
+    #[test]
+    fn every_amqp_type_keeps_its_kind() {
+        let nested = table(&[("a", AMQPValue::LongInt(1)), ("b", AMQPValue::LongString("x".into()))]);
+        let t = table(&[
+            ("s", AMQPValue::LongString("text".into())),
+            ("i", AMQPValue::ShortInt(-3)),
+            ("u", AMQPValue::LongUInt(7)),
+            ("f", AMQPValue::Double(1.5)),
+            ("b", AMQPValue::Boolean(true)),
+            ("bytes", AMQPValue::ByteArray(vec![0u8, 255].into())),
+            ("ts", AMQPValue::Timestamp(1_700_000_000)),
+            ("v", AMQPValue::Void),
+            ("d", AMQPValue::DecimalValue(lapin::types::DecimalValue { scale: 2, value: 1234 })),
+            ("t", AMQPValue::FieldTable(nested)),
+            ("arr", AMQPValue::FieldArray(vec![AMQPValue::Boolean(false), AMQPValue::LongLongInt(9)].into())),
+        ]);
+        let h = to_plugin(Some(&t), "k");
+        assert_eq!(value(&h, "s"), &HeaderValue::Text("text".into()));
+        assert_eq!(value(&h, "i"), &HeaderValue::Integer(-3));
+        assert_eq!(value(&h, "u"), &HeaderValue::Integer(7));
+        assert_eq!(value(&h, "f"), &HeaderValue::Float(1.5));
+        assert_eq!(value(&h, "b"), &HeaderValue::Boolean(true));
+        assert_eq!(value(&h, "bytes"), &HeaderValue::Bytes(vec![0, 255]));
+        assert_eq!(value(&h, "ts"), &HeaderValue::Timestamp(1_700_000_000));
+        assert_eq!(value(&h, "v"), &HeaderValue::Void);
+        assert_eq!(value(&h, "d"), &HeaderValue::Text("12.34".into()));
+        assert_eq!(value(&h, "t"), &HeaderValue::Table(r#"{"a":1,"b":"x"}"#.into()));
+        assert_eq!(value(&h, "arr"), &HeaderValue::Array("[false,9]".into()));
+    }
+
+    #[test]
+    fn plugin_values_publish_as_their_amqp_kinds() {
+        assert_eq!(from_plugin_value(&HeaderValue::Integer(5)), AMQPValue::LongLongInt(5));
+        assert_eq!(from_plugin_value(&HeaderValue::Bytes(vec![1])), AMQPValue::ByteArray(vec![1u8].into()));
+        let AMQPValue::FieldTable(t) = from_plugin_value(&HeaderValue::Table(r#"{"a":[1,"x"]}"#.into())) else {
+            panic!("a table")
+        };
+        assert_eq!(
+            t.inner()["a"],
+            AMQPValue::FieldArray(vec![AMQPValue::LongLongInt(1), AMQPValue::LongString("x".into())].into())
+        );
+        assert_eq!(
+            from_plugin_value(&HeaderValue::Table("not json".into())),
+            AMQPValue::LongString("not json".into())
+        );
+    }
+
+    #[test]
+    fn decimals_print_with_their_scale() {
+        assert_eq!(decimal_text(5, 3), "0.005");
+        assert_eq!(decimal_text(120, 0), "120");
+    }
+
+    #[test]
+    fn text_reads_string_headers_only() {
+        let t = table(&[("service", AMQPValue::LongString("orders".into())), ("n", AMQPValue::LongInt(1))]);
+        assert_eq!(text(Some(&t), "service").as_deref(), Some("orders"));
+        assert_eq!(text(Some(&t), "n"), None);
+        assert_eq!(text(None, "service"), None);
+    }
+}

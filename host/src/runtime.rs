@@ -1,0 +1,292 @@
+//! The WebAssembly side: one wasmtime [`Engine`] for the host, plugins compiled and checked
+//! against the `warren:plugin/handler` world, and one fresh, sandboxed instance per call.
+//!
+//! Each call gets its own store (nothing leaks between messages), a memory limit, and a
+//! wall-clock deadline enforced by epoch interruption. Between epoch ticks (10 ms) a running
+//! guest yields to the async executor, so one spinning handler cannot starve the others.
+//! A trap, a deadline or a memory-limit hit discards the instance and comes back as a
+//! [`PluginFault`]; the host keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::config::Limits;
+
+/// Host-side bindings of the WIT world in `wit/`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler",
+        exports: { default: async },
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use bindings::warren::plugin::types::{HandlerError, Header, HeaderValue, Request, Response};
+
+/// The WIT world every plugin must export, as plugin authors see it.
+pub const WORLD: &str = "warren:plugin/handler@0.1.0";
+
+/// How often the epoch advances: the granularity of deadlines and of guest yields.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How much of a guest's stdout/stderr is kept to explain a failure.
+const GUEST_OUTPUT_CAPACITY: usize = 16 * 1024;
+
+/// The engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "cannot create the WebAssembly engine: {0}. The pooling allocator reserves virtual memory per instance; lower broker.prefetch or check `ulimit -v`"
+    )]
+    Engine(String),
+}
+
+/// A plugin file that cannot be served, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin '{plugin}': cannot read {path}: {reason}. Run `warren build`, or copy {plugin}.wasm into the plugins folder")]
+    Read { plugin: String, path: PathBuf, reason: String },
+    #[error("plugin '{plugin}': {path} is {what}, not a WebAssembly component. Build the plugin with `cargo build --release --target wasm32-wasip2` (or `warren build`)")]
+    NotAComponent { plugin: String, path: PathBuf, what: String },
+    #[error("plugin '{plugin}': {path} is not a valid component: {reason}. Rebuild it; if it was copied, the copy may be incomplete")]
+    Invalid { plugin: String, path: PathBuf, reason: String },
+    #[error("plugin '{plugin}': {path} does not fit the {world} world: {reason}. Rebuild it against this host's guest-sdk (wit/)", world = WORLD)]
+    WrongWorld { plugin: String, path: PathBuf, reason: String },
+    #[error("plugin '{plugin}': {path} failed its first instantiation: {reason}")]
+    Smoke { plugin: String, path: PathBuf, reason: String },
+}
+
+/// Why a call did not return: the instance is discarded, the message rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginFault {
+    /// The call ran past its deadline and was interrupted.
+    Deadline(Duration),
+    /// The guest trapped (a panic, `unreachable`, a memory-limit hit, …).
+    Trap(String),
+}
+
+impl std::fmt::Display for PluginFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginFault::Deadline(limit) => write!(f, "deadline of {} ms exceeded", limit.as_millis()),
+            PluginFault::Trap(reason) => write!(f, "trap: {reason}"),
+        }
+    }
+}
+
+/// The shared WebAssembly engine and linker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+}
+
+impl Runtime {
+    /// Creates the engine, sized for at most `max_instances` concurrent calls whose memory
+    /// is at most `max_memory` bytes, and starts its epoch ticker.
+    pub fn new(max_instances: u32, max_memory: usize) -> Result<Arc<Runtime>, RuntimeError> {
+        let instances = max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            // A wasip2 Rust component instantiates 3 core modules.
+            .total_core_instances(instances * 4)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_memory_size(max_memory)
+            // Keeping the first pages resident avoids a madvise (and TLB shootdown) per call.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        spawn_epoch_ticker(&engine);
+        Ok(Arc::new(Runtime { engine, linker }))
+    }
+
+    /// Compiles the plugin at `path`, checks that it exports the handler world and needs no
+    /// import the host does not give, and instantiates it once as a smoke test.
+    ///
+    /// This is CPU-heavy (tens of ms): call it off the async threads.
+    pub fn load(&self, plugin: &str, path: &Path, limits: Limits) -> Result<Plugin, PluginError> {
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
+            plugin: plugin.to_string(),
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        self.load_bytes(plugin, path, &bytes, limits)
+    }
+
+    fn load_bytes(&self, plugin: &str, path: &Path, bytes: &[u8], limits: Limits) -> Result<Plugin, PluginError> {
+        let (name, file) = (plugin.to_string(), path.to_path_buf());
+        if let Some(what) = not_a_component(bytes) {
+            return Err(PluginError::NotAComponent { plugin: name, path: file, what });
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PluginError::Invalid { plugin: name.clone(), path: file.clone(), reason: format!("{e:#}") })?;
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            plugin: name.clone(),
+            path: file.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = bindings::HandlerPre::new(instance_pre).map_err(wrong_world)?;
+        let plugin = Plugin { name: name.clone(), path: file.clone(), pre, limits, engine: self.engine.clone() };
+
+        // Instantiate once now, so a plugin that cannot start is refused at load time.
+        let mut store = plugin.new_store(MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY));
+        // Instantiation awaits nothing from the host, so a local executor is enough.
+        futures_lite::future::block_on(plugin.pre.instantiate_async(&mut store))
+            .map_err(|e| PluginError::Smoke { plugin: name, path: file, reason: format!("{e:#}") })?;
+        Ok(plugin)
+    }
+}
+
+/// What the first bytes of a file say it is, when it is not a component.
+fn not_a_component(bytes: &[u8]) -> Option<String> {
+    match bytes {
+        [0, b'a', b's', b'm', 1, 0, 0, 0, ..] => Some("a core WebAssembly module".to_string()),
+        [0, b'a', b's', b'm', _, _, 1, 0, ..] => None,
+        [] => Some("an empty file".to_string()),
+        _ if bytes.len() < 8 => Some(format!("a {}-byte file (truncated?)", bytes.len())),
+        _ => Some("not WebAssembly at all (no \\0asm header)".to_string()),
+    }
+}
+
+fn spawn_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("warren-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// The state of one call's store: a WASI context that grants nothing, and the call's limits.
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    deadline: Instant,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A compiled, checked plugin, ready to handle messages.
+pub struct Plugin {
+    name: String,
+    path: PathBuf,
+    pre: bindings::HandlerPre<CallState>,
+    limits: Limits,
+    engine: Engine,
+}
+
+impl Plugin {
+    /// The plugin's name in the config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Calls `handle` on a fresh instance. `Ok` carries the handler's own answer; `Err` a
+    /// fault after which the instance is gone.
+    pub async fn handle(
+        &self,
+        request: &Request,
+        headers: &[Header],
+    ) -> Result<Result<Response, HandlerError>, PluginFault> {
+        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
+        let mut store = self.new_store(output.clone());
+        let result = async {
+            let handler = self.pre.instantiate_async(&mut store).await?;
+            handler.call_handle(&mut store, request, headers).await
+        }
+        .await;
+        result.map_err(|e| self.fault(e, &output))
+    }
+
+    fn new_store(&self, output: MemoryOutputPipe) -> Store<CallState> {
+        let wasi = WasiCtxBuilder::new().stdout(output.clone()).stderr(output).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = CallState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            deadline: Instant::now() + self.limits.timeout,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        store
+    }
+
+    fn fault(&self, error: wasmtime::Error, output: &MemoryOutputPipe) -> PluginFault {
+        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            return PluginFault::Deadline(self.limits.timeout);
+        }
+        let mut reason = match error.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => error.root_cause().to_string(),
+        };
+        let said = String::from_utf8_lossy(&output.contents()).trim().to_string();
+        if !said.is_empty() {
+            reason = format!("{reason}; the plugin wrote: {}", said.replace('\n', " | "));
+        }
+        PluginFault::Trap(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_that_are_not_components_are_named_for_what_they_are() {
+        assert_eq!(not_a_component(b""), Some("an empty file".into()));
+        assert_eq!(not_a_component(b"\0asm\x01\0\0\0rest"), Some("a core WebAssembly module".into()));
+        assert!(not_a_component(b"\0asm\x0d\0\x01\0rest").is_none());
+        assert!(not_a_component(b"#!/bin/sh\necho hi\n").unwrap().contains("no \\0asm header"));
+        assert!(not_a_component(b"\0as").unwrap().contains("truncated"));
+    }
+}

@@ -1,0 +1,285 @@
+//! What a config declares on the broker (SPEC §1): exchanges, queues with their arguments,
+//! bindings, and which plugin serves which routing key on each queue. Computed from the
+//! [`Config`] without a broker; `broker` declares it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::config::{Config, QueueProfile};
+use crate::naming;
+use crate::routing::KeyMatch;
+
+/// `x-expires` on every queue Warren declares: 5 days in ms, as goamqp sets it.
+pub const QUEUE_EXPIRES_MS: i64 = 432_000_000;
+
+/// An AMQP exchange type used by goamqp's conventions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeKind {
+    Direct,
+    Headers,
+    Topic,
+}
+
+/// A durable, non-auto-delete, non-internal exchange without arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exchange {
+    pub name: String,
+    pub kind: ExchangeKind,
+}
+
+/// A queue argument value (the few types goamqp's declarations use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ArgValue {
+    Int(i64),
+    Text(String),
+}
+
+/// A queue and the flags and arguments it is declared with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Queue {
+    pub name: String,
+    /// durable=true, exclusive=false, auto-delete=false; otherwise transient:
+    /// durable=false, exclusive=true, auto-delete=true.
+    pub durable: bool,
+    pub arguments: BTreeMap<String, ArgValue>,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Binding {
+    pub queue: String,
+    pub exchange: String,
+    pub routing_key: String,
+    pub arguments: BTreeMap<String, ArgValue>,
+}
+
+/// What a consumer does with a handler's successful result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerKind {
+    /// Publish the response to the requester, then ack.
+    Request,
+    /// Ack (events and responses to our own requests).
+    Event,
+}
+
+/// One routing key pattern on a queue and the plugin that serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub routing_key: String,
+    pub plugin: String,
+}
+
+/// One consumer: a queue, what its messages are, and who handles each routing key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumerSpec {
+    pub queue: String,
+    pub kind: ConsumerKind,
+    /// Exact keys for direct and headers exchanges, topic patterns for streams.
+    pub matching: KeyMatch,
+    pub routes: Vec<Route>,
+}
+
+/// Everything Warren declares and consumes for one config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Topology {
+    pub exchanges: Vec<Exchange>,
+    pub queues: Vec<Queue>,
+    pub bindings: Vec<Binding>,
+    pub consumers: Vec<ConsumerSpec>,
+}
+
+impl Topology {
+    /// The topology of `config`, following goamqp's conventions.
+    pub fn for_config(config: &Config) -> Topology {
+        let mut topology = Topology::default();
+        let service = &config.service;
+        let profile = config.queue_profile;
+
+        if !config.requests.is_empty() {
+            let exchange = naming::request_exchange(service);
+            let queue = naming::request_queue(service);
+            topology.add_exchange(&exchange, ExchangeKind::Direct);
+            topology.add_exchange(&naming::response_exchange(service), ExchangeKind::Headers);
+            topology.add_queue(&queue, true, profile);
+            for handler in &config.requests {
+                topology.bind(&queue, &exchange, &handler.routing_key, BTreeMap::new());
+                topology.route(&queue, ConsumerKind::Request, KeyMatch::Exact, &handler.routing_key, &handler.plugin);
+            }
+        }
+
+        for handler in &config.responses {
+            let exchange = naming::response_exchange(&handler.service);
+            let queue = naming::response_queue(&handler.service, service);
+            topology.add_exchange(&exchange, ExchangeKind::Headers);
+            topology.add_queue(&queue, true, profile);
+            let arguments = BTreeMap::from([("service".to_string(), ArgValue::Text(service.clone()))]);
+            topology.bind(&queue, &exchange, &handler.routing_key, arguments);
+            topology.route(&queue, ConsumerKind::Event, KeyMatch::Exact, &handler.routing_key, &handler.plugin);
+        }
+
+        // One transient queue per stream per start, shared by that stream's transient handlers.
+        let mut transient_queues: BTreeMap<&str, String> = BTreeMap::new();
+        for handler in &config.events {
+            let stream = handler.stream.as_str();
+            let exchange = naming::event_exchange(stream);
+            let queue = match (&handler.queue_suffix, handler.transient) {
+                (_, true) => transient_queues
+                    .entry(stream)
+                    .or_insert_with(|| naming::transient_event_queue(stream, service))
+                    .clone(),
+                (Some(suffix), false) => naming::event_queue_with_suffix(stream, service, suffix),
+                (None, false) => naming::event_queue(stream, service),
+            };
+            topology.add_exchange(&exchange, ExchangeKind::Topic);
+            topology.add_queue(&queue, !handler.transient, profile);
+            topology.bind(&queue, &exchange, &handler.routing_key, BTreeMap::new());
+            topology.route(&queue, ConsumerKind::Event, KeyMatch::Topic, &handler.routing_key, &handler.plugin);
+        }
+        topology
+    }
+
+    /// A readable listing: exchanges with type, queues with flags and arguments, bindings
+    /// with keys and arguments, and which plugin serves which key.
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write;
+        let args = |a: &BTreeMap<String, ArgValue>| {
+            let parts: Vec<String> = a
+                .iter()
+                .map(|(k, v)| match v {
+                    ArgValue::Int(i) => format!("{k}={i}"),
+                    ArgValue::Text(s) => format!("{k}={s}"),
+                })
+                .collect();
+            if parts.is_empty() { "-".to_string() } else { parts.join(", ") }
+        };
+        let mut out = String::new();
+        let _ = writeln!(out, "EXCHANGES (durable, not auto-delete)");
+        for e in &self.exchanges {
+            let _ = writeln!(out, "  {:<8} {}", format!("{:?}", e.kind).to_lowercase(), e.name);
+        }
+        let _ = writeln!(out, "QUEUES");
+        for q in &self.queues {
+            let flags = if q.durable { "durable" } else { "transient (exclusive, auto-delete)" };
+            let _ = writeln!(out, "  {}  [{flags}]  {}", q.name, args(&q.arguments));
+        }
+        let _ = writeln!(out, "BINDINGS");
+        for b in &self.bindings {
+            let _ = writeln!(out, "  {} -> {}  key={}  {}", b.exchange, b.queue, b.routing_key, args(&b.arguments));
+        }
+        let _ = writeln!(out, "HANDLERS");
+        for c in &self.consumers {
+            for r in &c.routes {
+                let _ = writeln!(out, "  {}  {}  -> plugin {}", c.queue, r.routing_key, r.plugin);
+            }
+        }
+        out
+    }
+
+    fn add_exchange(&mut self, name: &str, kind: ExchangeKind) {
+        if !self.exchanges.iter().any(|e| e.name == name) {
+            self.exchanges.push(Exchange { name: name.to_string(), kind });
+        }
+    }
+
+    fn add_queue(&mut self, name: &str, durable: bool, profile: QueueProfile) {
+        if self.queues.iter().any(|q| q.name == name) {
+            return;
+        }
+        let mut arguments = BTreeMap::from([("x-expires".to_string(), ArgValue::Int(QUEUE_EXPIRES_MS))]);
+        if durable && profile == QueueProfile::Quorum {
+            arguments.insert("x-queue-type".to_string(), ArgValue::Text("quorum".to_string()));
+        }
+        self.queues.push(Queue { name: name.to_string(), durable, arguments });
+    }
+
+    fn bind(&mut self, queue: &str, exchange: &str, key: &str, arguments: BTreeMap<String, ArgValue>) {
+        let binding = Binding {
+            queue: queue.to_string(),
+            exchange: exchange.to_string(),
+            routing_key: key.to_string(),
+            arguments,
+        };
+        if !self.bindings.contains(&binding) {
+            self.bindings.push(binding);
+        }
+    }
+
+    fn route(&mut self, queue: &str, kind: ConsumerKind, matching: KeyMatch, key: &str, plugin: &str) {
+        let route = Route { routing_key: key.to_string(), plugin: plugin.to_string() };
+        match self.consumers.iter_mut().find(|c| c.queue == queue) {
+            Some(consumer) => consumer.routes.push(route),
+            None => {
+                let routes = vec![route];
+                self.consumers.push(ConsumerSpec { queue: queue.to_string(), kind, matching, routes })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn topology(text: &str) -> Topology {
+        Topology::for_config(&Config::parse(Path::new("w.toml"), text, None).unwrap())
+    }
+
+    #[test]
+    fn request_handlers_declare_both_exchanges_one_queue_and_a_binding_each() {
+        let t = topology(
+            "[service]\nname = \"demo\"\n[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n[[request]]\nrouting_key = \"greet\"\nplugin = \"greet\"\n",
+        );
+        assert_eq!(
+            t.exchanges,
+            vec![
+                Exchange { name: "demo.direct.exchange.request".into(), kind: ExchangeKind::Direct },
+                Exchange { name: "demo.headers.exchange.response".into(), kind: ExchangeKind::Headers },
+            ]
+        );
+        assert_eq!(t.queues.len(), 1);
+        assert_eq!(t.queues[0].name, "demo.direct.exchange.request.queue");
+        assert!(t.queues[0].durable);
+        assert_eq!(t.queues[0].arguments, BTreeMap::from([("x-expires".into(), ArgValue::Int(432_000_000))]));
+        let keys: Vec<_> = t.bindings.iter().map(|b| b.routing_key.as_str()).collect();
+        assert_eq!(keys, ["echo", "greet"]);
+        assert_eq!(t.consumers.len(), 1);
+        assert_eq!(t.consumers[0].routes.len(), 2);
+    }
+
+    #[test]
+    fn response_handlers_bind_with_the_service_header_and_no_x_match() {
+        let t = topology(
+            "[service]\nname = \"orders\"\n[[response]]\nservice = \"billing\"\nrouting_key = \"invoice\"\nplugin = \"orders\"\n",
+        );
+        assert_eq!(t.queues[0].name, "billing.headers.exchange.response.queue.orders");
+        assert_eq!(t.bindings[0].exchange, "billing.headers.exchange.response");
+        assert_eq!(t.bindings[0].arguments, BTreeMap::from([("service".into(), ArgValue::Text("orders".into()))]));
+    }
+
+    #[test]
+    fn event_handlers_share_one_queue_per_stream() {
+        let t = topology(
+            "[service]\nname = \"audit\"\n[[event]]\nrouting_key = \"order.#\"\nplugin = \"audit\"\n[[event]]\nrouting_key = \"user.*\"\nplugin = \"audit\"\n[[event]]\nrouting_key = \"x\"\nplugin = \"audit\"\ntransient = true\n",
+        );
+        assert_eq!(t.exchanges, vec![Exchange { name: "events.topic.exchange".into(), kind: ExchangeKind::Topic }]);
+        assert_eq!(t.queues[0].name, "events.topic.exchange.queue.audit");
+        assert!(t.queues[1].name.starts_with("events.topic.exchange.queue.audit-"));
+        assert!(!t.queues[1].durable);
+        assert_eq!(t.consumers[0].routes.len(), 2);
+    }
+
+    #[test]
+    fn the_quorum_profile_applies_to_durable_queues_only() {
+        let t = topology(
+            "[service]\nname = \"a\"\n[broker]\nqueue_profile = \"quorum\"\n[[request]]\nrouting_key = \"k\"\nplugin = \"p\"\n[[event]]\nrouting_key = \"x\"\nplugin = \"p\"\ntransient = true\n",
+        );
+        assert_eq!(t.queues[0].arguments["x-queue-type"], ArgValue::Text("quorum".into()));
+        assert_eq!(t.queues[0].arguments["x-expires"], ArgValue::Int(432_000_000));
+        assert!(!t.queues[1].arguments.contains_key("x-queue-type"));
+    }
+}

@@ -1,0 +1,67 @@
+//! `chaos`: the body picks a misbehaviour, to show (and test) what the host survives.
+//!
+//! - `loop`: spins forever (the host's deadline stops it)
+//! - `alloc:<MiB>`: allocates and touches that many MiB (the host's memory limit stops it)
+//! - `panic`: panics (a trap)
+//! - `slow:<ms>`: busy-waits that many milliseconds, then answers `slow:<ms>`
+//! - anything else: echoed back unchanged
+
+use std::time::{Duration, Instant};
+use warren_guest::{HandlerError, Message, Response};
+
+/// Misbehaves as the body asks.
+pub fn chaos(message: Message) -> Result<Response, HandlerError> {
+    let text = String::from_utf8_lossy(&message.body);
+    if text == "loop" {
+        let mut spins: u64 = 0;
+        loop {
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+    } else if text == "panic" {
+        panic!("chaos: asked to panic");
+    } else if let Some(mib) = text.strip_prefix("alloc:") {
+        let mib: usize = mib.trim().parse().map_err(|_| bad("alloc:<MiB> needs a number"))?;
+        let block = vec![1u8; mib * 1024 * 1024];
+        let touched = std::hint::black_box(&block).iter().step_by(4096).map(|b| *b as usize).sum::<usize>();
+        return Ok(Response::new(format!("allocated {mib} MiB ({touched} pages)")));
+    } else if let Some(ms) = text.strip_prefix("slow:") {
+        let ms: u64 = ms.trim().parse().map_err(|_| bad("slow:<ms> needs a number"))?;
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+    Ok(Response::new(message.body))
+}
+
+fn bad(why: &str) -> HandlerError {
+    HandlerError::BadRequest(why.to_string())
+}
+
+warren_guest::export!(chaos);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: &str) -> Message {
+        Message { routing_key: "chaos".into(), body: body.into(), content_type: None, headers: vec![] }
+    }
+
+    #[test]
+    fn echoes_what_it_does_not_know() {
+        assert_eq!(chaos(message("hello")).unwrap().body, b"hello");
+    }
+
+    #[test]
+    fn slow_waits_then_answers() {
+        let start = Instant::now();
+        assert_eq!(chaos(message("slow:20")).unwrap().body, b"slow:20");
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn bad_numbers_are_bad_requests() {
+        assert!(matches!(chaos(message("alloc:many")), Err(HandlerError::BadRequest(_))));
+    }
+}

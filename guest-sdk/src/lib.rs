@@ -64,7 +64,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::warren::plugin::types::{Header, HeaderValue, HandlerError, Response};
+pub use bindings::warren::plugin::types::{HandlerError, Header, HeaderValue, Response};
 
 /// The delivery handed to a bytes handler.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,12 +144,7 @@ pub mod __private {
 
     /// Joins the two halves of the WIT call into one [`Message`].
     pub fn message(request: Request, headers: Vec<Header>) -> Message {
-        Message {
-            routing_key: request.routing_key,
-            body: request.body,
-            content_type: request.content_type,
-            headers,
-        }
+        Message { routing_key: request.routing_key, body: request.body, content_type: request.content_type, headers }
     }
 }
 

@@ -71,7 +71,8 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(),
             ExchangeKind::Headers => LapinKind::Headers,
             ExchangeKind::Topic => LapinKind::Topic,
         };
-        let options = ExchangeDeclareOptions { durable: true, auto_delete: false, internal: false, ..Default::default() };
+        let options =
+            ExchangeDeclareOptions { durable: true, auto_delete: false, internal: false, ..Default::default() };
         channel
             .exchange_declare(exchange.name.as_str().into(), kind, options, FieldTable::default())
             .await
@@ -100,11 +101,23 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(),
             )
             .await
             .map_err(|e| {
-                refused(&format!("binding of '{}' to '{}' ({})", binding.queue, binding.exchange, binding.routing_key), e)
+                refused(
+                    &format!("binding of '{}' to '{}' ({})", binding.queue, binding.exchange, binding.routing_key),
+                    e,
+                )
             })?;
     }
-    let _ = channel.close(200, "declared".into()).await;
+    bounded_close(channel.close(200, "declared".into())).await;
     Ok(())
+}
+
+/// How long a close or cancel may take before Warren stops waiting for the broker.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs a close-like broker call, giving up after [`CLOSE_TIMEOUT`]: shutting down must not
+/// hang on a broker that stopped answering. Errors are moot at that point and dropped.
+pub async fn bounded_close<T, E>(call: impl std::future::Future<Output = Result<T, E>>) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, call).await;
 }
 
 /// Opens a plain channel.
@@ -138,7 +151,9 @@ fn refused(what: &str, error: lapin::Error) -> BrokerError {
               Make the declarations agree, or delete it and start again"
             .to_string(),
     };
-    BrokerError::Refused(format!("RabbitMQ refused to declare {what} (406 PRECONDITION_FAILED): {advice}. Broker said: {text}"))
+    BrokerError::Refused(format!(
+        "RabbitMQ refused to declare {what} (406 PRECONDITION_FAILED): {advice}. Broker said: {text}"
+    ))
 }
 
 /// What became of a confirmed publish.
@@ -199,10 +214,7 @@ impl Publisher {
 
 /// Properties goamqp gives every message: JSON, persistent, `service` = the sender.
 pub fn message_properties(sender: &str, mut headers: FieldTable) -> BasicProperties {
-    headers.insert(
-        crate::headers::SERVICE_HEADER.into(),
-        AMQPValue::LongString(LongString::from(sender)),
-    );
+    headers.insert(crate::headers::SERVICE_HEADER.into(), AMQPValue::LongString(LongString::from(sender)));
     BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
         .with_delivery_mode(PERSISTENT)

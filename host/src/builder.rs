@@ -53,11 +53,10 @@ pub fn find_plugins(source: &Path) -> Result<Vec<(String, PathBuf)>, BuildError>
             .map_err(|e| BuildError::Manifest { manifest: manifest.clone(), reason: e.to_string() })?;
         let parsed: toml::Table = toml::from_str(&text)
             .map_err(|e| BuildError::Manifest { manifest: manifest.clone(), reason: e.message().to_string() })?;
-        let name = parsed
-            .get("package")
-            .and_then(|p| p.get("name"))
-            .and_then(|n| n.as_str())
-            .ok_or_else(|| BuildError::Manifest { manifest: manifest.clone(), reason: "no [package] name".into() })?;
+        let name =
+            parsed.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()).ok_or_else(|| {
+                BuildError::Manifest { manifest: manifest.clone(), reason: "no [package] name".into() }
+            })?;
         plugins.push((name.to_string(), manifest));
     }
     plugins.sort();
@@ -88,7 +87,8 @@ pub fn ensure_target() -> Result<(), BuildError> {
 pub fn build_plugins(source: &Path, out_dir: &Path, target_dir: &Path) -> Result<Vec<Built>, BuildError> {
     let plugins = find_plugins(source)?;
     ensure_target()?;
-    std::fs::create_dir_all(out_dir).map_err(|e| BuildError::Write { path: out_dir.to_path_buf(), reason: e.to_string() })?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| BuildError::Write { path: out_dir.to_path_buf(), reason: e.to_string() })?;
     let mut built = Vec::new();
     for (plugin, manifest) in plugins {
         info!(plugin = %plugin, "building");
@@ -102,10 +102,7 @@ pub fn build_plugins(source: &Path, out_dir: &Path, target_dir: &Path) -> Result
         if !status.success() {
             return Err(BuildError::Compile { plugin });
         }
-        let artifact = target_dir
-            .join(WASM_TARGET)
-            .join("release")
-            .join(format!("{}.wasm", plugin.replace('-', "_")));
+        let artifact = target_dir.join(WASM_TARGET).join("release").join(format!("{}.wasm", plugin.replace('-', "_")));
         let wasm = out_dir.join(format!("{plugin}.wasm"));
         install(&artifact, &wasm)?;
         info!(plugin = %plugin, wasm = %wasm.display(), "built");

@@ -10,7 +10,9 @@ use lapin::types::FieldTable;
 use crate::broker::{self, BrokerError, Delivered, Publisher};
 use crate::naming;
 use crate::routing::KeyMatch;
-use crate::topology::{ArgValue, Binding, ConsumerKind, ConsumerSpec, Exchange, ExchangeKind, Queue, Route, Topology, QUEUE_EXPIRES_MS};
+use crate::topology::{
+    ArgValue, Binding, ConsumerKind, ConsumerSpec, Exchange, ExchangeKind, QUEUE_EXPIRES_MS, Queue, Route, Topology,
+};
 
 /// The client's own service name when none is given.
 pub const DEFAULT_CLIENT_NAME: &str = "warren-cli";
@@ -84,7 +86,7 @@ pub fn client_topology(service: &str, client: &str, routing_key: &str) -> Topolo
 pub async fn request(broker_url: &str, call: &Call) -> Result<Reply, ClientError> {
     let connection = broker::connect(broker_url, &call.client).await?;
     let result = request_on(&connection, call).await;
-    let _ = connection.close(200, "done".into()).await;
+    broker::bounded_close(connection.close(200, "done".into())).await;
     result
 }
 
@@ -97,7 +99,12 @@ pub async fn request_on(connection: &lapin::Connection, call: &Call) -> Result<R
     let channel = broker::open_channel(connection).await?;
     let tag = format!("{}-{}", call.client, uuid::Uuid::new_v4());
     let mut responses = channel
-        .basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .map_err(|source| BrokerError::Channel { doing: format!("consuming {queue}"), source })?;
 
@@ -108,13 +115,18 @@ pub async fn request_on(connection: &lapin::Connection, call: &Call) -> Result<R
     let exchange = naming::request_exchange(&call.service);
     let publisher = Publisher::open(connection).await?;
     if publisher.publish(&exchange, &call.routing_key, &call.body, properties).await? == Delivered::Unroutable {
-        return Err(ClientError::Unroutable { service: call.service.clone(), routing_key: call.routing_key.clone(), exchange });
+        return Err(ClientError::Unroutable {
+            service: call.service.clone(),
+            routing_key: call.routing_key.clone(),
+            exchange,
+        });
     }
 
     let wait = async {
         while let Some(Ok(delivery)) = responses.next().await {
             let _ = delivery.ack(BasicAckOptions::default()).await;
-            let matches = delivery.properties.correlation_id().as_ref().map(|id| id.as_str()) == Some(correlation_id.as_str());
+            let matches =
+                delivery.properties.correlation_id().as_ref().map(|id| id.as_str()) == Some(correlation_id.as_str());
             if matches {
                 return Some(Reply {
                     body: delivery.data,
@@ -129,7 +141,8 @@ pub async fn request_on(connection: &lapin::Connection, call: &Call) -> Result<R
     };
     let timeout = || ClientError::Timeout { service: call.service.clone(), timeout: call.timeout };
     let reply = tokio::time::timeout(call.timeout, wait).await.map_err(|_| timeout())?.ok_or_else(timeout);
-    let _ = channel.basic_cancel(tag.as_str().into(), lapin::options::BasicCancelOptions::default()).await;
-    let _ = channel.close(200, "done".into()).await;
+    broker::bounded_close(channel.basic_cancel(tag.as_str().into(), lapin::options::BasicCancelOptions::default()))
+        .await;
+    broker::bounded_close(channel.close(200, "done".into())).await;
     reply
 }

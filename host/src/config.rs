@@ -105,8 +105,8 @@ pub struct ResponseHandler {
 impl Config {
     /// Reads, parses and resolves the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let broker_url = std::env::var(BROKER_URL_ENV).ok();
         Config::parse(path, &text, broker_url)
     }
@@ -237,11 +237,7 @@ fn check_name(at: &Locator, value: &Spanned<String>, key: &str) -> Result<String
         return Err(at.at(value, key, "must not be empty"));
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c))) {
-        return Err(at.at(
-            value,
-            key,
-            format!("'{name}' contains '{bad}'; use letters, digits, '-', '_' or '.'"),
-        ));
+        return Err(at.at(value, key, format!("'{name}' contains '{bad}'; use letters, digits, '-', '_' or '.'")));
     }
     Ok(name.clone())
 }
@@ -267,9 +263,7 @@ impl RawConfig {
         let service = check_name(at, &self.service.name, "service.name")?;
         let base = at.path.parent().unwrap_or(Path::new("."));
         let plugins_dir = base.join(self.service.plugins.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR));
-        let broker_url = broker_url
-            .or(self.broker.url)
-            .unwrap_or_else(|| DEFAULT_BROKER_URL.to_string());
+        let broker_url = broker_url.or(self.broker.url).unwrap_or_else(|| DEFAULT_BROKER_URL.to_string());
 
         let prefetch = match self.broker.prefetch {
             Some(p) if *p.get_ref() == 0 => {
@@ -439,7 +433,10 @@ mod tests {
         let message = error(
             "[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"x\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"y\"\n",
         );
-        assert!(message.starts_with("conf/warren.toml:7:15: request[1].routing_key: 'a' is already served by request[0]"), "{message}");
+        assert!(
+            message.starts_with("conf/warren.toml:7:15: request[1].routing_key: 'a' is already served by request[0]"),
+            "{message}"
+        );
     }
 
     #[test]

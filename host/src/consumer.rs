@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use tokio::task::JoinSet;
@@ -79,7 +81,12 @@ impl QueueConsumer {
             .map_err(channel_error("setting prefetch"))?;
         let tag = format!("warren-{}", uuid::Uuid::new_v4());
         let mut deliveries = channel
-            .basic_consume(self.queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                self.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(channel_error("starting to consume"))?;
         info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
@@ -107,7 +114,7 @@ impl QueueConsumer {
             }
         }
 
-        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+        broker::bounded_close(channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())).await;
         let pending = in_flight.len();
         if pending > 0 {
             info!(queue = %self.queue, pending, "waiting for in-flight messages");
@@ -116,7 +123,7 @@ impl QueueConsumer {
             warn!(queue = %self.queue, left = in_flight.len(), "grace period over; unfinished messages are redelivered by RabbitMQ");
             in_flight.abort_all();
         }
-        let _ = channel.close(200, "shutting down".into()).await;
+        broker::bounded_close(channel.close(200, "shutting down".into())).await;
         Ok(())
     }
 
@@ -169,11 +176,15 @@ impl QueueConsumer {
         debug!(queue = %self.queue, routing_key, plugin = plugin.name(), "calling plugin");
         match plugin.handle(&request, &plugin_headers).await {
             Err(fault) => Outcome::Rejected(format!("plugin '{}' {fault}; instance discarded", plugin.name())),
-            Ok(Err(HandlerError::BadRequest(why))) => Outcome::Rejected(format!("bad-request from '{}': {why}", plugin.name())),
+            Ok(Err(HandlerError::BadRequest(why))) => {
+                Outcome::Rejected(format!("bad-request from '{}': {why}", plugin.name()))
+            }
             Ok(Err(HandlerError::Failed(why))) => Outcome::Rejected(format!("failed in '{}': {why}", plugin.name())),
             Ok(Err(HandlerError::Retry(why))) => self.retry(delivery, routing_key, &why).await,
             Ok(Ok(response)) => match (self.kind, requester) {
-                (ConsumerKind::Request, Some(requester)) => self.respond(delivery, routing_key, &requester, response).await,
+                (ConsumerKind::Request, Some(requester)) => {
+                    self.respond(delivery, routing_key, &requester, response).await
+                }
                 _ => Outcome::Acked,
             },
         }
@@ -203,7 +214,9 @@ impl QueueConsumer {
                 warn!(exchange = %exchange, routing_key, requester, "response unroutable: no queue of '{requester}' is bound for it; the request is acked");
                 Outcome::Acked
             }
-            Err(error) => Outcome::Requeued(format!("response not confirmed ({error}); the request will be handled again")),
+            Err(error) => {
+                Outcome::Requeued(format!("response not confirmed ({error}); the request will be handled again"))
+            }
         }
     }
 
@@ -217,7 +230,9 @@ impl QueueConsumer {
             _ => 0,
         };
         if retries >= self.max_retries {
-            return Outcome::Rejected(format!("retry asked ({why}) but the message was already retried {retries} times (limits.max_retries)"));
+            return Outcome::Rejected(format!(
+                "retry asked ({why}) but the message was already retried {retries} times (limits.max_retries)"
+            ));
         }
         let mut table = props.headers().clone().unwrap_or_default();
         table.insert(ShortString::from(RETRIES_HEADER), AMQPValue::LongLongInt(i64::from(retries) + 1));

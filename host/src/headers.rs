@@ -21,10 +21,7 @@ pub fn to_plugin(table: Option<&FieldTable>, routing_key: &str) -> Vec<Header> {
         .filter(|(name, _)| name.as_str() != ROUTING_KEY_HEADER)
         .map(|(name, value)| Header { name: name.to_string(), value: to_plugin_value(value) })
         .collect();
-    headers.push(Header {
-        name: ROUTING_KEY_HEADER.to_string(),
-        value: HeaderValue::Text(routing_key.to_string()),
-    });
+    headers.push(Header { name: ROUTING_KEY_HEADER.to_string(), value: HeaderValue::Text(routing_key.to_string()) });
     headers
 }
 
@@ -77,9 +74,7 @@ fn decimal_text(value: u32, scale: u8) -> String {
 /// A nested AMQP value as JSON (tables → objects, arrays → arrays, bytes → arrays of numbers).
 fn to_json(value: &AMQPValue) -> Json {
     match value {
-        AMQPValue::FieldTable(t) => {
-            Json::Object(t.inner().iter().map(|(k, v)| (k.to_string(), to_json(v))).collect())
-        }
+        AMQPValue::FieldTable(t) => Json::Object(t.inner().iter().map(|(k, v)| (k.to_string(), to_json(v))).collect()),
         AMQPValue::FieldArray(a) => Json::Array(a.as_slice().iter().map(to_json).collect()),
         AMQPValue::ByteArray(b) => Json::Array(b.as_slice().iter().map(|&x| Json::from(x)).collect()),
         other => match to_plugin_value(other) {
@@ -197,10 +192,7 @@ mod tests {
             t.inner()["a"],
             AMQPValue::FieldArray(vec![AMQPValue::LongLongInt(1), AMQPValue::LongString("x".into())].into())
         );
-        assert_eq!(
-            from_plugin_value(&HeaderValue::Table("not json".into())),
-            AMQPValue::LongString("not json".into())
-        );
+        assert_eq!(from_plugin_value(&HeaderValue::Table("not json".into())), AMQPValue::LongString("not json".into()));
     }
 
     #[test]

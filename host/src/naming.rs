@@ -82,10 +82,7 @@ mod tests {
 
     #[test]
     fn suffixed_event_queue_appends_dash_suffix() {
-        assert_eq!(
-            event_queue_with_suffix("events", "orders", "replay"),
-            "events.topic.exchange.queue.orders-replay"
-        );
+        assert_eq!(event_queue_with_suffix("events", "orders", "replay"), "events.topic.exchange.queue.orders-replay");
     }
 
     #[test]

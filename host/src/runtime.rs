@@ -54,11 +54,17 @@ pub enum RuntimeError {
 /// A plugin file that cannot be served, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("plugin '{plugin}': cannot read {path}: {reason}. Run `warren build`, or copy {plugin}.wasm into the plugins folder")]
+    #[error(
+        "plugin '{plugin}': cannot read {path}: {reason}. Run `warren build`, or copy {plugin}.wasm into the plugins folder"
+    )]
     Read { plugin: String, path: PathBuf, reason: String },
-    #[error("plugin '{plugin}': {path} is {what}, not a WebAssembly component. Build the plugin with `cargo build --release --target wasm32-wasip2` (or `warren build`)")]
+    #[error(
+        "plugin '{plugin}': {path} is {what}, not a WebAssembly component. Build the plugin with `cargo build --release --target wasm32-wasip2` (or `warren build`)"
+    )]
     NotAComponent { plugin: String, path: PathBuf, what: String },
-    #[error("plugin '{plugin}': {path} is not a valid component: {reason}. Rebuild it; if it was copied, the copy may be incomplete")]
+    #[error(
+        "plugin '{plugin}': {path} is not a valid component: {reason}. Rebuild it; if it was copied, the copy may be incomplete"
+    )]
     Invalid { plugin: String, path: PathBuf, reason: String },
     #[error("plugin '{plugin}': {path} does not fit the {world} world: {reason}. Rebuild it against this host's guest-sdk (wit/)", world = WORLD)]
     WrongWorld { plugin: String, path: PathBuf, reason: String },
@@ -140,8 +146,11 @@ impl Runtime {
         if let Some(what) = not_a_component(bytes) {
             return Err(PluginError::NotAComponent { plugin: name, path: file, what });
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PluginError::Invalid { plugin: name.clone(), path: file.clone(), reason: format!("{e:#}") })?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
+            plugin: name.clone(),
+            path: file.clone(),
+            reason: format!("{e:#}"),
+        })?;
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
             plugin: name.clone(),
             path: file.clone(),
@@ -154,8 +163,11 @@ impl Runtime {
         // Instantiate once now, so a plugin that cannot start is refused at load time.
         let mut store = plugin.new_store(MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY));
         // Instantiation awaits nothing from the host, so a local executor is enough.
-        futures_lite::future::block_on(plugin.pre.instantiate_async(&mut store))
-            .map_err(|e| PluginError::Smoke { plugin: name, path: file, reason: format!("{e:#}") })?;
+        futures_lite::future::block_on(plugin.pre.instantiate_async(&mut store)).map_err(|e| PluginError::Smoke {
+            plugin: name,
+            path: file,
+            reason: format!("{e:#}"),
+        })?;
         Ok(plugin)
     }
 }
@@ -238,16 +250,9 @@ impl Plugin {
 
     fn new_store(&self, output: MemoryOutputPipe) -> Store<CallState> {
         let wasi = WasiCtxBuilder::new().stdout(output.clone()).stderr(output).build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = CallState {
-            wasi,
-            table: ResourceTable::new(),
-            limits,
-            deadline: Instant::now() + self.limits.timeout,
-        };
+        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
+        let state =
+            CallState { wasi, table: ResourceTable::new(), limits, deadline: Instant::now() + self.limits.timeout };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);

@@ -121,7 +121,7 @@ impl Server {
                 first_error.get_or_insert(error);
             }
         }
-        let _ = self.connection.close(200, "warren stopped".into()).await;
+        broker::bounded_close(self.connection.close(200, "warren stopped".into())).await;
         info!("stopped");
         first_error.map_or(Ok(()), |e| Err(e.into()))
     }

@@ -15,12 +15,8 @@ mod tests {
 
     #[test]
     fn answers_with_the_body_unchanged() {
-        let message = Message {
-            routing_key: "echo".into(),
-            body: vec![0, 159, 255, b'a'],
-            content_type: None,
-            headers: vec![],
-        };
+        let message =
+            Message { routing_key: "echo".into(), body: vec![0, 159, 255, b'a'], content_type: None, headers: vec![] };
         assert_eq!(echo(message).unwrap().body, vec![0, 159, 255, b'a']);
     }
 }

@@ -23,7 +23,7 @@ warren_guest::export_json!(greet);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warren_guest::{call_json, Message};
+    use warren_guest::{Message, call_json};
 
     fn message(body: &[u8]) -> Message {
         Message { routing_key: "greet".into(), body: body.to_vec(), content_type: None, headers: vec![] }

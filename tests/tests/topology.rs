@@ -1,0 +1,98 @@
+//! After a host starts, the broker's own listings (`rabbitmqctl`) hold exactly the entities
+//! SPEC §1 names for a request-serving service — names written out here, not computed by the
+//! host's naming module.
+
+use serde_json::{Value, json};
+use warren_tests::*;
+
+fn only_named(rows: Vec<Value>, field: &str, prefix: &str) -> Vec<Value> {
+    rows.into_iter().filter(|r| r[field].as_str().is_some_and(|n| n.starts_with(prefix))).collect()
+}
+
+broker_test! {
+async fn a_request_service_declares_goamqps_exchanges_queue_and_bindings() {
+    let service = unique_service("topo");
+    let server = start(&config(&service, &requests(&[("echo", "echo"), ("greet", "greet")]))).await;
+    let prefix = format!("{service}.");
+
+    let mut exchanges = only_named(
+        broker_listing("list_exchanges", &["name", "type", "durable", "auto_delete", "internal", "arguments"]),
+        "name",
+        &prefix,
+    );
+    exchanges.sort_by_key(|e| e["name"].as_str().unwrap().to_string());
+    assert_eq!(
+        exchanges,
+        vec![
+            json!({"name": format!("{service}.direct.exchange.request"), "type": "direct",
+                   "durable": true, "auto_delete": false, "internal": false, "arguments": []}),
+            json!({"name": format!("{service}.headers.exchange.response"), "type": "headers",
+                   "durable": true, "auto_delete": false, "internal": false, "arguments": []}),
+        ]
+    );
+
+    let queues = only_named(
+        broker_listing("list_queues", &["name", "durable", "auto_delete", "exclusive", "arguments"]),
+        "name",
+        &prefix,
+    );
+    assert_eq!(
+        queues,
+        vec![json!({"name": format!("{service}.direct.exchange.request.queue"), "durable": true,
+                    "auto_delete": false, "exclusive": false,
+                    "arguments": [["x-expires", "long", 432000000]]})]
+    );
+
+    let mut bindings: Vec<Value> = only_named(
+        broker_listing("list_bindings", &["source_name", "destination_name", "routing_key", "arguments"]),
+        "destination_name",
+        &prefix,
+    )
+    .into_iter()
+    .filter(|b| b["source_name"] != "") // the default exchange binds every queue by name
+    .collect();
+    bindings.sort_by_key(|b| b["routing_key"].as_str().unwrap().to_string());
+    let request_exchange = format!("{service}.direct.exchange.request");
+    let queue = format!("{service}.direct.exchange.request.queue");
+    assert_eq!(
+        bindings,
+        vec![
+            json!({"source_name": request_exchange, "destination_name": queue, "routing_key": "echo", "arguments": []}),
+            json!({"source_name": request_exchange, "destination_name": queue, "routing_key": "greet", "arguments": []}),
+        ]
+    );
+
+    server.stop().await.unwrap();
+    delete_service(&service).await;
+}
+}
+
+broker_test! {
+async fn a_queue_declared_with_other_arguments_is_refused_in_words() {
+    let service = unique_service("conflict");
+    // Someone declared our request queue without goamqp's x-expires.
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let queue = format!("{service}.direct.exchange.request.queue");
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions { durable: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    let error = match Server::start(&config(&service, &requests(&[("echo", "echo")]))).await {
+        Ok(_) => panic!("the host started on a queue with conflicting arguments"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains(&format!("queue '{queue}'")), "{error}");
+    assert!(error.contains("'x-expires'"), "{error}");
+    assert!(error.contains("432000000"), "{error}");
+    assert!(error.contains("delete it"), "{error}");
+
+    delete_service(&service).await;
+    let _ = connection.close(200, "done".into()).await;
+}
+}

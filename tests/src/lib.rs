@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::mpsc;
 
@@ -129,6 +129,24 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
     }
 }
 
+/// Consumes `queue`, acking each delivery and handing it over on the returned channel.
+async fn consume(channel: &Channel, queue: &str) -> mpsc::UnboundedReceiver<Delivery> {
+    let mut consumer = channel
+        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let (tx, deliveries) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            if tx.send(delivery).is_err() {
+                break;
+            }
+        }
+    });
+    deliveries
+}
+
 /// A client of service `target` as goamqp sets one up: it declares
 /// `<target>.headers.exchange.response.queue.<name>`, bound per routing key with
 /// `service=<name>`, and publishes requests to `<target>.direct.exchange.request`.
@@ -175,19 +193,7 @@ impl GoClient {
                 .await
                 .unwrap();
         }
-        let mut consumer = channel
-            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .unwrap();
-        let (tx, responses) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                delivery.ack(BasicAckOptions::default()).await.unwrap();
-                if tx.send(delivery).is_err() {
-                    break;
-                }
-            }
-        });
+        let responses = consume(&channel, &queue).await;
         let publisher = connection.create_channel().await.unwrap();
         publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         GoClient { name: name.to_string(), target: target.to_string(), connection, publisher, responses }
@@ -294,19 +300,7 @@ impl DeadLetters {
         let pattern = format!("^{}\\.direct\\.exchange\\.request\\.queue$", service.replace('-', "\\-"));
         let definition = format!("{{\"dead-letter-exchange\":\"{exchange}\"}}");
         rabbitmqctl(&["set_policy", &policy, &pattern, &definition, "--apply-to", "queues"]);
-        let mut consumer = channel
-            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .unwrap();
-        let (tx, deliveries) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                delivery.ack(BasicAckOptions::default()).await.unwrap();
-                if tx.send(delivery).is_err() {
-                    break;
-                }
-            }
-        });
+        let deliveries = consume(&channel, &queue).await;
         DeadLetters { policy, queue, connection, deliveries }
     }
 
@@ -366,12 +360,42 @@ pub async fn delete_service(service: &str) {
     let _ = connection.close(200, "done".into()).await;
 }
 
-/// Header names of a delivery, as `ShortString`s are awkward in assertions.
-pub fn header_names(delivery: &Delivery) -> Vec<String> {
-    delivery
-        .properties
-        .headers()
-        .as_ref()
-        .map(|t| t.inner().keys().map(ShortString::to_string).collect())
-        .unwrap_or_default()
+/// One request-serving test setup: a host for a fresh service, a goamqp client of it, and a
+/// catcher of what the host rejects (dead-lettered through a broker policy).
+pub struct Scenario {
+    pub service: String,
+    pub server: Server,
+    pub client: GoClient,
+    pub dead: DeadLetters,
+}
+
+impl Scenario {
+    /// A host for `t-<what>-…` with `[[request]]` handlers and `extra` config, a client
+    /// that expects responses for every handler key plus `more_keys`.
+    pub async fn start(what: &str, handlers: &[(&str, &str)], extra: &str, more_keys: &[&str]) -> Scenario {
+        let service = unique_service(what);
+        let dead = DeadLetters::catch(&service).await;
+        let server = start(&config(&service, &format!("{extra}\n{}", requests(handlers)))).await;
+        let keys: Vec<&str> = handlers.iter().map(|(key, _)| *key).chain(more_keys.iter().copied()).collect();
+        let client = GoClient::new(&service, "go-client", &keys).await;
+        Scenario { service, server, client, dead }
+    }
+
+    /// The host's request queue, spelled out.
+    pub fn request_queue(&self) -> String {
+        format!("{}.direct.exchange.request.queue", self.service)
+    }
+
+    /// Stops the host, checks that every message it got was settled (stopping closes its
+    /// channels, so an unacked message would be back in the queue), and removes everything
+    /// the test declared.
+    pub async fn finish(self) {
+        let queue = self.request_queue();
+        self.server.stop().await.expect("the host stops cleanly");
+        let left = ready_messages(&self.client.connection, &queue).await;
+        assert_eq!(left, 0, "{left} message(s) were never acked or rejected");
+        self.client.cleanup().await;
+        self.dead.cleanup().await;
+        delete_service(&self.service).await;
+    }
 }

@@ -1,0 +1,231 @@
+//! The user contract (SPEC §3), black-box: the real `warren` binary with a config in a fresh
+//! folder — `build`, `run` (until SIGTERM), `request`, `check`, `topology` — against the real
+//! broker. Each test uses its own service name.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn warren() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    command.env_remove("WARREN_BROKER_URL").env_remove("RUST_LOG");
+    command
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn unique(what: &str) -> String {
+    format!("t-{what}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A fresh folder holding `warren.toml` with `body` after the `[service]` table.
+fn project(service: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("warren-cli-{service}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!("[service]\nname = \"{service}\"\nplugins = \"out\"\n\n{body}");
+    std::fs::write(dir.join("warren.toml"), config).unwrap();
+    dir
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let output = command.output().expect("running warren");
+    assert!(output.status.success(), "{command:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn run_err(command: &mut Command) -> String {
+    let output: Output = command.output().expect("running warren");
+    assert!(!output.status.success(), "{command:?} should have failed");
+    String::from_utf8(output.stderr).unwrap()
+}
+
+/// `warren build` of the example plugins into `<dir>/out` (shares the plugin cargo target).
+fn build(dir: &Path) {
+    let config = dir.join("warren.toml");
+    let target = repo().join("target/plugin-build");
+    run_ok(
+        warren()
+            .arg("build")
+            .arg("--config")
+            .arg(&config)
+            .arg("--source")
+            .arg(repo().join("plugins"))
+            .arg("--target-dir")
+            .arg(target),
+    );
+}
+
+/// A `warren run` process, stopped with SIGTERM.
+struct Host {
+    child: Child,
+    log: mpsc::Receiver<String>,
+}
+
+impl Host {
+    /// Starts `warren run` and waits for its "serving" line.
+    fn start(dir: &Path) -> Host {
+        let mut child = warren()
+            .arg("run")
+            .arg("--config")
+            .arg(dir.join("warren.toml"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting warren run");
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let host = Host { child, log };
+        host.wait_for_log("serving");
+        host
+    }
+
+    fn wait_for_log(&self, needle: &str) -> String {
+        let until = Instant::now() + DEADLINE;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("warren run never logged '{needle}'");
+    }
+
+    /// Sends SIGTERM and returns whether it exited successfully within the deadline.
+    fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let until = Instant::now() + DEADLINE;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+#[test]
+fn build_run_and_request_from_the_command_line() {
+    let service = unique("cli");
+    let dir = project(
+        &service,
+        "[[request]]\nrouting_key = \"greet\"\nplugin = \"greet\"\n\n[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n",
+    );
+    build(&dir);
+    for plugin in ["echo", "greet", "chaos"] {
+        assert!(dir.join("out").join(format!("{plugin}.wasm")).is_file(), "warren build wrote {plugin}.wasm");
+    }
+
+    let host = Host::start(&dir);
+    let answer = run_ok(warren().args(["request", &service, "greet", r#"{"name":"Ada"}"#]));
+    assert_eq!(answer, r#"{"greeting":"Hello, Ada!"}"#);
+    let echoed = run_ok(
+        warren().args(["request", &service, "echo", "-"]).stdin(std::fs::File::open(dir.join("warren.toml")).unwrap()),
+    );
+    assert_eq!(echoed, std::fs::read_to_string(dir.join("warren.toml")).unwrap(), "a body from stdin, byte for byte");
+
+    let unroutable = run_err(warren().args(["request", &service, "no-such-key", "x"]));
+    assert!(unroutable.contains("no queue is bound for routing key 'no-such-key'"), "{unroutable}");
+    let rejected = run_err(warren().args(["request", &service, "greet", "not json", "--timeout-ms", "800"]));
+    assert!(rejected.contains("no response from"), "{rejected}");
+
+    assert!(host.terminate(), "warren run exits cleanly on SIGTERM");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn run_without_a_broker_says_how_to_start_one() {
+    let service = unique("nobroker");
+    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n");
+    build(&dir);
+    let error = run_err(
+        warren()
+            .arg("run")
+            .arg("--config")
+            .arg(dir.join("warren.toml"))
+            .env("WARREN_BROKER_URL", "amqp://guest:secret@127.0.0.1:1/%2f"),
+    );
+    assert!(error.contains("cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"), "{error}");
+    assert!(error.contains("rabbitmq-server -detached"), "{error}");
+    assert!(!error.contains("secret"), "the password is not printed");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn check_names_each_bad_plugin_file_and_what_is_wrong() {
+    let service = unique("check");
+    let dir = project(
+        &service,
+        "[[request]]\nrouting_key = \"a\"\nplugin = \"garbage\"\n[[request]]\nrouting_key = \"b\"\nplugin = \"core\"\n[[request]]\nrouting_key = \"c\"\nplugin = \"missing\"\n[[request]]\nrouting_key = \"d\"\nplugin = \"cut\"\n",
+    );
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("garbage.wasm"), b"#!/bin/sh\necho not wasm\n").unwrap();
+    std::fs::write(out.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    build(&dir);
+    let greet = std::fs::read(out.join("greet.wasm")).unwrap();
+    std::fs::write(out.join("cut.wasm"), &greet[..greet.len() / 2]).unwrap();
+
+    let error = run_err(warren().arg("check").arg("--config").arg(dir.join("warren.toml")));
+    let lines: Vec<&str> = error.lines().collect();
+    let line = |plugin: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("plugin '{plugin}'")))
+            .copied()
+            .unwrap_or_else(|| panic!("no line for {plugin}:\n{error}"))
+    };
+    assert!(line("garbage").contains("not WebAssembly at all"), "{error}");
+    assert!(line("core").contains("a core WebAssembly module, not a WebAssembly component"), "{error}");
+    assert!(line("missing").contains("cannot read") && line("missing").contains("warren build"), "{error}");
+    assert!(line("cut").contains("not a valid component"), "{error}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn check_passes_a_good_project_and_reports_config_typos_with_file_line_and_key() {
+    let service = unique("typo");
+    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n");
+    build(&dir);
+    let ok = run_ok(warren().arg("check").arg("--config").arg(dir.join("warren.toml")));
+    assert!(ok.contains("ok (1 plugins: echo)"), "{ok}");
+
+    let config = dir.join("warren.toml");
+    std::fs::write(
+        &config,
+        format!("[service]\nname = \"{service}\"\n\n[[request]]\nroutng_key = \"echo\"\nplugin = \"echo\"\n"),
+    )
+    .unwrap();
+    let error = run_err(warren().arg("check").arg("--config").arg(&config));
+    assert!(error.contains(&format!("{}:5:1: routng_key: unknown field `routng_key`", config.display())), "{error}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn topology_prints_what_run_declares() {
+    let service = unique("topo");
+    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n");
+    let json = run_ok(warren().arg("topology").arg("--json").arg("--config").arg(dir.join("warren.toml")));
+    let topology: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(topology["queues"][0]["name"], format!("{service}.direct.exchange.request.queue"));
+    assert_eq!(topology["queues"][0]["arguments"]["x-expires"], 432000000);
+    assert_eq!(topology["bindings"][0]["routing_key"], "echo");
+    let table = run_ok(warren().arg("topology").arg("--config").arg(dir.join("warren.toml")));
+    assert!(table.contains(&format!("direct   {service}.direct.exchange.request")), "{table}");
+    let _ = std::fs::remove_dir_all(dir);
+}

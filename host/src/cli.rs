@@ -145,6 +145,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Run { config } => {
                 let config = Config::load(&config)?;
                 let server = Server::start(&config).await?;
+                println!("{:<16} {:>4}  {:<12}  {:<8}  FILE", "PLUGIN", "GEN", "SHA-256", "CODE");
+                for p in server.plugins() {
+                    let source = format!("{:?}", p.source).to_lowercase();
+                    println!(
+                        "{:<16} {:>4}  {:<12}  {:<8}  {}",
+                        p.name,
+                        p.generation,
+                        &p.hash[..12],
+                        source,
+                        p.path.display()
+                    );
+                }
                 server.serve(shutdown::signal()).await?;
                 Ok(())
             }
@@ -188,7 +200,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 /// `warren check`: the config, then every plugin, each problem on its own line.
 async fn check(path: &Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    let runtime = crate::runtime::Runtime::new(4, config.limits.memory_bytes).map_err(ServerError::from)?;
+    let runtime = crate::runtime::Runtime::new(4, config.limits.memory_bytes, None).map_err(ServerError::from)?;
     crate::plugins::Plugins::load_all(&runtime, &config).await.map_err(ServerError::from)?;
     println!("{}: ok ({} plugins: {})", path.display(), config.plugin_names().len(), config.plugin_names().join(", "));
     Ok(())

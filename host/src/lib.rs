@@ -10,7 +10,8 @@
 //! - [`consumer`]: one queue's deliveries → handler → outcome (ack, reject, respond).
 //! - [`routing`]: which handler a routing key goes to (exact or topic patterns).
 //! - [`runtime`]: wasmtime: compile, check and call plugin components, sandboxed.
-//! - [`plugins`]: the live plugin of each name, swappable.
+//! - [`plugins`]: the live plugin of each name, swappable; [`reload`] swaps them when
+//!   their files change.
 //! - [`headers`]: AMQP headers ↔ the plugin's typed headers.
 //! - [`server`]: wires the above into a running host; [`shutdown`] stops it.
 //! - [`client`]: a goamqp-style client (`warren request`); [`builder`]: `warren build`.
@@ -25,6 +26,7 @@ pub mod consumer;
 pub mod headers;
 pub mod naming;
 pub mod plugins;
+pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod server;

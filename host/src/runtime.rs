@@ -90,16 +90,34 @@ impl std::fmt::Display for PluginFault {
     }
 }
 
+/// Where a plugin's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeSource {
+    /// Compiled from the `.wasm` by Cranelift (and written to the cache).
+    Compiled,
+    /// Loaded from a `.cwasm` this host wrote earlier for the same bytes and engine.
+    Cache,
+}
+
 /// The shared WebAssembly engine and linker.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<CallState>,
+    cache_dir: Option<PathBuf>,
+    /// Identifies the engine's code format in cache keys: other versions or settings miss.
+    engine_key: String,
 }
 
 impl Runtime {
     /// Creates the engine, sized for at most `max_instances` concurrent calls whose memory
-    /// is at most `max_memory` bytes, and starts its epoch ticker.
-    pub fn new(max_instances: u32, max_memory: usize) -> Result<Arc<Runtime>, RuntimeError> {
+    /// is at most `max_memory` bytes, and starts its epoch ticker. Compiled plugins are kept
+    /// in `cache_dir` when given.
+    pub fn new(
+        max_instances: u32,
+        max_memory: usize,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Arc<Runtime>, RuntimeError> {
         let instances = max_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)
@@ -125,28 +143,40 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         spawn_epoch_ticker(&engine);
-        Ok(Arc::new(Runtime { engine, linker }))
+        let engine_key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            env!("CARGO_PKG_VERSION").hash(&mut hasher);
+            format!("{:016x}", hasher.finish())
+        };
+        Ok(Arc::new(Runtime { engine, linker, cache_dir, engine_key }))
     }
 
     /// Compiles the plugin at `path`, checks that it exports the handler world and needs no
     /// import the host does not give, and instantiates it once as a smoke test.
     ///
     /// This is CPU-heavy (tens of ms): call it off the async threads.
-    pub fn load(&self, plugin: &str, path: &Path, limits: Limits) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
-            plugin: plugin.to_string(),
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        self.load_bytes(plugin, path, &bytes, limits)
+    pub fn load(&self, plugin: &str, path: &Path, limits: Limits, generation: u64) -> Result<Plugin, PluginError> {
+        let bytes = read_plugin(plugin, path)?;
+        self.load_bytes(plugin, path, &bytes, limits, generation)
     }
 
-    fn load_bytes(&self, plugin: &str, path: &Path, bytes: &[u8], limits: Limits) -> Result<Plugin, PluginError> {
+    /// Like [`Runtime::load`], for bytes already read from `path`.
+    pub fn load_bytes(
+        &self,
+        plugin: &str,
+        path: &Path,
+        bytes: &[u8],
+        limits: Limits,
+        generation: u64,
+    ) -> Result<Plugin, PluginError> {
         let (name, file) = (plugin.to_string(), path.to_path_buf());
         if let Some(what) = not_a_component(bytes) {
             return Err(PluginError::NotAComponent { plugin: name, path: file, what });
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
+        let hash = content_hash(bytes);
+        let (component, source) = self.component(plugin, bytes, &hash).map_err(|e| PluginError::Invalid {
             plugin: name.clone(),
             path: file.clone(),
             reason: format!("{e:#}"),
@@ -158,7 +188,16 @@ impl Runtime {
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::HandlerPre::new(instance_pre).map_err(wrong_world)?;
-        let plugin = Plugin { name: name.clone(), path: file.clone(), pre, limits, engine: self.engine.clone() };
+        let plugin = Plugin {
+            name: name.clone(),
+            path: file.clone(),
+            hash,
+            generation,
+            source,
+            pre,
+            limits,
+            engine: self.engine.clone(),
+        };
 
         // Instantiate once now, so a plugin that cannot start is refused at load time.
         let mut store = plugin.new_store(MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY));
@@ -170,6 +209,55 @@ impl Runtime {
         })?;
         Ok(plugin)
     }
+}
+
+impl Runtime {
+    /// The compiled component for `bytes`: from the cache when this host already compiled
+    /// the same bytes with the same engine, else compiled now (and cached).
+    fn component(&self, plugin: &str, bytes: &[u8], hash: &str) -> Result<(Component, CodeSource), wasmtime::Error> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::new(&self.engine, bytes)?, CodeSource::Compiled));
+        };
+        let cached = dir.join(format!("{plugin}-{}-{}.cwasm", &hash[..32], self.engine_key));
+        if cached.is_file() {
+            // SAFETY: the file is named by the SHA-256 of the very bytes we were given and by
+            // this engine's compatibility hash, and only this function writes such names (in
+            // a folder that must be writable only by the host's user, like the plugins folder).
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(component) => return Ok((component, CodeSource::Cache)),
+                Err(error) => tracing::warn!(file = %cached.display(), %error, "unusable cache entry; compiling again"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        if let Err(error) = write_cache(dir, &cached, &component) {
+            tracing::warn!(file = %cached.display(), %error, "could not write the compiled plugin to the cache");
+        }
+        Ok((component, CodeSource::Compiled))
+    }
+}
+
+/// Writes a compiled component through a temp file and a rename (never a partial entry).
+fn write_cache(dir: &Path, file: &Path, component: &Component) -> Result<(), wasmtime::Error> {
+    std::fs::create_dir_all(dir)?;
+    let temp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temp, component.serialize()?)?;
+    std::fs::rename(&temp, file)?;
+    Ok(())
+}
+
+/// Reads a plugin file, naming the plugin and the file when it cannot.
+pub fn read_plugin(plugin: &str, path: &Path) -> Result<Vec<u8>, PluginError> {
+    std::fs::read(path).map_err(|e| PluginError::Read {
+        plugin: plugin.to_string(),
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// The SHA-256 of a plugin file, as hex: its identity for reloads and the cache.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the first bytes of a file say it is, when it is not a component.
@@ -215,12 +303,30 @@ impl WasiView for CallState {
 pub struct Plugin {
     name: String,
     path: PathBuf,
+    hash: String,
+    generation: u64,
+    source: CodeSource,
     pre: bindings::HandlerPre<CallState>,
     limits: Limits,
     engine: Engine,
 }
 
 impl Plugin {
+    /// SHA-256 of the `.wasm` this version was loaded from.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// 1 for the version loaded at start, +1 for each version swapped in since.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether this version was compiled or loaded from the cache.
+    pub fn source(&self) -> CodeSource {
+        self.source
+    }
+
     /// The plugin's name in the config.
     pub fn name(&self) -> &str {
         &self.name

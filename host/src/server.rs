@@ -11,7 +11,8 @@ use tracing::{error, info};
 use crate::broker::{self, BrokerError, Publisher};
 use crate::config::Config;
 use crate::consumer::QueueConsumer;
-use crate::plugins::{LoadErrors, Plugins};
+use crate::plugins::{LoadErrors, PluginStatus, Plugins};
+use crate::reload::{PluginWatcher, WatchError};
 use crate::routing::RouteTable;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::shutdown::{self, ShutdownTrigger};
@@ -29,11 +30,18 @@ pub enum ServerError {
     Plugins(#[from] LoadErrors),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
+
+/// The folder, inside the plugins folder, where compiled plugins are cached.
+pub const CACHE_DIR: &str = ".warren-cache";
 
 /// A running host. Stop it with [`Server::stop`], or let [`Server::serve`] wait for a signal.
 pub struct Server {
     topology: Topology,
+    plugins: Arc<Plugins>,
+    _watcher: PluginWatcher,
     connection: lapin::Connection,
     trigger: ShutdownTrigger,
     consumers: JoinSet<Result<(), BrokerError>>,
@@ -46,8 +54,10 @@ impl Server {
         let topology = Topology::for_config(config);
         // Concurrent calls are bounded by prefetch per queue (+1 for a load's smoke test).
         let max_instances = topology.consumers.len() as u32 * u32::from(config.prefetch) + 4;
-        let runtime = Runtime::new(max_instances, config.limits.memory_bytes)?;
-        let plugins = Plugins::load_all(&runtime, config).await?;
+        let cache = config.plugins_dir.join(CACHE_DIR);
+        let runtime = Runtime::new(max_instances, config.limits.memory_bytes, Some(cache))?;
+        let plugins = Arc::new(Plugins::load_all(&runtime, config).await?);
+        let watcher = PluginWatcher::start(&config.plugins_dir, plugins.clone())?;
 
         let connection = broker::connect(&config.broker_url, &config.service).await?;
         info!(service = %config.service, broker = %broker::redact(&config.broker_url), "connected");
@@ -87,12 +97,22 @@ impl Server {
             }
         }
         info!(service = %config.service, consumers = topology.consumers.len(), "serving");
-        Ok(Server { topology, connection, trigger, consumers })
+        Ok(Server { topology, plugins, _watcher: watcher, connection, trigger, consumers })
     }
 
     /// What this host declared and consumes.
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The live plugins: name, generation, content hash, compiled or cached.
+    pub fn plugins(&self) -> Vec<PluginStatus> {
+        self.plugins.table()
+    }
+
+    /// Every plugin version refused by hot reload since start, as logged.
+    pub fn refused_reloads(&self) -> Vec<String> {
+        self.plugins.refusals()
     }
 
     /// Serves until `signal` resolves or a consumer fails, then stops gracefully.

@@ -45,6 +45,47 @@ pub fn plugins_dir() -> &'static Path {
     })
 }
 
+/// The test fixtures (`tests/fixtures/*`, e.g. `wrongworld.wasm`), built once per binary.
+pub fn fixtures_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace();
+        let out = root.join("target/test-fixtures");
+        warren::builder::build_plugins(&root.join("tests/fixtures"), &out, &root.join("target/plugin-build"))
+            .expect("building the test fixtures");
+        out
+    })
+}
+
+/// A plugins folder of the test's own (hot reload changes files in it): each
+/// `(name, example)` is a copy of the example plugin `example` as `<name>.wasm`.
+pub fn private_plugins(service: &str, plugins: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("warren-plugins-{service}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, example) in plugins {
+        std::fs::copy(plugins_dir().join(format!("{example}.wasm")), dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    dir
+}
+
+/// Deploys a new version of a plugin the way the README says: write a temp file in the same
+/// folder, then rename it over the plugin's file.
+pub fn deploy_by_rename(dir: &Path, plugin: &str, bytes: &[u8]) {
+    let temp = dir.join(format!(".{plugin}.wasm.tmp"));
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::rename(&temp, dir.join(format!("{plugin}.wasm"))).unwrap();
+}
+
+/// Waits until `condition` holds, checking every 20 ms; panics with `what` at the deadline.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < until, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A service name no other test uses: `t-<what>-<8 hex>`.
 pub fn unique_service(what: &str) -> String {
     format!("t-{what}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -53,9 +94,14 @@ pub fn unique_service(what: &str) -> String {
 /// A config for `service` with the example plugins; `rest` is appended TOML
 /// (`[[request]]` tables, `[limits]`, …).
 pub fn config(service: &str, rest: &str) -> Config {
+    config_in(service, plugins_dir(), rest)
+}
+
+/// A config for `service` with plugins from `plugins`.
+pub fn config_in(service: &str, plugins: &Path, rest: &str) -> Config {
     let text = format!(
         "[service]\nname = \"{service}\"\nplugins = \"{}\"\n[broker]\nurl = \"{}\"\n{rest}",
-        plugins_dir().display(),
+        plugins.display(),
         broker_url()
     );
     Config::parse(Path::new("test.toml"), &text, None).expect("the test config parses")
@@ -373,9 +419,20 @@ impl Scenario {
     /// A host for `t-<what>-…` with `[[request]]` handlers and `extra` config, a client
     /// that expects responses for every handler key plus `more_keys`.
     pub async fn start(what: &str, handlers: &[(&str, &str)], extra: &str, more_keys: &[&str]) -> Scenario {
-        let service = unique_service(what);
+        Scenario::start_in(&unique_service(what), plugins_dir(), handlers, extra, more_keys).await
+    }
+
+    /// Like [`Scenario::start`], for a given service name and plugins folder.
+    pub async fn start_in(
+        service: &str,
+        plugins: &Path,
+        handlers: &[(&str, &str)],
+        extra: &str,
+        more_keys: &[&str],
+    ) -> Scenario {
+        let service = service.to_string();
         let dead = DeadLetters::catch(&service).await;
-        let server = start(&config(&service, &format!("{extra}\n{}", requests(handlers)))).await;
+        let server = start(&config_in(&service, plugins, &format!("{extra}\n{}", requests(handlers)))).await;
         let keys: Vec<&str> = handlers.iter().map(|(key, _)| *key).chain(more_keys.iter().copied()).collect();
         let client = GoClient::new(&service, "go-client", &keys).await;
         Scenario { service, server, client, dead }

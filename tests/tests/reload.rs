@@ -1,0 +1,125 @@
+//! Hot reload on the real broker: swapping a plugin's file while requests flow loses nothing
+//! and switches behaviour; a bad file leaves the old version serving; a restart with unchanged
+//! plugins loads them from the compiled cache.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use warren::runtime::CodeSource;
+use warren_tests::*;
+
+const ECHO_ANSWER: &[u8] = br#"{"name":"Ada"}"#;
+const GREET_ANSWER: &[u8] = br#"{"greeting":"Hello, Ada!"}"#;
+
+fn example(name: &str) -> Vec<u8> {
+    std::fs::read(plugins_dir().join(format!("{name}.wasm"))).unwrap()
+}
+
+fn generation(server: &Server, plugin: &str) -> u64 {
+    server.plugins().into_iter().find(|p| p.name == plugin).expect("a live plugin").generation
+}
+
+broker_test! {
+    async fn swapping_a_plugin_under_load_answers_every_request_exactly_once() {
+        let service = unique_service("swap");
+        let dir = private_plugins(&service, &[("hello", "echo")]);
+        let mut s = Scenario::start_in(&service, &dir, &[("hello", "hello")], "", &[]).await;
+        let (echo, greet) = (example("echo"), example("greet"));
+
+        let swaps_done = AtomicBool::new(false);
+        let sent = AtomicUsize::new(0);
+        let traffic = async {
+            // A steady stream with many in flight, until every swap is done (and at least 2000).
+            while !swaps_done.load(Ordering::SeqCst) || sent.load(Ordering::SeqCst) < 2000 {
+                let id = sent.fetch_add(1, Ordering::SeqCst);
+                s.client.request("hello", ECHO_ANSWER, &id.to_string()).await;
+            }
+        };
+        let swaps = async {
+            // By rename (the deploy contract) and by plain copy over the file (truncate + write).
+            let plan: [(&[u8], bool); 5] = [(&greet, true), (&echo, false), (&greet, true), (&echo, false), (&greet, false)];
+            for (generation_after, (bytes, by_rename)) in (2..).zip(plan) {
+                if by_rename {
+                    deploy_by_rename(&dir, "hello", bytes);
+                } else {
+                    std::fs::copy(plugins_dir().join(if bytes == greet.as_slice() { "greet.wasm" } else { "echo.wasm" }), dir.join("hello.wasm")).unwrap();
+                }
+                eventually("the new version serves", || generation(&s.server, "hello") == generation_after).await;
+            }
+            swaps_done.store(true, Ordering::SeqCst);
+        };
+        tokio::join!(traffic, swaps);
+        let sent = sent.load(Ordering::SeqCst);
+
+        let mut answers: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut received = 0;
+        while received < sent {
+            let response = s.client.response(DEADLINE).await.unwrap_or_else(|| panic!("only {received} of {sent} answered"));
+            let id = response.properties.correlation_id().as_ref().unwrap().to_string();
+            answers.entry(id).or_default().push(response.data);
+            received += 1;
+        }
+        assert!(s.client.response(Duration::from_millis(1000)).await.is_none(), "no request is answered twice");
+        assert_eq!(answers.len(), sent, "every request got an answer");
+        let by_echo = answers.values().filter(|a| a[0] == ECHO_ANSWER).count();
+        let by_greet = answers.values().filter(|a| a[0] == GREET_ANSWER).count();
+        assert_eq!(by_echo + by_greet, sent, "every answer is echo's or greet's");
+        assert!(by_echo > 0 && by_greet > 0, "answers switched between versions ({by_echo} echo, {by_greet} greet)");
+
+        // The last version deployed (greet) answers from now on.
+        s.client.request("hello", ECHO_ANSWER, "after").await;
+        assert_eq!(s.client.response(DEADLINE).await.expect("answered").data, GREET_ANSWER);
+        assert!(s.server.refused_reloads().is_empty(), "{:?}", s.server.refused_reloads());
+        s.finish().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+broker_test! {
+    async fn a_bad_new_file_is_refused_and_the_old_version_keeps_serving() {
+        let service = unique_service("badswap");
+        let dir = private_plugins(&service, &[("hello", "echo")]);
+        let mut s = Scenario::start_in(&service, &dir, &[("hello", "hello")], "", &[]).await;
+        let greet = example("greet");
+        let wrong_world = std::fs::read(fixtures_dir().join("wrongworld.wasm")).unwrap();
+        let bad_files: [(&[u8], &str); 4] = [
+            (&greet[..greet.len() / 3], "is not a valid component"),
+            (b"\0asm\x01\0\0\0", "is a core WebAssembly module, not a WebAssembly component"),
+            (b"echo 'not wasm'", "not WebAssembly at all"),
+            (&wrong_world, "does not fit the warren:plugin/handler@0.1.0 world"),
+        ];
+        for (i, (bytes, problem)) in bad_files.into_iter().enumerate() {
+            deploy_by_rename(&dir, "hello", bytes);
+            eventually("the file is refused", || s.server.refused_reloads().len() == i + 1).await;
+            let refusal = &s.server.refused_reloads()[i];
+            assert!(refusal.contains("plugin 'hello'") && refusal.contains("hello.wasm"), "{refusal}");
+            assert!(refusal.contains(problem), "{refusal}");
+
+            s.client.request("hello", b"still echo", &i.to_string()).await;
+            assert_eq!(s.client.response(DEADLINE).await.expect("the old version answers").data, b"still echo");
+            assert_eq!(generation(&s.server, "hello"), 1);
+        }
+        s.finish().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+broker_test! {
+    async fn a_restart_with_unchanged_plugins_loads_them_from_the_cache() {
+        let service = unique_service("cache");
+        let dir = private_plugins(&service, &[("hello", "greet")]);
+        let config = config_in(&service, &dir, &requests(&[("hello", "hello")]));
+
+        let first = start(&config).await;
+        assert_eq!(first.plugins()[0].source, CodeSource::Compiled, "a fresh folder compiles");
+        first.stop().await.unwrap();
+
+        let mut s = Scenario::start_in(&service, &dir, &[("hello", "hello")], "", &[]).await;
+        assert_eq!(s.server.plugins()[0].source, CodeSource::Cache, "no compile ran on restart");
+        s.client.request("hello", ECHO_ANSWER, "c").await;
+        assert_eq!(s.client.response(DEADLINE).await.expect("the cached code answers").data, GREET_ANSWER);
+        s.finish().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

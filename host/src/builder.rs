@@ -87,28 +87,32 @@ pub fn ensure_target() -> Result<(), BuildError> {
 pub fn build_plugins(source: &Path, out_dir: &Path, target_dir: &Path) -> Result<Vec<Built>, BuildError> {
     let plugins = find_plugins(source)?;
     ensure_target()?;
+    plugins.into_iter().map(|(plugin, manifest)| build_plugin(&plugin, &manifest, out_dir, target_dir)).collect()
+}
+
+/// Builds one plugin crate (its `Cargo.toml` is `manifest`) and installs `<out_dir>/<plugin>.wasm`.
+pub fn build_plugin(plugin: &str, manifest: &Path, out_dir: &Path, target_dir: &Path) -> Result<Built, BuildError> {
+    info!(plugin, "building");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .map_err(|e| BuildError::Cargo(e.to_string()))?;
+    if !status.success() {
+        return Err(BuildError::Compile { plugin: plugin.to_string() });
+    }
+    // A library (cdylib) is named with underscores, a binary keeps the package's dashes.
+    let release = target_dir.join(WASM_TARGET).join("release");
+    let library = release.join(format!("{}.wasm", plugin.replace('-', "_")));
+    let artifact = if library.is_file() { library } else { release.join(format!("{plugin}.wasm")) };
     std::fs::create_dir_all(out_dir)
         .map_err(|e| BuildError::Write { path: out_dir.to_path_buf(), reason: e.to_string() })?;
-    let mut built = Vec::new();
-    for (plugin, manifest) in plugins {
-        info!(plugin = %plugin, "building");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .status()
-            .map_err(|e| BuildError::Cargo(e.to_string()))?;
-        if !status.success() {
-            return Err(BuildError::Compile { plugin });
-        }
-        let artifact = target_dir.join(WASM_TARGET).join("release").join(format!("{}.wasm", plugin.replace('-', "_")));
-        let wasm = out_dir.join(format!("{plugin}.wasm"));
-        install(&artifact, &wasm)?;
-        info!(plugin = %plugin, wasm = %wasm.display(), "built");
-        built.push(Built { plugin, wasm });
-    }
-    Ok(built)
+    let wasm = out_dir.join(format!("{plugin}.wasm"));
+    install(&artifact, &wasm)?;
+    info!(plugin, wasm = %wasm.display(), "built");
+    Ok(Built { plugin: plugin.to_string(), wasm })
 }
 
 /// Copies `from` to `to` through a dotfile in the same folder and a rename, so a watcher

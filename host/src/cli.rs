@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::builder::{self, BuildError};
 use crate::client::{self, Call, ClientError, DEFAULT_CLIENT_NAME};
 use crate::config::{self, Config, ConfigError};
+use crate::reload::SourceWatcher;
 use crate::server::{Server, ServerError};
 use crate::shutdown;
 use crate::topology::Topology;
@@ -49,10 +50,22 @@ pub enum Command {
         #[arg(long, default_value = "target/plugin-build")]
         target_dir: PathBuf,
     },
-    /// Declare the topology, load the plugins and serve until Ctrl-C or SIGTERM.
+    /// Declare the topology, load the plugins and serve until Ctrl-C or SIGTERM; a plugin
+    /// whose .wasm changes is hot-reloaded.
     Run {
         #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
         config: PathBuf,
+    },
+    /// Build, then run, rebuilding a plugin whenever its source under --source changes.
+    Dev {
+        #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+        /// Folder whose sub-folders are plugin crates.
+        #[arg(long, default_value = "plugins")]
+        source: PathBuf,
+        /// Cargo target folder for the wasm builds.
+        #[arg(long, default_value = "target/plugin-build")]
+        target_dir: PathBuf,
     },
     /// Validate the config and every plugin (a component of the right world) without a broker.
     Check {
@@ -66,6 +79,14 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Create a plugin crate under plugins/ that builds and answers at once.
+    New {
+        /// The plugin's name (a crate name: lowercase letters, digits, '-').
+        name: String,
+        /// Folder to create it in.
+        #[arg(long, default_value = "plugins")]
+        source: PathBuf,
     },
     /// Send one request as a goamqp client and print the response body on stdout.
     ///
@@ -108,6 +129,8 @@ pub enum CliError {
     Server(#[from] ServerError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Scaffold(#[from] crate::scaffold::ScaffoldError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -132,35 +155,27 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         match cli.command {
             Command::Build { config, source, target_dir } => {
                 let config = Config::load(&config)?;
-                let built = tokio::task::spawn_blocking(move || {
-                    builder::build_plugins(&source, &config.plugins_dir, &target_dir)
-                })
-                .await
-                .expect("the build task panicked")?;
-                for plugin in built {
+                for plugin in build(&source, &config, &target_dir).await? {
                     println!("{}", plugin.wasm.display());
                 }
                 Ok(())
             }
-            Command::Run { config } => {
+            Command::Dev { config, source, target_dir } => {
                 let config = Config::load(&config)?;
-                let server = Server::start(&config).await?;
-                println!("{:<16} {:>4}  {:<12}  {:<8}  FILE", "PLUGIN", "GEN", "SHA-256", "CODE");
-                for p in server.plugins() {
-                    let source = format!("{:?}", p.source).to_lowercase();
-                    println!(
-                        "{:<16} {:>4}  {:<12}  {:<8}  {}",
-                        p.name,
-                        p.generation,
-                        &p.hash[..12],
-                        source,
-                        p.path.display()
-                    );
-                }
-                server.serve(shutdown::signal()).await?;
+                build(&source, &config, &target_dir).await?;
+                let _sources =
+                    SourceWatcher::start(&source, config.plugins_dir.clone(), target_dir).map_err(ServerError::from)?;
+                serve(&config).await
+            }
+            Command::Run { config } => serve(&Config::load(&config)?).await,
+            Command::Check { config } => check(&config).await,
+            Command::New { name, source } => {
+                let dir = crate::scaffold::new_plugin(&source, &name)?;
+                println!("created {}", dir.display());
+                println!("next: add it to warren.toml, then `warren build` (or keep `warren dev` running):");
+                println!("  [[request]]\n  routing_key = \"{name}\"\n  plugin = \"{name}\"");
                 Ok(())
             }
-            Command::Check { config } => check(&config).await,
             Command::Topology { config, json } => {
                 let topology = Topology::for_config(&Config::load(&config)?);
                 if json {
@@ -195,6 +210,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
     })
+}
+
+/// Builds every plugin crate under `source` into the config's plugins folder.
+async fn build(source: &Path, config: &Config, target_dir: &Path) -> Result<Vec<builder::Built>, CliError> {
+    let (source, out, target) = (source.to_path_buf(), config.plugins_dir.clone(), target_dir.to_path_buf());
+    let built = tokio::task::spawn_blocking(move || builder::build_plugins(&source, &out, &target));
+    Ok(built.await.expect("the build task panicked")?)
+}
+
+/// `warren run`: start, print the live plugins, serve until a signal.
+async fn serve(config: &Config) -> Result<(), CliError> {
+    let server = Server::start(config).await?;
+    println!("{:<16} {:>4}  {:<12}  {:<8}  FILE", "PLUGIN", "GEN", "SHA-256", "CODE");
+    for p in server.plugins() {
+        let source = format!("{:?}", p.source).to_lowercase();
+        println!("{:<16} {:>4}  {:<12}  {:<8}  {}", p.name, p.generation, &p.hash[..12], source, p.path.display());
+    }
+    server.serve(shutdown::signal()).await?;
+    Ok(())
 }
 
 /// `warren check`: the config, then every plugin, each problem on its own line.

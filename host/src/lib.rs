@@ -14,7 +14,8 @@
 //!   their files change.
 //! - [`headers`]: AMQP headers ↔ the plugin's typed headers.
 //! - [`server`]: wires the above into a running host; [`shutdown`] stops it.
-//! - [`client`]: a goamqp-style client (`warren request`); [`builder`]: `warren build`.
+//! - [`client`]: a goamqp-style client (`warren request`); [`builder`]: `warren build`;
+//!   [`scaffold`]: `warren new`.
 //! - [`cli`]: the `warren` command line.
 
 pub mod broker;
@@ -29,6 +30,7 @@ pub mod plugins;
 pub mod reload;
 pub mod routing;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod shutdown;
 pub mod topology;

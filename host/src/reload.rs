@@ -14,6 +14,7 @@ use notify::RecursiveMode;
 use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 use tracing::{info, warn};
 
+use crate::builder;
 use crate::plugins::Plugins;
 
 /// Quiet time after the last change to a file before it is reloaded.
@@ -67,6 +68,65 @@ impl PluginWatcher {
         });
         info!(dir = %dir.display(), "watching plugins for hot reload");
         Ok(PluginWatcher { _debouncer: debouncer })
+    }
+}
+
+/// How long plugin sources must be quiet before `warren dev` rebuilds (editors save in bursts).
+pub const SOURCE_DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// `warren dev`: rebuilds a plugin crate when a file under it changes. The new `.wasm` is
+/// installed by rename and reaches the host through the plugins-folder watch, like any deploy.
+pub struct SourceWatcher {
+    _debouncer: Debouncer<notify::RecommendedWatcher>,
+}
+
+impl SourceWatcher {
+    /// Watches every plugin crate under `source`; rebuilds into `out_dir` with `target_dir`.
+    pub fn start(source: &Path, out_dir: PathBuf, target_dir: PathBuf) -> Result<SourceWatcher, WatchError> {
+        let watch_error = |reason: String| WatchError { dir: source.to_path_buf(), reason };
+        let crates = builder::find_plugins(source).map_err(|e| watch_error(e.to_string()))?;
+        let crates: Vec<(String, PathBuf, PathBuf)> = crates
+            .into_iter()
+            .map(|(name, manifest)| {
+                let dir = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
+                let dir = dir.canonicalize().unwrap_or(dir);
+                (name, manifest, dir)
+            })
+            .collect();
+        let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+        let mut debouncer = new_debouncer(SOURCE_DEBOUNCE, move |result: DebounceEventResult| {
+            if let Ok(events) = result {
+                events.into_iter().for_each(|event| {
+                    let _ = tx.send(event.path);
+                });
+            }
+        })
+        .map_err(|e| watch_error(e.to_string()))?;
+        debouncer.watcher().watch(source, RecursiveMode::Recursive).map_err(|e| watch_error(e.to_string()))?;
+
+        tokio::spawn(async move {
+            while let Some(path) = changed.recv().await {
+                let path = path.canonicalize().unwrap_or(path);
+                let Some((name, manifest, dir)) = crates.iter().find(|(_, _, dir)| path.starts_with(dir)) else {
+                    continue;
+                };
+                // Build output and editor droppings are not source changes.
+                let inside = path.strip_prefix(dir).unwrap_or(&path);
+                if inside.components().any(|c| c.as_os_str() == "target") || plugin_name(&path).is_some() {
+                    continue;
+                }
+                let (name, manifest, out, target) =
+                    (name.clone(), manifest.clone(), out_dir.clone(), target_dir.clone());
+                info!(plugin = %name, changed = %path.display(), "source changed: rebuilding");
+                let built =
+                    tokio::task::spawn_blocking(move || builder::build_plugin(&name, &manifest, &out, &target)).await;
+                if let Ok(Err(error)) = built {
+                    warn!(%error, "rebuild failed: the running version keeps serving");
+                }
+            }
+        });
+        info!(dir = %source.display(), "watching plugin sources: a change rebuilds the plugin");
+        Ok(SourceWatcher { _debouncer: debouncer })
     }
 }
 

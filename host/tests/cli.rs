@@ -61,9 +61,9 @@ fn build(dir: &Path) {
     );
 }
 
-/// A `warren run` process, stopped with SIGTERM.
+/// A `warren run` (or `dev`) process and its log lines, stopped with SIGTERM.
 struct Host {
-    child: Child,
+    child: Option<Child>,
     log: mpsc::Receiver<String>,
 }
 
@@ -77,6 +77,14 @@ impl Host {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting warren run");
+        let mut host = Host::attach(&mut child);
+        host.child = Some(child);
+        host.wait_for_log("serving");
+        host
+    }
+
+    /// Follows the log of a process started with a piped stderr.
+    fn attach(child: &mut Child) -> Host {
         let (tx, log) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -86,9 +94,7 @@ impl Host {
                 }
             }
         });
-        let host = Host { child, log };
-        host.wait_for_log("serving");
-        host
+        Host { child: None, log }
     }
 
     fn wait_for_log(&self, needle: &str) -> String {
@@ -105,16 +111,21 @@ impl Host {
 
     /// Sends SIGTERM and returns whether it exited successfully within the deadline.
     fn terminate(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let child = self.child.take().expect("started by Host::start");
+        self.terminate_child(child)
+    }
+
+    /// Sends SIGTERM to `child` and returns whether it exited successfully within the deadline.
+    fn terminate_child(&self, mut child: Child) -> bool {
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         let until = Instant::now() + DEADLINE;
         while Instant::now() < until {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = child.try_wait().unwrap() {
                 return status.success();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        let _ = child.kill();
         false
     }
 }
@@ -227,5 +238,53 @@ fn topology_prints_what_run_declares() {
     assert_eq!(topology["bindings"][0]["routing_key"], "echo");
     let table = run_ok(warren().arg("topology").arg("--config").arg(dir.join("warren.toml")));
     assert!(table.contains(&format!("direct   {service}.direct.exchange.request")), "{table}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
+    let service = unique("dev");
+    let dir = project(&service, "[[request]]\nrouting_key = \"hello\"\nplugin = \"hello\"\n");
+    let source = dir.join("plugins");
+    let created = run_ok(warren().args(["new", "hello", "--source"]).arg(&source));
+    assert!(created.contains("created"), "{created}");
+    let target = repo().join("target/plugin-build");
+    let test = Command::new(env!("CARGO"))
+        .args(["test", "-q", "--manifest-path"])
+        .arg(source.join("hello/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(test.status.success(), "the scaffold's own test fails:\n{}", String::from_utf8_lossy(&test.stderr));
+
+    let mut child = warren()
+        .args(["dev", "--config"])
+        .arg(dir.join("warren.toml"))
+        .arg("--source")
+        .arg(&source)
+        .arg("--target-dir")
+        .arg(&target)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let host = Host::attach(&mut child);
+    host.wait_for_log("serving");
+    let ask = || warren().args(["request", &service, "hello", r#"{"name":"Ada"}"#]).output().unwrap();
+    assert_eq!(String::from_utf8(ask().stdout).unwrap(), r#"{"message":"Hello from hello, Ada!"}"#);
+
+    let lib = source.join("hello/src/lib.rs");
+    let edited = std::fs::read_to_string(&lib).unwrap().replace("format!(\"Hello from", "format!(\"Hi from");
+    std::fs::write(&lib, edited).unwrap();
+    let until = Instant::now() + Duration::from_secs(180);
+    loop {
+        let answer = String::from_utf8(ask().stdout).unwrap();
+        if answer == r#"{"message":"Hi from hello, Ada!"}"# {
+            break;
+        }
+        assert!(Instant::now() < until, "the edit never reached the running host (last answer: {answer})");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(host.terminate_child(child), "warren dev exits cleanly on SIGTERM");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -31,30 +31,29 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// The folder holding `echo.wasm`, `greet.wasm` and `chaos.wasm`, built once per test
-/// binary with the same code as `warren build` (its own cargo target folder, so it never
-/// waits on the lock of the build running the tests).
-pub fn plugins_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+/// Builds every crate under `<workspace>/<source>` into `<workspace>/target/<out>` once per
+/// test binary, with the same code as `warren build` (in its own cargo target folder, so it
+/// never waits on the lock of the build running the tests).
+fn built_once(cell: &'static OnceLock<PathBuf>, source: &str, out: &str) -> &'static Path {
+    cell.get_or_init(|| {
         let root = workspace();
-        let out = root.join("target/test-plugins");
-        warren::builder::build_plugins(&root.join("plugins"), &out, &root.join("target/plugin-build"))
-            .expect("building the example plugins");
+        let out = root.join("target").join(out);
+        warren::builder::build_plugins(&root.join(source), &out, &root.join("target/plugin-build"))
+            .unwrap_or_else(|e| panic!("building {source}: {e}"));
         out
     })
 }
 
-/// The test fixtures (`tests/fixtures/*`, e.g. `wrongworld.wasm`), built once per binary.
+/// The folder holding the example plugins `echo.wasm`, `greet.wasm` and `chaos.wasm`.
+pub fn plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    built_once(&DIR, "plugins", "test-plugins")
+}
+
+/// The test fixtures (`tests/fixtures/*`, e.g. `wrongworld.wasm`).
 pub fn fixtures_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = workspace();
-        let out = root.join("target/test-fixtures");
-        warren::builder::build_plugins(&root.join("tests/fixtures"), &out, &root.join("target/plugin-build"))
-            .expect("building the test fixtures");
-        out
-    })
+    built_once(&DIR, "tests/fixtures", "test-fixtures")
 }
 
 /// A plugins folder of the test's own (hot reload changes files in it): each

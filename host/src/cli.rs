@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::builder::{self, BuildError};
 use crate::client::{self, Call, ClientError, DEFAULT_CLIENT_NAME};
@@ -37,19 +37,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where plugins are built from and to (`build` and `dev`).
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
+    /// Folder whose sub-folders are plugin crates.
+    #[arg(long, default_value = "plugins")]
+    pub source: PathBuf,
+    /// Cargo target folder for the wasm builds.
+    #[arg(long, default_value = "target/plugin-build")]
+    pub target_dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build every plugin crate under --source for wasm32-wasip2 into the config's plugins folder.
-    Build {
-        #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
-        config: PathBuf,
-        /// Folder whose sub-folders are plugin crates.
-        #[arg(long, default_value = "plugins")]
-        source: PathBuf,
-        /// Cargo target folder for the wasm builds.
-        #[arg(long, default_value = "target/plugin-build")]
-        target_dir: PathBuf,
-    },
+    Build(BuildArgs),
     /// Declare the topology, load the plugins and serve until Ctrl-C or SIGTERM; a plugin
     /// whose .wasm changes is hot-reloaded.
     Run {
@@ -57,16 +61,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Build, then run, rebuilding a plugin whenever its source under --source changes.
-    Dev {
-        #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
-        config: PathBuf,
-        /// Folder whose sub-folders are plugin crates.
-        #[arg(long, default_value = "plugins")]
-        source: PathBuf,
-        /// Cargo target folder for the wasm builds.
-        #[arg(long, default_value = "target/plugin-build")]
-        target_dir: PathBuf,
-    },
+    Dev(BuildArgs),
     /// Validate the config and every plugin (a component of the right world) without a broker.
     Check {
         #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
@@ -153,14 +148,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Build { config, source, target_dir } => {
+            Command::Build(BuildArgs { config, source, target_dir }) => {
                 let config = Config::load(&config)?;
                 for plugin in build(&source, &config, &target_dir).await? {
                     println!("{}", plugin.wasm.display());
                 }
                 Ok(())
             }
-            Command::Dev { config, source, target_dir } => {
+            Command::Dev(BuildArgs { config, source, target_dir }) => {
                 let config = Config::load(&config)?;
                 build(&source, &config, &target_dir).await?;
                 let _sources =

@@ -48,7 +48,8 @@ pub async fn connect(url: &str, service: &str) -> Result<Connection, BrokerError
         .map_err(|e| BrokerError::Connect { url: redact(url), reason: e.to_string() })
 }
 
-fn field_table(arguments: &std::collections::BTreeMap<String, ArgValue>) -> FieldTable {
+/// Queue or binding arguments as an AMQP table.
+pub fn field_table(arguments: &std::collections::BTreeMap<String, ArgValue>) -> FieldTable {
     let mut table = FieldTable::default();
     for (name, value) in arguments {
         let value = match value {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -38,12 +39,19 @@ pub struct QueueConsumer {
     /// The queue consumed.
     pub queue: String,
     pub kind: ConsumerKind,
-    /// Routing key pattern → plugin.
-    pub routes: RouteTable<PluginSlot>,
+    /// Who handles what; swapped whole when the config is reloaded.
+    pub routing: ArcSwap<Routing>,
     /// `S`: the sender of every response.
     pub service: String,
     pub publisher: Publisher,
     pub prefetch: u16,
+}
+
+/// The part of a consumer a config reload may change. A delivery reads it once.
+pub struct Routing {
+    /// Routing key pattern → plugin.
+    pub routes: RouteTable<PluginSlot>,
+    /// How many times `retry` requeues a message before it is rejected.
     pub max_retries: u32,
 }
 
@@ -156,7 +164,8 @@ impl QueueConsumer {
     }
 
     async fn decide(&self, delivery: &Delivery, routing_key: &str) -> Outcome {
-        let Some(slot) = self.routes.find(routing_key) else {
+        let routing = self.routing.load();
+        let Some(slot) = routing.routes.find(routing_key) else {
             return Outcome::Rejected(format!("no handler for routing key '{routing_key}' on this queue"));
         };
         let props = &delivery.properties;
@@ -180,7 +189,7 @@ impl QueueConsumer {
                 Outcome::Rejected(format!("bad-request from '{}': {why}", plugin.name()))
             }
             Ok(Err(HandlerError::Failed(why))) => Outcome::Rejected(format!("failed in '{}': {why}", plugin.name())),
-            Ok(Err(HandlerError::Retry(why))) => self.retry(delivery, routing_key, &why).await,
+            Ok(Err(HandlerError::Retry(why))) => self.retry(delivery, routing_key, &why, routing.max_retries).await,
             Ok(Ok(response)) => match (self.kind, requester) {
                 (ConsumerKind::Request, Some(requester)) => {
                     self.respond(delivery, routing_key, &requester, response).await
@@ -222,14 +231,14 @@ impl QueueConsumer {
 
     /// `retry` from a handler: republish the message to this queue with a retry count, or
     /// reject it once the count reaches `max_retries`.
-    async fn retry(&self, delivery: &Delivery, routing_key: &str, why: &str) -> Outcome {
+    async fn retry(&self, delivery: &Delivery, routing_key: &str, why: &str, max_retries: u32) -> Outcome {
         let props = &delivery.properties;
         let retries = match props.headers().as_ref().and_then(|t| t.inner().get(RETRIES_HEADER)) {
             Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
             Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
             _ => 0,
         };
-        if retries >= self.max_retries {
+        if retries >= max_retries {
             return Outcome::Rejected(format!(
                 "retry asked ({why}) but the message was already retried {retries} times (limits.max_retries)"
             ));
@@ -240,7 +249,7 @@ impl QueueConsumer {
         let properties: BasicProperties = props.clone().with_headers(table);
         match self.publisher.publish("", &self.queue, &delivery.data, properties).await {
             Ok(_) => {
-                info!(queue = %self.queue, routing_key, retry = retries + 1, max = self.max_retries, reason = why, "retry requested; message requeued");
+                info!(queue = %self.queue, routing_key, retry = retries + 1, max = max_retries, reason = why, "retry requested; message requeued");
                 Outcome::Retried(retries + 1)
             }
             Err(error) => Outcome::Requeued(format!("retry asked ({why}); republish failed ({error})")),

@@ -3,8 +3,8 @@
 //! that started it; a swap only changes what the next message gets.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -42,47 +42,84 @@ pub enum Reloaded {
     Unchanged,
 }
 
+/// A live plugin: where it is loaded from, its slot, and the content hash its file had when
+/// last tried (live or refused: a file seen again unchanged is not loaded again).
+struct Entry {
+    path: PathBuf,
+    slot: PluginSlot,
+    last_tried: String,
+}
+
 /// Every plugin the config names, by name.
 pub struct Plugins {
     runtime: Arc<Runtime>,
-    limits: Limits,
-    paths: BTreeMap<String, PathBuf>,
-    slots: BTreeMap<String, PluginSlot>,
-    /// The content hash each plugin's file had when last tried, live or refused: a file
-    /// seen again unchanged is not loaded (or refused, or logged) again.
-    last_tried: Mutex<BTreeMap<String, String>>,
+    live: Mutex<Live>,
     refusals: Mutex<Vec<String>>,
+}
+
+struct Live {
+    limits: Limits,
+    entries: BTreeMap<String, Entry>,
 }
 
 impl Plugins {
     /// Compiles and checks every plugin the config names (off the async threads), reporting
     /// every failure, not just the first.
     pub async fn load_all(runtime: &Arc<Runtime>, config: &Config) -> Result<Plugins, LoadErrors> {
-        let paths: BTreeMap<String, PathBuf> =
-            config.plugin_names().into_iter().map(|name| (name.clone(), config.plugin_path(&name))).collect();
+        let plugins = Plugins {
+            runtime: runtime.clone(),
+            live: Mutex::new(Live { limits: config.limits.clone(), entries: BTreeMap::new() }),
+            refusals: Mutex::default(),
+        };
+        plugins.update(config).await?;
+        Ok(plugins)
+    }
+
+    /// Makes the live set match `config`: loads plugins it adds, reloads those whose file or
+    /// limits changed (as a new generation of the same slot), drops those it no longer names.
+    /// All or nothing: if any plugin fails, nothing changes.
+    pub async fn update(&self, config: &Config) -> Result<(), LoadErrors> {
+        let (to_load, limits) = {
+            let live = self.lock();
+            let limits_changed = live.limits != config.limits;
+            let to_load: Vec<(String, PathBuf, u64)> = config
+                .plugin_names()
+                .into_iter()
+                .filter_map(|name| {
+                    let path = config.plugin_path(&name);
+                    match live.entries.get(&name) {
+                        Some(entry) if entry.path == path && !limits_changed => None,
+                        Some(entry) => Some((name, path, entry.slot.load().generation() + 1)),
+                        None => Some((name, path, 1)),
+                    }
+                })
+                .collect();
+            (to_load, config.limits.clone())
+        };
+
         let mut loads = tokio::task::JoinSet::new();
-        for (name, path) in &paths {
-            let (runtime, name, path, limits) = (runtime.clone(), name.clone(), path.clone(), config.limits.clone());
+        for (name, path, generation) in to_load {
+            let (runtime, limits) = (self.runtime.clone(), limits.clone());
             loads.spawn_blocking(move || {
                 let started = Instant::now();
-                let loaded = runtime.load(&name, &path, limits, 1);
+                let loaded = runtime.load(&name, &path, limits, generation);
                 (loaded, started.elapsed())
             });
         }
-        let mut slots = BTreeMap::new();
+        let mut loaded = Vec::new();
         let mut errors = Vec::new();
         while let Some(joined) = loads.join_next().await {
             match joined.expect("a plugin load panicked") {
                 (Ok(plugin), took) => {
                     info!(
                         plugin = plugin.name(),
-                        generation = 1,
+                        generation = plugin.generation(),
                         hash = &plugin.hash()[..12],
                         source = ?plugin.source(),
                         ms = took.as_millis() as u64,
                         "plugin loaded"
                     );
-                    slots.insert(plugin.name().to_string(), Arc::new(ArcSwap::from_pointee(plugin)));
+                    loaded.push(plugin);
                 }
                 (Err(error), _) => errors.push(error),
             }
@@ -90,53 +127,71 @@ impl Plugins {
         if !errors.is_empty() {
             return Err(LoadErrors(errors));
         }
-        let last_tried = slots.iter().map(|(name, slot)| (name.clone(), slot.load().hash().to_string())).collect();
-        Ok(Plugins {
-            runtime: runtime.clone(),
-            limits: config.limits.clone(),
-            paths,
-            slots,
-            last_tried: Mutex::new(last_tried),
-            refusals: Mutex::default(),
-        })
+
+        let mut live = self.lock();
+        live.limits = limits;
+        let names = config.plugin_names();
+        live.entries.retain(|name, _| names.contains(name));
+        for plugin in loaded {
+            let (name, path, hash) =
+                (plugin.name().to_string(), plugin.path().to_path_buf(), plugin.hash().to_string());
+            match live.entries.get_mut(&name) {
+                Some(entry) => {
+                    entry.slot.store(Arc::new(plugin));
+                    entry.path = path;
+                    entry.last_tried = hash;
+                }
+                None => {
+                    let slot = Arc::new(ArcSwap::from_pointee(plugin));
+                    live.entries.insert(name, Entry { path, slot, last_tried: hash });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().expect("plugins lock")
     }
 
     /// The slot of plugin `name`, if the config names it.
     pub fn slot(&self, name: &str) -> Option<PluginSlot> {
-        self.slots.get(name).cloned()
-    }
-
-    /// The plugin served from `file`, if any.
-    pub fn name_for(&self, file: &std::path::Path) -> Option<&str> {
-        self.paths.iter().find(|(_, path)| path.as_path() == file).map(|(name, _)| name.as_str())
+        self.lock().entries.get(name).map(|entry| entry.slot.clone())
     }
 
     /// Every live plugin: name, generation, hash, where its code came from.
     pub fn table(&self) -> Vec<PluginStatus> {
-        self.slots.values().map(|slot| status(&slot.load())).collect()
+        self.lock().entries.values().map(|entry| status(&entry.slot.load())).collect()
     }
 
     /// Loads plugin `name` again from its file; swaps it in only if it passes every check.
     /// Blocking (it compiles): call it off the async threads.
     pub fn reload(&self, name: &str) -> Result<Reloaded, PluginError> {
-        let (Some(slot), Some(path)) = (self.slots.get(name), self.paths.get(name)) else {
+        let Some((path, slot, limits)) = self.tried(name, |_| true) else {
             return Ok(Reloaded::Unchanged);
         };
-        let bytes = runtime::read_plugin(name, path)?;
+        let bytes = runtime::read_plugin(name, &path)?;
         let hash = runtime::content_hash(&bytes);
-        if self.last_tried.lock().expect("last_tried lock").insert(name.to_string(), hash.clone()).as_ref()
-            == Some(&hash)
-        {
+        if self.tried(name, |entry| std::mem::replace(&mut entry.last_tried, hash.clone()) != hash).is_none() {
             return Ok(Reloaded::Unchanged);
         }
         let live = slot.load();
         if hash == live.hash() {
             return Ok(Reloaded::Unchanged);
         }
-        let plugin = self.runtime.load_bytes(name, path, &bytes, self.limits.clone(), live.generation() + 1)?;
+        let plugin = self.runtime.load_bytes(name, &path, &bytes, limits, live.generation() + 1)?;
         let status = status(&plugin);
         slot.store(Arc::new(plugin));
         Ok(Reloaded::Swapped(status))
+    }
+
+    /// The path, slot and limits of plugin `name` if it is live and `check` on its entry
+    /// (which may update it) holds.
+    fn tried(&self, name: &str, check: impl FnOnce(&mut Entry) -> bool) -> Option<(PathBuf, PluginSlot, Limits)> {
+        let mut live = self.lock();
+        let limits = live.limits.clone();
+        let entry = live.entries.get_mut(name)?;
+        check(entry).then(|| (entry.path.clone(), entry.slot.clone(), limits))
     }
 
     /// Reloads `name` and logs the outcome in one line; the old version keeps serving on
@@ -153,7 +208,7 @@ impl Plugins {
                 "plugin swapped: new messages use the new version"
             ),
             Ok(Reloaded::Unchanged) => {}
-            Err(PluginError::Read { plugin, path, reason }) if !path.exists() => warn!(
+            Err(PluginError::Read { plugin, path, reason }) if !Path::new(&path).exists() => warn!(
                 plugin = %plugin,
                 file = %path.display(),
                 %reason,

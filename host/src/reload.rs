@@ -71,6 +71,38 @@ impl PluginWatcher {
     }
 }
 
+/// Reports changes to the config file (its folder is watched: editors replace files).
+pub struct ConfigWatcher {
+    _debouncer: Debouncer<notify::RecommendedWatcher>,
+    changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl ConfigWatcher {
+    /// Watches the folder of `file` for changes to `file`.
+    pub fn start(file: &Path) -> Result<ConfigWatcher, WatchError> {
+        let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let watch_error = |e: notify::Error| WatchError { dir: dir.clone(), reason: e.to_string() };
+        let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
+        let name = file.file_name().map(|n| n.to_os_string());
+        let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| {
+            if let Ok(events) = result
+                && events.iter().any(|event| event.path.file_name().map(|n| n.to_os_string()) == name)
+            {
+                let _ = tx.send(());
+            }
+        })
+        .map_err(watch_error)?;
+        debouncer.watcher().watch(&dir, RecursiveMode::NonRecursive).map_err(watch_error)?;
+        Ok(ConfigWatcher { _debouncer: debouncer, changes })
+    }
+
+    /// Resolves at the next change of the config file.
+    pub async fn next(&mut self) -> Option<()> {
+        self.changes.recv().await
+    }
+}
+
 /// How long plugin sources must be quiet before `warren dev` rebuilds (editors save in bursts).
 pub const SOURCE_DEBOUNCE: Duration = Duration::from_millis(500);
 

@@ -1,25 +1,31 @@
 //! Runs a host: config → topology → plugins → broker declarations → one consumer per queue,
 //! until shutdown. Everything that can be checked (config, plugins) is checked before the
-//! broker is touched.
+//! broker is touched. A new config can be applied while serving ([`Server::reload`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
-use tracing::{error, info};
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
 
 use crate::broker::{self, BrokerError, Publisher};
-use crate::config::Config;
-use crate::consumer::QueueConsumer;
+use crate::config::{Config, ConfigError};
+use crate::consumer::{QueueConsumer, Routing};
 use crate::plugins::{LoadErrors, PluginStatus, Plugins};
-use crate::reload::{PluginWatcher, WatchError};
+use crate::reload::{ConfigWatcher, PluginWatcher, WatchError};
 use crate::routing::RouteTable;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::shutdown::{self, ShutdownTrigger};
-use crate::topology::Topology;
+use crate::topology::{ConsumerSpec, Topology};
 
 /// How long in-flight messages may take to finish once shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The folder, inside the plugins folder, where compiled plugins are cached.
+pub const CACHE_DIR: &str = ".warren-cache";
 
 /// Why a host could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -34,17 +40,37 @@ pub enum ServerError {
     Watch(#[from] WatchError),
 }
 
-/// The folder, inside the plugins folder, where compiled plugins are cached.
-pub const CACHE_DIR: &str = ".warren-cache";
+/// Why a new config was refused; the old one keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("config not reloaded: {0}")]
+    Config(#[from] ConfigError),
+    #[error("config not reloaded: changing {key} needs a restart (`warren run` again); nothing was changed")]
+    NeedsRestart { key: &'static str },
+    #[error("config not reloaded, nothing was changed:\n{0}")]
+    Plugins(#[from] LoadErrors),
+    #[error("config partly applied: {0}")]
+    Broker(#[from] BrokerError),
+}
+
+/// A consumer task and the trigger that stops it alone.
+struct RunningConsumer {
+    consumer: Arc<QueueConsumer>,
+    stop: ShutdownTrigger,
+    task: JoinHandle<()>,
+}
 
 /// A running host. Stop it with [`Server::stop`], or let [`Server::serve`] wait for a signal.
 pub struct Server {
+    config: Config,
     topology: Topology,
+    max_instances: u32,
     plugins: Arc<Plugins>,
     _watcher: PluginWatcher,
     connection: lapin::Connection,
-    trigger: ShutdownTrigger,
-    consumers: JoinSet<Result<(), BrokerError>>,
+    publisher: Publisher,
+    consumers: BTreeMap<String, RunningConsumer>,
+    failures: (mpsc::UnboundedSender<BrokerError>, mpsc::UnboundedReceiver<BrokerError>),
 }
 
 impl Server {
@@ -52,7 +78,7 @@ impl Server {
     /// once every consumer is consuming.
     pub async fn start(config: &Config) -> Result<Server, ServerError> {
         let topology = Topology::for_config(config);
-        // Concurrent calls are bounded by prefetch per queue (+1 for a load's smoke test).
+        // Concurrent calls are bounded by prefetch per queue (+ a few for loads' smoke tests).
         let max_instances = topology.consumers.len() as u32 * u32::from(config.prefetch) + 4;
         let cache = config.plugins_dir.join(CACHE_DIR);
         let runtime = Runtime::new(max_instances, config.limits.memory_bytes, Some(cache))?;
@@ -69,35 +95,60 @@ impl Server {
             "topology declared"
         );
         let publisher = Publisher::open(&connection).await?;
-
-        let (trigger, shutdown) = shutdown::channel();
-        let mut consumers = JoinSet::new();
+        let mut server = Server {
+            config: config.clone(),
+            topology: Topology::default(),
+            max_instances,
+            plugins,
+            _watcher: watcher,
+            connection,
+            publisher,
+            consumers: BTreeMap::new(),
+            failures: mpsc::unbounded_channel(),
+        };
         for spec in &topology.consumers {
-            let mut routes = RouteTable::new(spec.matching);
-            for route in &spec.routes {
-                let slot = plugins.slot(&route.plugin).expect("every routed plugin was loaded");
-                routes.add(route.routing_key.clone(), slot);
-            }
-            let consumer = Arc::new(QueueConsumer {
-                queue: spec.queue.clone(),
-                kind: spec.kind,
-                routes,
-                service: config.service.clone(),
-                publisher: publisher.clone(),
-                prefetch: config.prefetch,
-                max_retries: config.limits.max_retries,
-            });
-            let channel = broker::open_channel(&connection).await?;
-            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-            consumers.spawn(consumer.run(channel, shutdown.clone(), SHUTDOWN_GRACE, started_tx));
-            // A consumer that fails to start reports why through its task.
-            if started_rx.await.is_err() {
-                let failure = consumers.join_next().await.expect("the consumer task").expect("consumer task panicked");
-                return Err(failure.err().map(ServerError::Broker).expect("a consumer that did not start failed"));
-            }
+            server.start_consumer(spec).await?;
         }
-        info!(service = %config.service, consumers = topology.consumers.len(), "serving");
-        Ok(Server { topology, plugins, _watcher: watcher, connection, trigger, consumers })
+        server.topology = topology;
+        info!(service = %config.service, consumers = server.consumers.len(), "serving");
+        Ok(server)
+    }
+
+    fn routing(&self, spec: &ConsumerSpec, max_retries: u32) -> Routing {
+        let mut routes = RouteTable::new(spec.matching);
+        for route in &spec.routes {
+            let slot = self.plugins.slot(&route.plugin).expect("every routed plugin was loaded");
+            routes.add(route.routing_key.clone(), slot);
+        }
+        Routing { routes, max_retries }
+    }
+
+    async fn start_consumer(&mut self, spec: &ConsumerSpec) -> Result<(), BrokerError> {
+        let consumer = Arc::new(QueueConsumer {
+            queue: spec.queue.clone(),
+            kind: spec.kind,
+            routing: ArcSwap::from_pointee(self.routing(spec, self.config.limits.max_retries)),
+            service: self.config.service.clone(),
+            publisher: self.publisher.clone(),
+            prefetch: self.config.prefetch,
+        });
+        let channel = broker::open_channel(&self.connection).await?;
+        let (stop, stopped) = shutdown::channel();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let failures = self.failures.0.clone();
+        let run = consumer.clone().run(channel, stopped, SHUTDOWN_GRACE, started_tx);
+        let task = tokio::spawn(async move {
+            if let Err(error) = run.await {
+                let _ = failures.send(error);
+            }
+        });
+        // A consumer that fails to start reports why through the failure channel.
+        if started_rx.await.is_err() {
+            let _ = task.await;
+            return Err(self.failures.1.try_recv().expect("a consumer that did not start reported why"));
+        }
+        self.consumers.insert(spec.queue.clone(), RunningConsumer { consumer, stop, task });
+        Ok(())
     }
 
     /// What this host declared and consumes.
@@ -115,11 +166,107 @@ impl Server {
         self.plugins.refusals()
     }
 
-    /// Serves until `signal` resolves or a consumer fails, then stops gracefully.
+    /// Applies a new config while serving: loads new or changed plugins, declares new
+    /// bindings and queues before old ones go, swaps each consumer's routes, starts consumers
+    /// for new queues, stops those whose queue is gone (their in-flight messages finish).
+    /// A config that cannot be applied is refused whole and the old one keeps serving.
+    pub async fn reload(&mut self, config: Config) -> Result<(), ReloadError> {
+        let old = &self.config;
+        let restart_only: [(&'static str, bool); 6] = [
+            ("service.name", config.service != old.service),
+            ("service.plugins", config.plugins_dir != old.plugins_dir),
+            ("broker.url", config.broker_url != old.broker_url),
+            ("broker.queue_profile", config.queue_profile != old.queue_profile),
+            ("broker.prefetch", config.prefetch != old.prefetch),
+            ("limits.memory_mib (above its value at start)", config.limits.memory_bytes > old.limits.memory_bytes),
+        ];
+        if let Some((key, _)) = restart_only.into_iter().find(|(_, changed)| *changed) {
+            return Err(ReloadError::NeedsRestart { key });
+        }
+        let mut topology = Topology::for_config(&config);
+        topology.keep_transient_names(&self.topology);
+        if topology.consumers.len() as u32 * u32::from(config.prefetch) + 4 > self.max_instances {
+            return Err(ReloadError::NeedsRestart {
+                key: "the number of queues consumed (it sizes the instance pool)",
+            });
+        }
+        self.plugins.update(&config).await?;
+        self.config = config;
+
+        broker::declare(&self.connection, &topology).await?;
+        for spec in &topology.consumers {
+            match self.consumers.get(&spec.queue) {
+                Some(running) => {
+                    running.consumer.routing.store(Arc::new(self.routing(spec, self.config.limits.max_retries)))
+                }
+                None => self.start_consumer(spec).await?,
+            }
+        }
+        let gone: Vec<_> = self.topology.bindings.iter().filter(|b| !topology.bindings.contains(b)).cloned().collect();
+        if !gone.is_empty() {
+            let channel = broker::open_channel(&self.connection).await?;
+            for binding in &gone {
+                let unbound = channel
+                    .queue_unbind(
+                        binding.queue.as_str().into(),
+                        binding.exchange.as_str().into(),
+                        binding.routing_key.as_str().into(),
+                        broker::field_table(&binding.arguments),
+                    )
+                    .await;
+                if let Err(error) = unbound {
+                    warn!(queue = %binding.queue, exchange = %binding.exchange, key = %binding.routing_key, %error, "could not remove a binding the config dropped");
+                }
+            }
+            broker::bounded_close(channel.close(200, "unbound".into())).await;
+        }
+        let queues: Vec<String> =
+            self.consumers.keys().filter(|q| !topology.consumers.iter().any(|c| &c.queue == *q)).cloned().collect();
+        for queue in queues {
+            if let Some(running) = self.consumers.remove(&queue) {
+                info!(queue = %queue, "the config no longer consumes this queue: stopping its consumer");
+                running.stop.fire();
+                // In-flight messages finish in the background.
+                drop(running.task);
+            }
+        }
+        info!(
+            bindings_added = topology.bindings.iter().filter(|b| !self.topology.bindings.contains(b)).count(),
+            bindings_removed = gone.len(),
+            consumers = self.consumers.len(),
+            "config reloaded"
+        );
+        self.topology = topology;
+        Ok(())
+    }
+
+    /// Reads the config file again and applies it, logging the outcome.
+    async fn reload_from_file(&mut self) {
+        let result = match Config::load(&self.config.source) {
+            Ok(config) => self.reload(config).await,
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = result {
+            error!(%error, "the previous config keeps serving");
+        }
+    }
+
+    /// Serves until `signal` resolves or a consumer fails, then stops gracefully. The config
+    /// file is applied again when it changes or on SIGHUP.
     pub async fn serve(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
-        let failure = tokio::select! {
-            _ = signal => None,
-            Some(joined) = self.consumers.join_next() => joined.expect("consumer task panicked").err(),
+        let mut config_changes = ConfigWatcher::start(&self.config.source)?;
+        let mut hangups = shutdown::hangups();
+        tokio::pin!(signal);
+        let failure = loop {
+            tokio::select! {
+                _ = &mut signal => break None,
+                Some(error) = self.failures.1.recv() => break Some(error),
+                Some(()) = config_changes.next() => self.reload_from_file().await,
+                Some(()) = hangups.recv() => {
+                    info!("SIGHUP: reloading the config");
+                    self.reload_from_file().await;
+                }
+            }
         };
         info!("shutting down: no new messages; in-flight messages finish");
         let stopped = self.stop().await;
@@ -134,15 +281,18 @@ impl Server {
 
     /// Stops consuming, lets in-flight messages finish, and closes the connection.
     pub async fn stop(mut self) -> Result<(), ServerError> {
-        self.trigger.fire();
-        let mut first_error = None;
-        while let Some(joined) = self.consumers.join_next().await {
-            if let Err(error) = joined.expect("consumer task panicked") {
-                first_error.get_or_insert(error);
-            }
+        let consumers = std::mem::take(&mut self.consumers);
+        for running in consumers.values() {
+            running.stop.fire();
+        }
+        for running in consumers.into_values() {
+            let _ = running.task.await;
         }
         broker::bounded_close(self.connection.close(200, "warren stopped".into())).await;
         info!("stopped");
-        first_error.map_or(Ok(()), |e| Err(e.into()))
+        match self.failures.1.try_recv() {
+            Ok(error) => Err(error.into()),
+            Err(_) => Ok(()),
+        }
     }
 }

@@ -46,6 +46,22 @@ pub async fn signal() {
     let _ = ctrl_c.await;
 }
 
+/// SIGHUP, the conventional "reload your config" signal. Never fires off Unix.
+pub fn hangups() -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    #[cfg(unix)]
+    if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                if tx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

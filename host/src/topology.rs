@@ -179,6 +179,27 @@ impl Topology {
         out
     }
 
+    /// Keeps the transient queue names of `running` for the same streams, so a config
+    /// reload does not replace a live transient queue with a new one.
+    pub fn keep_transient_names(&mut self, running: &Topology) {
+        // A transient name is `X.topic.exchange.queue.S-` + a 36-character UUID.
+        let prefix = |name: &str| name.get(..name.len().saturating_sub(36)).unwrap_or_default().to_string();
+        let renames: Vec<(String, String)> = self
+            .queues
+            .iter()
+            .filter(|q| !q.durable)
+            .filter_map(|new| {
+                let old = running.queues.iter().find(|old| !old.durable && prefix(&old.name) == prefix(&new.name))?;
+                Some((new.name.clone(), old.name.clone()))
+            })
+            .collect();
+        for (from, to) in renames {
+            self.queues.iter_mut().filter(|q| q.name == from).for_each(|q| q.name = to.clone());
+            self.bindings.iter_mut().filter(|b| b.queue == from).for_each(|b| b.queue = to.clone());
+            self.consumers.iter_mut().filter(|c| c.queue == from).for_each(|c| c.queue = to.clone());
+        }
+    }
+
     fn add_exchange(&mut self, name: &str, kind: ExchangeKind) {
         if !self.exchanges.iter().any(|e| e.name == name) {
             self.exchanges.push(Exchange { name: name.to_string(), kind });
@@ -271,6 +292,18 @@ mod tests {
         assert!(t.queues[1].name.starts_with("events.topic.exchange.queue.audit-"));
         assert!(!t.queues[1].durable);
         assert_eq!(t.consumers[0].routes.len(), 2);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_running_transient_queue() {
+        let text = "[service]\nname = \"a\"\n[[event]]\nrouting_key = \"x\"\nplugin = \"p\"\ntransient = true\n";
+        let running = topology(text);
+        let mut reloaded = topology(text);
+        assert_ne!(running.queues[0].name, reloaded.queues[0].name);
+        reloaded.keep_transient_names(&running);
+        assert_eq!(running.queues, reloaded.queues);
+        assert_eq!(running.bindings, reloaded.bindings);
+        assert_eq!(running.consumers, reloaded.consumers);
     }
 
     #[test]

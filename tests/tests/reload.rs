@@ -123,3 +123,49 @@ broker_test! {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+broker_test! {
+    async fn a_config_reload_adds_and_removes_routing_keys_while_traffic_flows() {
+        let mut s = Scenario::start("cfgreload", &[("old", "echo"), ("steady", "echo")], "", &["new"]).await;
+        let queue = s.request_queue();
+        let reloaded = config(&s.service, &requests(&[("steady", "echo"), ("new", "greet")]));
+
+        const N: usize = 600;
+        let (server, client) = (&mut s.server, &s.client);
+        let traffic = async {
+            for id in 0..N {
+                client.request("steady", ECHO_ANSWER, &id.to_string()).await;
+            }
+        };
+        let (_, applied) = tokio::join!(traffic, server.reload(reloaded));
+        applied.expect("the new config applies");
+
+        let mut ids = std::collections::BTreeSet::new();
+        for _ in 0..N {
+            let response = s.client.response(DEADLINE).await.expect("every request on the steady key is answered");
+            assert_eq!(response.data, ECHO_ANSWER);
+            assert!(ids.insert(response.properties.correlation_id().as_ref().unwrap().to_string()), "answered twice");
+        }
+
+        s.client.request("new", ECHO_ANSWER, "new").await;
+        assert_eq!(s.client.response(DEADLINE).await.expect("the added key is served").data, GREET_ANSWER);
+        let mut keys: Vec<String> = broker_listing("list_bindings", &["source_name", "destination_name", "routing_key"])
+            .into_iter()
+            .filter(|b| b["destination_name"] == queue.as_str() && b["source_name"] != "")
+            .map(|b| b["routing_key"].as_str().unwrap().to_string())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["new", "steady"], "the removed key's binding is gone, the added one is there");
+
+        // A config naming a plugin that does not exist is refused whole; the old one serves.
+        let broken = config(&s.service, &requests(&[("steady", "no-such-plugin")]));
+        let error = s.server.reload(broken).await.expect_err("refused").to_string();
+        assert!(error.contains("plugin 'no-such-plugin'") && error.contains("nothing was changed"), "{error}");
+        let renamed = config(&format!("{}-other", s.service), &requests(&[("steady", "echo")]));
+        let error = s.server.reload(renamed).await.expect_err("refused").to_string();
+        assert!(error.contains("changing service.name needs a restart"), "{error}");
+        s.client.request("steady", b"still", "after").await;
+        assert_eq!(s.client.response(DEADLINE).await.expect("still served").data, b"still");
+        s.finish().await;
+    }
+}

@@ -40,7 +40,8 @@ pub enum QueueProfile {
     Quorum,
 }
 
-/// Resource limits applied to every call of a plugin.
+/// Resource limits applied to every call of a plugin (`[limits]`, overridden per plugin in
+/// `[plugin.<name>]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Largest linear memory a plugin instance may grow to.
@@ -49,12 +50,41 @@ pub struct Limits {
     pub timeout: Duration,
     /// How many times a `retry` error requeues a message before it is rejected.
     pub max_retries: u32,
+    /// Instructions (wasmtime fuel) one call may use; unlimited when `None`.
+    pub fuel: Option<u64>,
+    /// Calls of this plugin that may run at once; bounded only by prefetch when `None`.
+    pub max_concurrency: Option<u32>,
+    /// Largest message body handed to a plugin; larger ones are rejected before wasm.
+    pub max_body_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: 64 << 20, timeout: Duration::from_secs(5), max_retries: 5 }
+        Limits {
+            memory_bytes: 64 << 20,
+            timeout: Duration::from_secs(5),
+            max_retries: 5,
+            fuel: None,
+            max_concurrency: None,
+            max_body_bytes: 16 << 20,
+        }
     }
+}
+
+/// What a plugin may reach beyond its own memory; nothing unless the config grants it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Grants {
+    /// Host environment variables passed to the plugin, by name.
+    pub env: Vec<String>,
+    /// A host folder the plugin may read (never write), and where the plugin sees it.
+    pub dir: Option<(PathBuf, String)>,
+}
+
+/// Everything that applies to one plugin.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PluginSettings {
+    pub limits: Limits,
+    pub grants: Grants,
 }
 
 /// The whole resolved configuration of one Warren host.
@@ -71,7 +101,10 @@ pub struct Config {
     pub queue_profile: QueueProfile,
     /// Unacknowledged deliveries per consumer (and so concurrent calls per queue).
     pub prefetch: u16,
+    /// Defaults for every plugin (`[limits]`).
     pub limits: Limits,
+    /// `[plugin.<name>]`: limits and grants of each plugin, where they differ from defaults.
+    pub plugins: BTreeMap<String, PluginSettings>,
     pub requests: Vec<RequestHandler>,
     pub events: Vec<EventHandler>,
     pub responses: Vec<ResponseHandler>,
@@ -133,6 +166,14 @@ impl Config {
         unique
     }
 
+    /// The limits and grants of plugin `name`.
+    pub fn settings_for(&self, plugin: &str) -> PluginSettings {
+        self.plugins
+            .get(plugin)
+            .cloned()
+            .unwrap_or_else(|| PluginSettings { limits: self.limits.clone(), grants: Grants::default() })
+    }
+
     /// The file a plugin is loaded from: `<plugins>/<name>.wasm`.
     pub fn plugin_path(&self, plugin: &str) -> PathBuf {
         self.plugins_dir.join(format!("{plugin}.wasm"))
@@ -173,6 +214,8 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    plugin: BTreeMap<String, Spanned<RawPlugin>>,
+    #[serde(default)]
     request: Vec<RawRequest>,
     #[serde(default)]
     event: Vec<RawEvent>,
@@ -202,6 +245,63 @@ struct RawLimits {
     memory_mib: Option<Spanned<u32>>,
     timeout_ms: Option<Spanned<u64>>,
     max_retries: Option<u32>,
+    fuel: Option<Spanned<u64>>,
+    max_concurrency: Option<Spanned<u32>>,
+    max_body_kib: Option<Spanned<u32>>,
+}
+
+/// `[plugin.<name>]`: the `[limits]` keys (spelled out: serde's flatten loses spans) plus
+/// grants.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    memory_mib: Option<Spanned<u32>>,
+    timeout_ms: Option<Spanned<u64>>,
+    max_retries: Option<u32>,
+    fuel: Option<Spanned<u64>>,
+    max_concurrency: Option<Spanned<u32>>,
+    max_body_kib: Option<Spanned<u32>>,
+    #[serde(default)]
+    env: Vec<String>,
+    dir: Option<String>,
+    dir_as: Option<Spanned<String>>,
+}
+
+impl RawLimits {
+    /// These limits over `base`; `at_key` prefixes keys in errors (`limits`, `plugin.x`).
+    fn resolve(&self, at: &Locator, at_key: &str, base: &Limits) -> Result<Limits, ConfigError> {
+        let positive = |value: &Spanned<u64>, key: &str| {
+            if *value.get_ref() == 0 {
+                Err(at.at(value, &format!("{at_key}.{key}"), "must be at least 1"))
+            } else {
+                Ok(*value.get_ref())
+            }
+        };
+        let widen = |v: &Option<Spanned<u32>>| v.as_ref().map(|s| Spanned::new(s.span(), u64::from(*s.get_ref())));
+        let mut limits = base.clone();
+        if let Some(m) = &self.memory_mib {
+            if *m.get_ref() == 0 || *m.get_ref() > 4096 {
+                return Err(at.at(m, &format!("{at_key}.memory_mib"), "must be between 1 and 4096"));
+            }
+            limits.memory_bytes = (*m.get_ref() as usize) << 20;
+        }
+        if let Some(t) = &self.timeout_ms {
+            limits.timeout = Duration::from_millis(positive(t, "timeout_ms")?);
+        }
+        if let Some(r) = self.max_retries {
+            limits.max_retries = r;
+        }
+        if let Some(f) = &self.fuel {
+            limits.fuel = Some(positive(f, "fuel")?);
+        }
+        if let Some(c) = widen(&self.max_concurrency) {
+            limits.max_concurrency = Some(positive(&c, "max_concurrency")? as u32);
+        }
+        if let Some(b) = widen(&self.max_body_kib) {
+            limits.max_body_bytes = (positive(&b, "max_body_kib")? as usize) << 10;
+        }
+        Ok(limits)
+    }
 }
 
 #[derive(Deserialize)]
@@ -273,25 +373,7 @@ impl RawConfig {
             None => 100,
         };
 
-        let defaults = Limits::default();
-        let limits = Limits {
-            memory_bytes: match self.limits.memory_mib {
-                Some(m) if *m.get_ref() == 0 || *m.get_ref() > 4096 => {
-                    return Err(at.at(&m, "limits.memory_mib", "must be between 1 and 4096"));
-                }
-                Some(m) => (m.into_inner() as usize) << 20,
-                None => defaults.memory_bytes,
-            },
-            timeout: match self.limits.timeout_ms {
-                Some(t) if *t.get_ref() == 0 => {
-                    return Err(at.at(&t, "limits.timeout_ms", "must be at least 1"));
-                }
-                Some(t) => Duration::from_millis(t.into_inner()),
-                None => defaults.timeout,
-            },
-            max_retries: self.limits.max_retries.unwrap_or(defaults.max_retries),
-        };
-
+        let limits = self.limits.resolve(at, "limits", &Limits::default())?;
         let mut requests = Vec::new();
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for (i, raw) in self.request.iter().enumerate() {
@@ -343,8 +425,55 @@ impl RawConfig {
             });
         }
 
+        let used: Vec<&String> = requests
+            .iter()
+            .map(|h| &h.plugin)
+            .chain(events.iter().map(|h| &h.plugin))
+            .chain(responses.iter().map(|h| &h.plugin))
+            .collect();
+        let mut plugins = BTreeMap::new();
+        for (name, raw) in &self.plugin {
+            let key = format!("plugin.{name}");
+            if !used.contains(&name) {
+                return Err(at.at(
+                    raw,
+                    &key,
+                    format!("no [[request]], [[event]] or [[response]] uses plugin '{name}': a typo?"),
+                ));
+            }
+            let raw_plugin = raw.get_ref();
+            let overrides = RawLimits {
+                memory_mib: raw_plugin.memory_mib.clone(),
+                timeout_ms: raw_plugin.timeout_ms.clone(),
+                max_retries: raw_plugin.max_retries,
+                fuel: raw_plugin.fuel.clone(),
+                max_concurrency: raw_plugin.max_concurrency.clone(),
+                max_body_kib: raw_plugin.max_body_kib.clone(),
+            };
+            let limits = overrides.resolve(at, &key, &limits)?;
+            let dir = raw_plugin.dir.as_ref().map(|d| {
+                let guest = raw_plugin.dir_as.as_ref().map_or("/data".to_string(), |g| g.get_ref().clone());
+                (base.join(d), guest)
+            });
+            if let Some(dir_as) = &raw_plugin.dir_as {
+                if raw_plugin.dir.is_none() {
+                    return Err(at.at(dir_as, &format!("{key}.dir_as"), "needs `dir`, the host folder to grant"));
+                }
+                if !dir_as.get_ref().starts_with('/') {
+                    return Err(at.at(
+                        dir_as,
+                        &format!("{key}.dir_as"),
+                        "must be an absolute guest path like \"/data\"",
+                    ));
+                }
+            }
+            plugins
+                .insert(name.clone(), PluginSettings { limits, grants: Grants { env: raw_plugin.env.clone(), dir } });
+        }
+
         Ok(Config {
             source: at.path.to_path_buf(),
+            plugins,
             service,
             plugins_dir,
             broker_url,
@@ -449,6 +578,40 @@ mod tests {
     fn an_unknown_queue_profile_is_refused() {
         let message = error("[service]\nname = \"d\"\n[broker]\nqueue_profile = \"stream\"\n");
         assert!(message.contains("unknown variant `stream`"), "{message}");
+    }
+
+    #[test]
+    fn plugin_tables_override_limits_and_grant_env_and_a_folder() {
+        let config = parse(
+            "[service]\nname = \"d\"\n[limits]\ntimeout_ms = 900\n[[request]]\nrouting_key = \"a\"\nplugin = \"chaos\"\n\
+             [[request]]\nrouting_key = \"b\"\nplugin = \"echo\"\n\
+             [plugin.chaos]\nmemory_mib = 16\nfuel = 1000\nmax_concurrency = 2\nenv = [\"TZ\"]\ndir = \"data\"\n",
+        )
+        .unwrap();
+        let chaos = config.settings_for("chaos");
+        assert_eq!(chaos.limits.memory_bytes, 16 << 20);
+        assert_eq!(chaos.limits.timeout, Duration::from_millis(900), "inherited from [limits]");
+        assert_eq!(chaos.limits.fuel, Some(1000));
+        assert_eq!(chaos.limits.max_concurrency, Some(2));
+        assert_eq!(chaos.grants.env, vec!["TZ".to_string()]);
+        assert_eq!(chaos.grants.dir, Some((PathBuf::from("conf/data"), "/data".to_string())));
+        let echo = config.settings_for("echo");
+        assert_eq!(echo.limits.memory_bytes, 64 << 20);
+        assert_eq!(echo.grants, Grants::default(), "nothing granted unless configured");
+    }
+
+    #[test]
+    fn plugin_tables_report_typos_and_unused_names() {
+        let base = "[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"chaos\"\n";
+        let unused = error(&format!("{base}[plugin.chaso]\nfuel = 5\n"));
+        assert!(
+            unused.contains("plugin.chaso: no [[request]], [[event]] or [[response]] uses plugin 'chaso'"),
+            "{unused}"
+        );
+        let typo = error(&format!("{base}[plugin.chaos]\nfule = 5\n"));
+        assert!(typo.contains("conf/warren.toml:7:1: fule: unknown field `fule`"), "{typo}");
+        let zero = error(&format!("{base}[plugin.chaos]\ntimeout_ms = 0\n"));
+        assert!(zero.contains("plugin.chaos.timeout_ms: must be at least 1"), "{zero}");
     }
 
     #[test]

@@ -176,6 +176,14 @@ impl QueueConsumer {
         }
 
         let plugin = slot.load_full();
+        let max_body = plugin.limits().max_body_bytes;
+        if delivery.data.len() > max_body {
+            return Outcome::Rejected(format!(
+                "body of {} bytes is over the limit of {max_body} (limits.max_body_kib); not handed to '{}'",
+                delivery.data.len(),
+                plugin.name()
+            ));
+        }
         let request = Request {
             routing_key: routing_key.to_string(),
             body: delivery.data.clone(),

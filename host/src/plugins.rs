@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, PluginSettings};
 use crate::runtime::{self, CodeSource, Plugin, PluginError, Runtime};
 
 /// A plugin that can be replaced while messages flow.
@@ -46,6 +46,7 @@ pub enum Reloaded {
 /// last tried (live or refused: a file seen again unchanged is not loaded again).
 struct Entry {
     path: PathBuf,
+    settings: PluginSettings,
     slot: PluginSlot,
     last_tried: String,
 }
@@ -58,7 +59,6 @@ pub struct Plugins {
 }
 
 struct Live {
-    limits: Limits,
     entries: BTreeMap<String, Entry>,
 }
 
@@ -68,7 +68,7 @@ impl Plugins {
     pub async fn load_all(runtime: &Arc<Runtime>, config: &Config) -> Result<Plugins, LoadErrors> {
         let plugins = Plugins {
             runtime: runtime.clone(),
-            live: Mutex::new(Live { limits: config.limits.clone(), entries: BTreeMap::new() }),
+            live: Mutex::new(Live { entries: BTreeMap::new() }),
             refusals: Mutex::default(),
         };
         plugins.update(config).await?;
@@ -79,38 +79,36 @@ impl Plugins {
     /// limits changed (as a new generation of the same slot), drops those it no longer names.
     /// All or nothing: if any plugin fails, nothing changes.
     pub async fn update(&self, config: &Config) -> Result<(), LoadErrors> {
-        let (to_load, limits) = {
+        let to_load: Vec<(String, PathBuf, PluginSettings, u64)> = {
             let live = self.lock();
-            let limits_changed = live.limits != config.limits;
-            let to_load: Vec<(String, PathBuf, u64)> = config
+            config
                 .plugin_names()
                 .into_iter()
                 .filter_map(|name| {
-                    let path = config.plugin_path(&name);
+                    let (path, settings) = (config.plugin_path(&name), config.settings_for(&name));
                     match live.entries.get(&name) {
-                        Some(entry) if entry.path == path && !limits_changed => None,
-                        Some(entry) => Some((name, path, entry.slot.load().generation() + 1)),
-                        None => Some((name, path, 1)),
+                        Some(entry) if entry.path == path && entry.settings == settings => None,
+                        Some(entry) => Some((name, path, settings, entry.slot.load().generation() + 1)),
+                        None => Some((name, path, settings, 1)),
                     }
                 })
-                .collect();
-            (to_load, config.limits.clone())
+                .collect()
         };
 
         let mut loads = tokio::task::JoinSet::new();
-        for (name, path, generation) in to_load {
-            let (runtime, limits) = (self.runtime.clone(), limits.clone());
+        for (name, path, settings, generation) in to_load {
+            let runtime = self.runtime.clone();
             loads.spawn_blocking(move || {
                 let started = Instant::now();
-                let loaded = runtime.load(&name, &path, limits, generation);
-                (loaded, started.elapsed())
+                let loaded = runtime.load(&name, &path, settings.clone(), generation);
+                (loaded.map(|plugin| (plugin, settings)), started.elapsed())
             });
         }
         let mut loaded = Vec::new();
         let mut errors = Vec::new();
         while let Some(joined) = loads.join_next().await {
             match joined.expect("a plugin load panicked") {
-                (Ok(plugin), took) => {
+                (Ok((plugin, settings)), took) => {
                     info!(
                         plugin = plugin.name(),
                         generation = plugin.generation(),
@@ -119,7 +117,7 @@ impl Plugins {
                         ms = took.as_millis() as u64,
                         "plugin loaded"
                     );
-                    loaded.push(plugin);
+                    loaded.push((plugin, settings));
                 }
                 (Err(error), _) => errors.push(error),
             }
@@ -129,21 +127,19 @@ impl Plugins {
         }
 
         let mut live = self.lock();
-        live.limits = limits;
         let names = config.plugin_names();
         live.entries.retain(|name, _| names.contains(name));
-        for plugin in loaded {
+        for (plugin, settings) in loaded {
             let (name, path, hash) =
                 (plugin.name().to_string(), plugin.path().to_path_buf(), plugin.hash().to_string());
             match live.entries.get_mut(&name) {
                 Some(entry) => {
                     entry.slot.store(Arc::new(plugin));
-                    entry.path = path;
-                    entry.last_tried = hash;
+                    (entry.path, entry.settings, entry.last_tried) = (path, settings, hash);
                 }
                 None => {
                     let slot = Arc::new(ArcSwap::from_pointee(plugin));
-                    live.entries.insert(name, Entry { path, slot, last_tried: hash });
+                    live.entries.insert(name, Entry { path, settings, slot, last_tried: hash });
                 }
             }
         }
@@ -167,7 +163,7 @@ impl Plugins {
     /// Loads plugin `name` again from its file; swaps it in only if it passes every check.
     /// Blocking (it compiles): call it off the async threads.
     pub fn reload(&self, name: &str) -> Result<Reloaded, PluginError> {
-        let Some((path, slot, limits)) = self.tried(name, |_| true) else {
+        let Some((path, slot, settings)) = self.tried(name, |_| true) else {
             return Ok(Reloaded::Unchanged);
         };
         let bytes = runtime::read_plugin(name, &path)?;
@@ -179,19 +175,22 @@ impl Plugins {
         if hash == live.hash() {
             return Ok(Reloaded::Unchanged);
         }
-        let plugin = self.runtime.load_bytes(name, &path, &bytes, limits, live.generation() + 1)?;
+        let plugin = self.runtime.load_bytes(name, &path, &bytes, settings, live.generation() + 1)?;
         let status = status(&plugin);
         slot.store(Arc::new(plugin));
         Ok(Reloaded::Swapped(status))
     }
 
-    /// The path, slot and limits of plugin `name` if it is live and `check` on its entry
+    /// The path, slot and settings of plugin `name` if it is live and `check` on its entry
     /// (which may update it) holds.
-    fn tried(&self, name: &str, check: impl FnOnce(&mut Entry) -> bool) -> Option<(PathBuf, PluginSlot, Limits)> {
+    fn tried(
+        &self,
+        name: &str,
+        check: impl FnOnce(&mut Entry) -> bool,
+    ) -> Option<(PathBuf, PluginSlot, PluginSettings)> {
         let mut live = self.lock();
-        let limits = live.limits.clone();
         let entry = live.entries.get_mut(name)?;
-        check(entry).then(|| (entry.path.clone(), entry.slot.clone(), limits))
+        check(entry).then(|| (entry.path.clone(), entry.slot.clone(), entry.settings.clone()))
     }
 
     /// Reloads `name` and logs the outcome in one line; the old version keeps serving on

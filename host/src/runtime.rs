@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
@@ -19,7 +20,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::config::Limits;
+use crate::config::{Limits, PluginSettings};
 
 /// Host-side bindings of the WIT world in `wit/`.
 pub mod bindings {
@@ -70,6 +71,22 @@ pub enum PluginError {
     WrongWorld { plugin: String, path: PathBuf, reason: String },
     #[error("plugin '{plugin}': {path} failed its first instantiation: {reason}")]
     Smoke { plugin: String, path: PathBuf, reason: String },
+    #[error("plugin '{plugin}': {reason}")]
+    Grant { plugin: String, reason: String },
+}
+
+/// The values of the environment variables granted to a plugin, read once at load.
+fn resolve_env(plugin: &str, names: &[String]) -> Result<Vec<(String, String)>, PluginError> {
+    names
+        .iter()
+        .map(|name| match std::env::var(name) {
+            Ok(value) => Ok((name.clone(), value)),
+            Err(_) => Err(PluginError::Grant {
+                plugin: plugin.to_string(),
+                reason: format!("the config grants environment variable {name}, but the host has no such variable: set it or remove it from env"),
+            }),
+        })
+        .collect()
 }
 
 /// Why a call did not return: the instance is discarded, the message rejected.
@@ -107,15 +124,19 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     /// Identifies the engine's code format in cache keys: other versions or settings miss.
     engine_key: String,
+    /// Whether the engine counts fuel.
+    fuel: bool,
 }
 
 impl Runtime {
     /// Creates the engine, sized for at most `max_instances` concurrent calls whose memory
     /// is at most `max_memory` bytes, and starts its epoch ticker. Compiled plugins are kept
     /// in `cache_dir` when given.
+    /// `fuel` turns on instruction counting (needed by any plugin with a fuel limit).
     pub fn new(
         max_instances: u32,
         max_memory: usize,
+        fuel: bool,
         cache_dir: Option<PathBuf>,
     ) -> Result<Arc<Runtime>, RuntimeError> {
         let instances = max_instances.max(1);
@@ -136,6 +157,7 @@ impl Runtime {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            .consume_fuel(fuel)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
@@ -150,16 +172,22 @@ impl Runtime {
             env!("CARGO_PKG_VERSION").hash(&mut hasher);
             format!("{:016x}", hasher.finish())
         };
-        Ok(Arc::new(Runtime { engine, linker, cache_dir, engine_key }))
+        Ok(Arc::new(Runtime { engine, linker, cache_dir, engine_key, fuel }))
     }
 
     /// Compiles the plugin at `path`, checks that it exports the handler world and needs no
     /// import the host does not give, and instantiates it once as a smoke test.
     ///
     /// This is CPU-heavy (tens of ms): call it off the async threads.
-    pub fn load(&self, plugin: &str, path: &Path, limits: Limits, generation: u64) -> Result<Plugin, PluginError> {
+    pub fn load(
+        &self,
+        plugin: &str,
+        path: &Path,
+        settings: PluginSettings,
+        generation: u64,
+    ) -> Result<Plugin, PluginError> {
         let bytes = read_plugin(plugin, path)?;
-        self.load_bytes(plugin, path, &bytes, limits, generation)
+        self.load_bytes(plugin, path, &bytes, settings, generation)
     }
 
     /// Like [`Runtime::load`], for bytes already read from `path`.
@@ -168,13 +196,20 @@ impl Runtime {
         plugin: &str,
         path: &Path,
         bytes: &[u8],
-        limits: Limits,
+        settings: PluginSettings,
         generation: u64,
     ) -> Result<Plugin, PluginError> {
         let (name, file) = (plugin.to_string(), path.to_path_buf());
         if let Some(what) = not_a_component(bytes) {
             return Err(PluginError::NotAComponent { plugin: name, path: file, what });
         }
+        if settings.limits.fuel.is_some() && !self.fuel {
+            return Err(PluginError::Grant {
+                plugin: name,
+                reason: "a fuel limit needs fuel counting, which is chosen at start: restart the host".into(),
+            });
+        }
+        let env = resolve_env(&name, &settings.grants.env)?;
         let hash = content_hash(bytes);
         let (component, source) = self.component(plugin, bytes, &hash).map_err(|e| PluginError::Invalid {
             plugin: name.clone(),
@@ -195,18 +230,22 @@ impl Runtime {
             generation,
             source,
             pre,
-            limits,
+            permits: settings.limits.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
+            env,
+            settings,
+            fuel_counting: self.fuel,
             engine: self.engine.clone(),
         };
 
         // Instantiate once now, so a plugin that cannot start is refused at load time.
-        let mut store = plugin.new_store(MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY));
-        // Instantiation awaits nothing from the host, so a local executor is enough.
-        futures_lite::future::block_on(plugin.pre.instantiate_async(&mut store)).map_err(|e| PluginError::Smoke {
-            plugin: name,
-            path: file,
+        let smoke = |e: wasmtime::Error| PluginError::Smoke {
+            plugin: name.clone(),
+            path: file.clone(),
             reason: format!("{e:#}"),
-        })?;
+        };
+        let mut store = plugin.new_store(MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY)).map_err(smoke)?;
+        // Instantiation awaits nothing from the host, so a local executor is enough.
+        futures_lite::future::block_on(plugin.pre.instantiate_async(&mut store)).map_err(smoke)?;
         Ok(plugin)
     }
 }
@@ -307,7 +346,13 @@ pub struct Plugin {
     generation: u64,
     source: CodeSource,
     pre: bindings::HandlerPre<CallState>,
-    limits: Limits,
+    settings: PluginSettings,
+    /// Granted environment variables with their values.
+    env: Vec<(String, String)>,
+    /// Bounds concurrent calls when `max_concurrency` is set.
+    permits: Option<Arc<Semaphore>>,
+    /// Whether the engine counts fuel (then every store needs some).
+    fuel_counting: bool,
     engine: Engine,
 }
 
@@ -327,6 +372,11 @@ impl Plugin {
         self.source
     }
 
+    /// The limits every call of this version runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.settings.limits
+    }
+
     /// The plugin's name in the config.
     pub fn name(&self) -> &str {
         &self.name
@@ -344,23 +394,48 @@ impl Plugin {
         request: &Request,
         headers: &[Header],
     ) -> Result<Result<Response, HandlerError>, PluginFault> {
+        let _permit = match &self.permits {
+            Some(permits) => Some(permits.acquire().await.expect("the semaphore is never closed")),
+            None => None,
+        };
         let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
-        let mut store = self.new_store(output.clone());
+        let mut store = self.new_store(output.clone()).map_err(|e| self.fault(e, &output))?;
         let result = async {
             let handler = self.pre.instantiate_async(&mut store).await?;
             handler.call_handle(&mut store, request, headers).await
         }
         .await;
-        result.map_err(|e| self.fault(e, &output))
+        match result {
+            Ok(answer) => {
+                let said = output.contents();
+                if !said.is_empty() {
+                    let said = String::from_utf8_lossy(&said);
+                    tracing::info!(plugin = %self.name, output = %said.trim_end(), "plugin wrote to stdout/stderr");
+                }
+                Ok(answer)
+            }
+            Err(error) => Err(self.fault(error, &output)),
+        }
     }
 
-    fn new_store(&self, output: MemoryOutputPipe) -> Store<CallState> {
-        let wasi = WasiCtxBuilder::new().stdout(output.clone()).stderr(output).build();
-        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
-        let state =
-            CallState { wasi, table: ResourceTable::new(), limits, deadline: Instant::now() + self.limits.timeout };
+    fn new_store(&self, output: MemoryOutputPipe) -> Result<Store<CallState>, wasmtime::Error> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(output.clone()).stderr(output).envs(&self.env);
+        if let Some((host, guest)) = &self.settings.grants.dir {
+            wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)?;
+        }
+        let limits = self.limits();
+        let state = CallState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+            deadline: Instant::now() + limits.timeout,
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
+        if self.fuel_counting {
+            store.set_fuel(limits.fuel.unwrap_or(u64::MAX))?;
+        }
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|store| {
             Ok(if Instant::now() >= store.data().deadline {
@@ -369,12 +444,12 @@ impl Plugin {
                 UpdateDeadline::Yield(1)
             })
         });
-        store
+        Ok(store)
     }
 
     fn fault(&self, error: wasmtime::Error, output: &MemoryOutputPipe) -> PluginFault {
         if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-            return PluginFault::Deadline(self.limits.timeout);
+            return PluginFault::Deadline(self.limits().timeout);
         }
         let mut reason = match error.downcast_ref::<Trap>() {
             Some(trap) => trap.to_string(),

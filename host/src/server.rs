@@ -81,7 +81,10 @@ impl Server {
         // Concurrent calls are bounded by prefetch per queue (+ a few for loads' smoke tests).
         let max_instances = topology.consumers.len() as u32 * u32::from(config.prefetch) + 4;
         let cache = config.plugins_dir.join(CACHE_DIR);
-        let runtime = Runtime::new(max_instances, config.limits.memory_bytes, Some(cache))?;
+        let settings: Vec<_> = config.plugin_names().iter().map(|name| config.settings_for(name)).collect();
+        let max_memory = settings.iter().map(|s| s.limits.memory_bytes).max().unwrap_or(config.limits.memory_bytes);
+        let fuel = settings.iter().any(|s| s.limits.fuel.is_some());
+        let runtime = Runtime::new(max_instances, max_memory.max(config.limits.memory_bytes), fuel, Some(cache))?;
         let plugins = Arc::new(Plugins::load_all(&runtime, config).await?);
         let watcher = PluginWatcher::start(&config.plugins_dir, plugins.clone())?;
 

@@ -4,6 +4,11 @@
 //! - `alloc:<MiB>`: allocates and touches that many MiB (the host's memory limit stops it)
 //! - `panic`: panics (a trap)
 //! - `slow:<ms>`: busy-waits that many milliseconds, then answers `slow:<ms>`
+//! - `retry`: asks the host to retry the message later (`retry` error)
+//! - `env:<NAME>`: answers the environment variable's value, or `unset` (nothing is granted
+//!   unless the config says so)
+//! - `read:<path>`: answers the file's content, or `denied: <error>` (no folder is granted
+//!   unless the config says so)
 //! - anything else: echoed back unchanged
 
 use std::time::{Duration, Instant};
@@ -17,6 +22,12 @@ pub fn chaos(message: Message) -> Result<Response, HandlerError> {
         loop {
             spins = std::hint::black_box(spins.wrapping_add(1));
         }
+    } else if let Some(name) = text.strip_prefix("env:") {
+        return Ok(Response::new(std::env::var(name).unwrap_or_else(|_| "unset".into())));
+    } else if let Some(path) = text.strip_prefix("read:") {
+        return Ok(Response::new(std::fs::read(path).unwrap_or_else(|e| format!("denied: {e}").into_bytes())));
+    } else if text == "retry" {
+        return Err(HandlerError::Retry("chaos: asked to retry".into()));
     } else if text == "panic" {
         panic!("chaos: asked to panic");
     } else if let Some(mib) = text.strip_prefix("alloc:") {
@@ -58,6 +69,11 @@ mod tests {
         let start = Instant::now();
         assert_eq!(chaos(message("slow:20")).unwrap().body, b"slow:20");
         assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn retry_asks_for_a_retry() {
+        assert!(matches!(chaos(message("retry")), Err(HandlerError::Retry(_))));
     }
 
     #[test]

@@ -1,0 +1,109 @@
+//! A handler can't take the host down: with the real `chaos` plugin on the real broker, each
+//! misbehaviour costs only its own message (rejected, dead-lettered), and everything else is
+//! still served. Limits, retries and grants come from the config.
+
+use std::time::Duration;
+
+use lapin::types::AMQPValue;
+use warren_tests::*;
+
+broker_test! {
+    async fn chaos_costs_only_its_own_messages_while_echo_keeps_answering() {
+        let handlers = [("chaos", "chaos"), ("echo", "echo")];
+        let limits = "[limits]\ntimeout_ms = 1000\nmemory_mib = 64";
+        let mut s = Scenario::start("chaos", &handlers, limits, &[]).await;
+        let misbehaviours = ["loop", "alloc:1024", "panic", "slow:5000"];
+        for (i, body) in misbehaviours.iter().enumerate() {
+            s.client.request("chaos", body.as_bytes(), &format!("bad-{i}")).await;
+        }
+        for i in 0..50 {
+            s.client.request("echo", format!("normal {i}").as_bytes(), &format!("ok-{i}")).await;
+        }
+        let mut answered = std::collections::BTreeSet::new();
+        while answered.len() < 50 {
+            let response = s.client.response(DEADLINE).await.expect("every normal request is answered");
+            assert!(response.data.starts_with(b"normal "), "only normal requests are answered");
+            answered.insert(response.data);
+        }
+        let mut rejected = Vec::new();
+        for _ in misbehaviours {
+            let dead = s.dead.next(DEADLINE).await.expect("each misbehaving request is dead-lettered");
+            assert_eq!(DeadLetters::death_reason(&dead).as_deref(), Some("rejected"));
+            rejected.push(String::from_utf8(dead.data).unwrap());
+        }
+        rejected.sort();
+        assert_eq!(rejected, ["alloc:1024", "loop", "panic", "slow:5000"]);
+
+        // Within its limits the same plugin serves, and the next message gets a fresh instance.
+        s.client.request("chaos", b"alloc:8", "fits").await;
+        assert_eq!(s.client.response(DEADLINE).await.expect("answered").data, b"allocated 8 MiB (2048 pages)");
+        s.finish().await;
+    }
+}
+
+broker_test! {
+    async fn retry_requeues_a_bounded_number_of_times_then_rejects() {
+        let mut s = Scenario::start("retry", &[("chaos", "chaos")], "[limits]\nmax_retries = 3", &[]).await;
+        s.client.request("chaos", b"retry", "r").await;
+        let dead = s.dead.next(DEADLINE).await.expect("rejected once the retries are used up");
+        assert_eq!(dead.data, b"retry");
+        assert_eq!(dead.routing_key.as_str(), s.request_queue(), "retries go straight back to the queue");
+        let headers = dead.properties.headers().as_ref().unwrap().inner();
+        assert_eq!(headers.get("x-warren-retries"), Some(&AMQPValue::LongLongInt(3)), "requeued exactly 3 times");
+        assert_eq!(header(&dead, "x-warren-routing-key").as_deref(), Some("chaos"), "the original key is kept");
+        assert!(s.client.response(Duration::from_millis(500)).await.is_none());
+        s.finish().await;
+    }
+}
+
+broker_test! {
+    async fn per_plugin_limits_reject_oversized_bodies_and_runaway_computation() {
+        let handlers = [("chaos", "chaos"), ("echo", "echo")];
+        let limits = "[plugin.echo]\nmax_body_kib = 1\n[plugin.chaos]\nfuel = 2000000\ntimeout_ms = 60000";
+        let mut s = Scenario::start("limits", &handlers, limits, &[]).await;
+
+        s.client.request("echo", &[b'x'; 2048], "big").await;
+        let dead = s.dead.next(DEADLINE).await.expect("an oversized body is rejected before wasm");
+        assert_eq!(dead.data.len(), 2048);
+        s.client.request("echo", &[b'y'; 512], "small").await;
+        assert_eq!(s.client.response(DEADLINE).await.expect("a small body is served").data, [b'y'; 512]);
+
+        // slow:50000 would run 50 s; its fuel runs out long before the deadline.
+        s.client.request("chaos", b"slow:50000", "spin").await;
+        assert_eq!(s.dead.next(DEADLINE).await.expect("stopped by fuel").data, b"slow:50000");
+        s.client.request("chaos", b"cheap", "cheap").await;
+        assert_eq!(s.client.response(DEADLINE).await.expect("within its fuel").data, b"cheap");
+        s.finish().await;
+    }
+}
+
+broker_test! {
+    async fn plugins_reach_only_the_env_and_folder_the_config_grants() {
+        let service = unique_service("grants");
+        let data = std::env::temp_dir().join(format!("warren-data-{service}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("greeting.txt"), "granted file").unwrap();
+        let outside = data.with_extension("outside");
+        std::fs::write(&outside, "secret").unwrap();
+
+        let plugins = private_plugins(&service, &[("open", "chaos"), ("closed", "chaos")]);
+        let grants = format!("[plugin.open]\nenv = [\"CARGO_MANIFEST_DIR\"]\ndir = \"{}\"\ndir_as = \"/data\"", data.display());
+        let handlers = [("open", "open"), ("closed", "closed")];
+        let mut s = Scenario::start_in(&service, &plugins, &handlers, &grants, &[]).await;
+        let mut ask = async |key: &str, body: &str| {
+            s.client.request(key, body.as_bytes(), body).await;
+            String::from_utf8(s.client.response(DEADLINE).await.expect("answered").data).unwrap()
+        };
+
+        assert_eq!(ask("open", "env:CARGO_MANIFEST_DIR").await, env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(ask("open", "env:PATH").await, "unset", "only the granted variable");
+        assert_eq!(ask("open", "read:/data/greeting.txt").await, "granted file");
+        assert!(ask("open", &format!("read:{}", outside.display())).await.starts_with("denied"));
+        assert_eq!(ask("closed", "env:CARGO_MANIFEST_DIR").await, "unset", "nothing granted by default");
+        assert!(ask("closed", "read:/data/greeting.txt").await.starts_with("denied"));
+        s.finish().await;
+        let _ = std::fs::remove_dir_all(&data);
+        let _ = std::fs::remove_file(&outside);
+        let _ = std::fs::remove_dir_all(&plugins);
+    }
+}

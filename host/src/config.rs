@@ -214,7 +214,7 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
-    plugin: BTreeMap<String, Spanned<RawPlugin>>,
+    plugin: BTreeMap<String, Spanned<RawLimits>>,
     #[serde(default)]
     request: Vec<RawRequest>,
     #[serde(default)]
@@ -239,6 +239,8 @@ struct RawBroker {
     prefetch: Option<Spanned<u16>>,
 }
 
+/// `[limits]` (defaults for every plugin) and `[plugin.<name>]` (one plugin's overrides, and
+/// its grants: env, dir, dir_as).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
@@ -248,22 +250,8 @@ struct RawLimits {
     fuel: Option<Spanned<u64>>,
     max_concurrency: Option<Spanned<u32>>,
     max_body_kib: Option<Spanned<u32>>,
-}
-
-/// `[plugin.<name>]`: the `[limits]` keys (spelled out: serde's flatten loses spans) plus
-/// grants.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawPlugin {
-    memory_mib: Option<Spanned<u32>>,
-    timeout_ms: Option<Spanned<u64>>,
-    max_retries: Option<u32>,
-    fuel: Option<Spanned<u64>>,
-    max_concurrency: Option<Spanned<u32>>,
-    max_body_kib: Option<Spanned<u32>>,
-    #[serde(default)]
-    env: Vec<String>,
-    dir: Option<String>,
+    env: Option<Spanned<Vec<String>>>,
+    dir: Option<Spanned<String>>,
     dir_as: Option<Spanned<String>>,
 }
 
@@ -374,6 +362,14 @@ impl RawConfig {
         };
 
         let limits = self.limits.resolve(at, "limits", &Limits::default())?;
+        let grant = self.limits.env.as_ref().map(Spanned::span).or(self.limits.dir.as_ref().map(Spanned::span));
+        if let Some(grant) = grant {
+            return Err(at.error(
+                grant.start,
+                "limits",
+                "grants (env, dir) are per plugin: move them to [plugin.<name>]",
+            ));
+        }
         let mut requests = Vec::new();
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for (i, raw) in self.request.iter().enumerate() {
@@ -441,34 +437,23 @@ impl RawConfig {
                     format!("no [[request]], [[event]] or [[response]] uses plugin '{name}': a typo?"),
                 ));
             }
-            let raw_plugin = raw.get_ref();
-            let overrides = RawLimits {
-                memory_mib: raw_plugin.memory_mib.clone(),
-                timeout_ms: raw_plugin.timeout_ms.clone(),
-                max_retries: raw_plugin.max_retries,
-                fuel: raw_plugin.fuel.clone(),
-                max_concurrency: raw_plugin.max_concurrency.clone(),
-                max_body_kib: raw_plugin.max_body_kib.clone(),
-            };
-            let limits = overrides.resolve(at, &key, &limits)?;
-            let dir = raw_plugin.dir.as_ref().map(|d| {
-                let guest = raw_plugin.dir_as.as_ref().map_or("/data".to_string(), |g| g.get_ref().clone());
-                (base.join(d), guest)
+            let raw = raw.get_ref();
+            let limits = raw.resolve(at, &key, &limits)?;
+            let dir = raw.dir.as_ref().map(|d| {
+                let guest = raw.dir_as.as_ref().map_or("/data".to_string(), |g| g.get_ref().clone());
+                (base.join(d.get_ref()), guest)
             });
-            if let Some(dir_as) = &raw_plugin.dir_as {
-                if raw_plugin.dir.is_none() {
+            if let Some(dir_as) = &raw.dir_as {
+                if raw.dir.is_none() {
                     return Err(at.at(dir_as, &format!("{key}.dir_as"), "needs `dir`, the host folder to grant"));
                 }
                 if !dir_as.get_ref().starts_with('/') {
-                    return Err(at.at(
-                        dir_as,
-                        &format!("{key}.dir_as"),
-                        "must be an absolute guest path like \"/data\"",
-                    ));
+                    let why = "must be an absolute guest path like \"/data\"";
+                    return Err(at.at(dir_as, &format!("{key}.dir_as"), why));
                 }
             }
-            plugins
-                .insert(name.clone(), PluginSettings { limits, grants: Grants { env: raw_plugin.env.clone(), dir } });
+            let env = raw.env.as_ref().map(|e| e.get_ref().clone()).unwrap_or_default();
+            plugins.insert(name.clone(), PluginSettings { limits, grants: Grants { env, dir } });
         }
 
         Ok(Config {

@@ -64,6 +64,7 @@ pub mod bindings {
     });
 }
 
+pub use bindings::warren::plugin::host::{LogLevel, SendError};
 pub use bindings::warren::plugin::types::{HandlerError, Header, HeaderValue, Response};
 
 /// The delivery handed to a bytes handler.
@@ -133,6 +134,75 @@ where
         ))
     })?;
     Response::json(&handler(input)?)
+}
+
+/// Publishing, requests and logging through the host. Each destination must be granted to
+/// the plugin in the host's config (`[plugin.<name>]`: `publish`, `request`, `queues`);
+/// everything sent is confirmed by the broker before the call returns, so it is safe before
+/// the message being handled is acked. (Natively, outside a host, these calls panic.)
+pub mod host {
+    use super::bindings::warren::plugin::host as imports;
+    use super::{HandlerError, Header, LogLevel, SendError};
+
+    impl From<SendError> for HandlerError {
+        /// Not granted: the message can never succeed (`failed`). Not delivered: try again
+        /// later (`retry`).
+        fn from(error: SendError) -> Self {
+            match error {
+                SendError::Denied(why) => HandlerError::Failed(why),
+                SendError::Failed(why) => HandlerError::Retry(why),
+            }
+        }
+    }
+
+    fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, HandlerError> {
+        serde_json::to_vec(value).map_err(|e| HandlerError::Failed(format!("cannot serialise the message: {e}")))
+    }
+
+    /// Publishes an event to `stream` (exchange `<stream>.topic.exchange`).
+    pub fn publish_event(stream: &str, routing_key: &str, body: &[u8], headers: &[Header]) -> Result<(), SendError> {
+        imports::publish_event(stream, routing_key, body, headers)
+    }
+
+    /// Publishes `event` as JSON to `stream`; `?` turns a failure into the right outcome.
+    pub fn publish_json<T: serde::Serialize>(stream: &str, routing_key: &str, event: &T) -> Result<(), HandlerError> {
+        Ok(publish_event(stream, routing_key, &json(event)?, &[])?)
+    }
+
+    /// Sends a request to `service`; its response comes to this service's `[[response]]`
+    /// handler for that service and routing key.
+    pub fn send_request(service: &str, routing_key: &str, body: &[u8], headers: &[Header]) -> Result<(), SendError> {
+        imports::send_request(service, routing_key, body, headers)
+    }
+
+    /// Sends `request` as JSON to `service`.
+    pub fn send_request_json<T: serde::Serialize>(
+        service: &str,
+        routing_key: &str,
+        request: &T,
+    ) -> Result<(), HandlerError> {
+        Ok(send_request(service, routing_key, &json(request)?, &[])?)
+    }
+
+    /// Publishes to `queue` as goamqp's queue publisher does.
+    pub fn send_to_queue(queue: &str, routing_key: &str, body: &[u8], headers: &[Header]) -> Result<(), SendError> {
+        imports::send_to_queue(queue, routing_key, body, headers)
+    }
+
+    /// Writes `message` to the host's log, tagged with this plugin's name.
+    pub fn log(level: LogLevel, message: &str) {
+        imports::log(level, message)
+    }
+
+    /// [`log`] at info level.
+    pub fn info(message: &str) {
+        log(LogLevel::Info, message)
+    }
+
+    /// [`log`] at warn level.
+    pub fn warn(message: &str) {
+        log(LogLevel::Warn, message)
+    }
 }
 
 #[doc(hidden)]

@@ -65,7 +65,7 @@ async fn main() {
     let mut held = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        let fault = chaos.handle(&request, &[]).await.expect_err("a loop never returns");
+        let fault = chaos.handle(&request, &[], &Default::default()).await.expect_err("a loop never returns");
         held.push(start.elapsed());
         assert!(fault.to_string().contains("deadline"), "{fault}");
     }

@@ -71,13 +71,28 @@ impl Default for Limits {
     }
 }
 
-/// What a plugin may reach beyond its own memory; nothing unless the config grants it.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// What a plugin may reach beyond its own memory; nothing unless the config grants it
+/// (except logging through the host, on unless `log = false`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Grants {
     /// Host environment variables passed to the plugin, by name.
     pub env: Vec<String>,
     /// A host folder the plugin may read (never write), and where the plugin sees it.
     pub dir: Option<(PathBuf, String)>,
+    /// Streams the plugin may publish events to.
+    pub publish: Vec<String>,
+    /// Services the plugin may send requests to.
+    pub request: Vec<String>,
+    /// Queues the plugin may publish to directly (goamqp's queue publisher).
+    pub queues: Vec<String>,
+    /// Whether the plugin may write to the host's log.
+    pub log: bool,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Grants { env: Vec::new(), dir: None, publish: Vec::new(), request: Vec::new(), queues: Vec::new(), log: true }
+    }
 }
 
 /// Everything that applies to one plugin.
@@ -253,6 +268,10 @@ struct RawLimits {
     env: Option<Spanned<Vec<String>>>,
     dir: Option<Spanned<String>>,
     dir_as: Option<Spanned<String>>,
+    publish: Option<Spanned<Vec<String>>>,
+    request: Option<Spanned<Vec<String>>>,
+    queues: Option<Spanned<Vec<String>>>,
+    log: Option<Spanned<bool>>,
 }
 
 impl RawLimits {
@@ -452,8 +471,23 @@ impl RawConfig {
                     return Err(at.at(dir_as, &format!("{key}.dir_as"), why));
                 }
             }
-            let env = raw.env.as_ref().map(|e| e.get_ref().clone()).unwrap_or_default();
-            plugins.insert(name.clone(), PluginSettings { limits, grants: Grants { env, dir } });
+            let list = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default();
+            for (field, names) in [("publish", &raw.publish), ("request", &raw.request), ("queues", &raw.queues)] {
+                for entry in names.iter() {
+                    for value in entry.get_ref() {
+                        check_name(at, &Spanned::new(entry.span(), value.clone()), &format!("{key}.{field}"))?;
+                    }
+                }
+            }
+            let grants = Grants {
+                env: list(&raw.env),
+                dir,
+                publish: list(&raw.publish),
+                request: list(&raw.request),
+                queues: list(&raw.queues),
+                log: raw.log.as_ref().is_none_or(|l| *l.get_ref()),
+            };
+            plugins.insert(name.clone(), PluginSettings { limits, grants });
         }
 
         Ok(Config {

@@ -21,7 +21,7 @@ use crate::headers::{self, SERVICE_HEADER};
 use crate::naming;
 use crate::plugins::PluginSlot;
 use crate::routing::RouteTable;
-use crate::runtime::{HandlerError, Request, Response};
+use crate::runtime::{CallContext, HandlerError, Outbox, Request, Response};
 use crate::shutdown::Shutdown;
 use crate::topology::ConsumerKind;
 
@@ -44,6 +44,8 @@ pub struct QueueConsumer {
     /// `S`: the sender of every response.
     pub service: String,
     pub publisher: Publisher,
+    /// Where the plugins' own events and requests go.
+    pub outbox: Arc<dyn Outbox>,
     pub prefetch: u16,
 }
 
@@ -191,7 +193,9 @@ impl QueueConsumer {
         };
         let plugin_headers = headers::to_plugin(table, routing_key);
         debug!(queue = %self.queue, routing_key, plugin = plugin.name(), "calling plugin");
-        match plugin.handle(&request, &plugin_headers).await {
+        let context =
+            CallContext { outbox: Some(self.outbox.clone()), traceparent: headers::text(table, TRACEPARENT_HEADER) };
+        match plugin.handle(&request, &plugin_headers, &context).await {
             Err(fault) => Outcome::Rejected(format!("plugin '{}' {fault}; instance discarded", plugin.name())),
             Ok(Err(HandlerError::BadRequest(why))) => {
                 Outcome::Rejected(format!("bad-request from '{}': {why}", plugin.name()))

@@ -10,6 +10,7 @@
 //! - [`consumer`]: one queue's deliveries → handler → outcome (ack, reject, respond).
 //! - [`routing`]: which handler a routing key goes to (exact or topic patterns).
 //! - [`runtime`]: wasmtime: compile, check and call plugin components, sandboxed.
+//! - [`outbox`]: what plugins send (events, requests, queue messages), confirmed.
 //! - [`plugins`]: the live plugin of each name, swappable; [`reload`] swaps them when
 //!   their files change.
 //! - [`headers`]: AMQP headers ↔ the plugin's typed headers.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod consumer;
 pub mod headers;
 pub mod naming;
+pub mod outbox;
 pub mod plugins;
 pub mod reload;
 pub mod routing;

@@ -20,16 +20,53 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::config::{Limits, PluginSettings};
+use crate::config::{Grants, Limits, PluginSettings};
 
 /// Host-side bindings of the WIT world in `wit/`.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "handler",
+        imports: { default: async | trappable },
         exports: { default: async },
         additional_derives: [PartialEq],
     });
+}
+
+pub use bindings::warren::plugin::host::{LogLevel, SendError};
+
+/// Where a plugin's outgoing message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An event on stream `X` (exchange `X.topic.exchange`).
+    Event(String),
+    /// A request to service `T` (exchange `T.direct.exchange.request`).
+    Request(String),
+    /// Straight to a queue, as goamqp's queue publisher does.
+    Queue(String),
+}
+
+/// The host's way out for plugins: publishes with broker confirms. Implemented next to the
+/// publisher ([`crate::outbox`]); the runtime only checks grants and forwards.
+pub trait Outbox: Send + Sync {
+    /// Publishes one message and resolves once the broker confirmed it.
+    fn send<'a>(
+        &'a self,
+        to: Destination,
+        routing_key: &'a str,
+        body: &'a [u8],
+        headers: &'a [Header],
+        traceparent: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// What one call may send out, beside its answer.
+#[derive(Clone, Default)]
+pub struct CallContext {
+    /// Where outgoing messages go; without one, every send fails.
+    pub outbox: Option<Arc<dyn Outbox>>,
+    /// The W3C trace context of the message being handled, carried into what it sends.
+    pub traceparent: Option<String>,
 }
 
 pub use bindings::warren::plugin::types::{HandlerError, Header, HeaderValue, Request, Response};
@@ -163,6 +200,8 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         spawn_epoch_ticker(&engine);
         let engine_key = {
@@ -231,6 +270,7 @@ impl Runtime {
             source,
             pre,
             permits: settings.limits.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
+            grants: Arc::new(settings.grants.clone()),
             env,
             settings,
             fuel_counting: self.fuel,
@@ -243,7 +283,8 @@ impl Runtime {
             path: file.clone(),
             reason: format!("{e:#}"),
         };
-        let mut store = plugin.new_store(MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY)).map_err(smoke)?;
+        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
+        let mut store = plugin.new_store(output, CallContext::default()).map_err(smoke)?;
         // Instantiation awaits nothing from the host, so a local executor is enough.
         futures_lite::future::block_on(plugin.pre.instantiate_async(&mut store)).map_err(smoke)?;
         Ok(plugin)
@@ -324,12 +365,109 @@ fn spawn_epoch_ticker(engine: &Engine) {
         .expect("spawning the epoch thread");
 }
 
-/// The state of one call's store: a WASI context that grants nothing, and the call's limits.
+/// The state of one call's store: a WASI context that grants nothing, the call's limits,
+/// and what it may send out.
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
     deadline: Instant,
+    plugin: Arc<str>,
+    grants: Arc<Grants>,
+    context: CallContext,
+}
+
+impl CallState {
+    /// Checks the grant and sends through the outbox. The future owns what it needs: the
+    /// store's state is not `Sync` and must not be borrowed across the broker's confirm.
+    fn send(
+        &self,
+        to: Destination,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> impl std::future::Future<Output = Result<(), SendError>> + Send + 'static {
+        let (plugin, grants, context) = (self.plugin.clone(), self.grants.clone(), self.context.clone());
+        async move {
+            let (granted, what, key) = match &to {
+                Destination::Event(stream) => (
+                    grants.publish.contains(stream),
+                    format!("publish to stream '{stream}'"),
+                    format!("publish = [\"{stream}\"]"),
+                ),
+                Destination::Request(service) => (
+                    grants.request.contains(service),
+                    format!("send requests to service '{service}'"),
+                    format!("request = [\"{service}\"]"),
+                ),
+                Destination::Queue(queue) => (
+                    grants.queues.contains(queue),
+                    format!("publish to queue '{queue}'"),
+                    format!("queues = [\"{queue}\"]"),
+                ),
+            };
+            if !granted {
+                let refusal = format!("plugin '{plugin}' may not {what}: grant it with {key} in [plugin.{plugin}]");
+                tracing::warn!(plugin = %plugin, "{refusal}");
+                return Err(SendError::Denied(refusal));
+            }
+            let Some(outbox) = &context.outbox else {
+                return Err(SendError::Failed("this host has no broker connection to send with".to_string()));
+            };
+            outbox
+                .send(to, &routing_key, &body, &headers, context.traceparent.as_deref())
+                .await
+                .map_err(SendError::Failed)
+        }
+    }
+}
+
+impl bindings::warren::plugin::types::Host for CallState {}
+
+impl bindings::warren::plugin::host::Host for CallState {
+    async fn publish_event(
+        &mut self,
+        stream: String,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), SendError>> {
+        Ok(self.send(Destination::Event(stream), routing_key, body, headers).await)
+    }
+
+    async fn send_request(
+        &mut self,
+        service: String,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), SendError>> {
+        Ok(self.send(Destination::Request(service), routing_key, body, headers).await)
+    }
+
+    async fn send_to_queue(
+        &mut self,
+        queue: String,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), SendError>> {
+        Ok(self.send(Destination::Queue(queue), routing_key, body, headers).await)
+    }
+
+    async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        if self.grants.log {
+            let plugin = &*self.plugin;
+            match level {
+                LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+                LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+                LogLevel::Info => tracing::info!(plugin, "{message}"),
+                LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+                LogLevel::Error => tracing::error!(plugin, "{message}"),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl WasiView for CallState {
@@ -351,6 +489,8 @@ pub struct Plugin {
     env: Vec<(String, String)>,
     /// Bounds concurrent calls when `max_concurrency` is set.
     permits: Option<Arc<Semaphore>>,
+    /// What calls may send out (shared by every call's store).
+    grants: Arc<Grants>,
     /// Whether the engine counts fuel (then every store needs some).
     fuel_counting: bool,
     engine: Engine,
@@ -393,13 +533,14 @@ impl Plugin {
         &self,
         request: &Request,
         headers: &[Header],
+        context: &CallContext,
     ) -> Result<Result<Response, HandlerError>, PluginFault> {
         let _permit = match &self.permits {
             Some(permits) => Some(permits.acquire().await.expect("the semaphore is never closed")),
             None => None,
         };
         let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
-        let mut store = self.new_store(output.clone()).map_err(|e| self.fault(e, &output))?;
+        let mut store = self.new_store(output.clone(), context.clone()).map_err(|e| self.fault(e, &output))?;
         let result = async {
             let handler = self.pre.instantiate_async(&mut store).await?;
             handler.call_handle(&mut store, request, headers).await
@@ -418,7 +559,7 @@ impl Plugin {
         }
     }
 
-    fn new_store(&self, output: MemoryOutputPipe) -> Result<Store<CallState>, wasmtime::Error> {
+    fn new_store(&self, output: MemoryOutputPipe, context: CallContext) -> Result<Store<CallState>, wasmtime::Error> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(output.clone()).stderr(output).envs(&self.env);
         if let Some((host, guest)) = &self.settings.grants.dir {
@@ -430,6 +571,9 @@ impl Plugin {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
             deadline: Instant::now() + limits.timeout,
+            plugin: self.name.as_str().into(),
+            grants: self.grants.clone(),
+            context,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::broker::{self, BrokerError, Publisher};
 use crate::config::{Config, ConfigError};
 use crate::consumer::{QueueConsumer, Routing};
+use crate::outbox::BrokerOutbox;
 use crate::plugins::{LoadErrors, PluginStatus, Plugins};
 use crate::reload::{ConfigWatcher, PluginWatcher, WatchError};
 use crate::routing::RouteTable;
@@ -133,6 +134,7 @@ impl Server {
             routing: ArcSwap::from_pointee(self.routing(spec, self.config.limits.max_retries)),
             service: self.config.service.clone(),
             publisher: self.publisher.clone(),
+            outbox: Arc::new(BrokerOutbox { publisher: self.publisher.clone(), service: self.config.service.clone() }),
             prefetch: self.config.prefetch,
         });
         let channel = broker::open_channel(&self.connection).await?;

@@ -121,6 +121,17 @@ impl Topology {
             topology.route(&queue, ConsumerKind::Event, KeyMatch::Exact, &handler.routing_key, &handler.plugin);
         }
 
+        // What plugins are granted to publish to exists before their first publish.
+        for settings in config.plugins.values() {
+            for stream in &settings.grants.publish {
+                topology.add_exchange(&naming::event_exchange(stream), ExchangeKind::Topic);
+            }
+            for target in &settings.grants.request {
+                topology.add_exchange(&naming::request_exchange(target), ExchangeKind::Direct);
+                topology.add_exchange(&naming::response_exchange(target), ExchangeKind::Headers);
+            }
+        }
+
         // One transient queue per stream per start, shared by that stream's transient handlers.
         let mut transient_queues: BTreeMap<&str, String> = BTreeMap::new();
         for handler in &config.events {

@@ -16,6 +16,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::mpsc;
 
+pub use warren::broker::bounded_close;
 pub use warren::config::Config;
 pub use warren::server::Server;
 
@@ -23,6 +24,9 @@ pub use warren::server::Server;
 pub fn broker_url() -> String {
     std::env::var("WARREN_BROKER_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
+
+/// How long one clean-up step may take.
+pub const CLEANUP: Duration = Duration::from_secs(10);
 
 /// How long a test waits for something that should happen promptly.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -175,7 +179,7 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
 }
 
 /// Consumes `queue`, acking each delivery and handing it over on the returned channel.
-async fn consume(channel: &Channel, queue: &str) -> mpsc::UnboundedReceiver<Delivery> {
+pub async fn consume(channel: &Channel, queue: &str) -> mpsc::UnboundedReceiver<Delivery> {
     let mut consumer = channel
         .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
@@ -287,7 +291,7 @@ impl GoClient {
         let channel = self.connection.create_channel().await.unwrap();
         let queue = format!("{}.headers.exchange.response.queue.{}", self.target, self.name);
         let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-        let _ = self.connection.close(200, "done".into()).await;
+        bounded_close(self.connection.close(200, "done".into())).await;
     }
 }
 
@@ -298,7 +302,7 @@ pub async fn ready_messages(connection: &Connection, queue: &str) -> u32 {
         .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
         .await
         .unwrap_or_else(|e| panic!("queue {queue} should exist: {e}"));
-    let _ = channel.close(200, "done".into()).await;
+    bounded_close(channel.close(200, "done".into())).await;
     declared.message_count()
 }
 
@@ -370,7 +374,7 @@ impl DeadLetters {
         rabbitmqctl(&["clear_policy", &self.policy]);
         let channel = self.connection.create_channel().await.unwrap();
         let _ = channel.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()).await;
-        let _ = self.connection.close(200, "done".into()).await;
+        bounded_close(self.connection.close(200, "done".into())).await;
     }
 }
 
@@ -402,7 +406,7 @@ pub async fn delete_service(service: &str) {
     for exchange in [format!("{service}.direct.exchange.request"), format!("{service}.headers.exchange.response")] {
         let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
     }
-    let _ = connection.close(200, "done".into()).await;
+    bounded_close(connection.close(200, "done".into())).await;
 }
 
 /// One request-serving test setup: a host for a fresh service, a goamqp client of it, and a
@@ -448,10 +452,13 @@ impl Scenario {
     pub async fn finish(self) {
         let queue = self.request_queue();
         self.server.stop().await.expect("the host stops cleanly");
-        let left = ready_messages(&self.client.connection, &queue).await;
+        let left = tokio::time::timeout(CLEANUP, ready_messages(&self.client.connection, &queue))
+            .await
+            .expect("the broker answered a passive declare");
         assert_eq!(left, 0, "{left} message(s) were never acked or rejected");
-        self.client.cleanup().await;
-        self.dead.cleanup().await;
-        delete_service(&self.service).await;
+        // Best effort: a broker that is slow to close must not hang the suite.
+        let _ = tokio::time::timeout(CLEANUP, self.client.cleanup()).await;
+        let _ = tokio::time::timeout(CLEANUP, self.dead.cleanup()).await;
+        let _ = tokio::time::timeout(CLEANUP, delete_service(&self.service)).await;
     }
 }

@@ -93,6 +93,6 @@ async fn a_queue_declared_with_other_arguments_is_refused_in_words() {
     assert!(error.contains("delete it"), "{error}");
 
     delete_service(&service).await;
-    let _ = connection.close(200, "done".into()).await;
+    bounded_close(connection.close(200, "done".into())).await;
 }
 }

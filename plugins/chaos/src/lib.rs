@@ -5,6 +5,7 @@
 //! - `panic`: panics (a trap)
 //! - `slow:<ms>`: busy-waits that many milliseconds, then answers `slow:<ms>`
 //! - `retry`: asks the host to retry the message later (`retry` error)
+//! - `headers`: answers with every request header copied onto the response (a fidelity check)
 //! - `env:<NAME>`: answers the environment variable's value, or `unset` (nothing is granted
 //!   unless the config says so)
 //! - `read:<path>`: answers the file's content, or `denied: <error>` (no folder is granted
@@ -26,6 +27,11 @@ pub fn chaos(message: Message) -> Result<Response, HandlerError> {
         return Ok(Response::new(std::env::var(name).unwrap_or_else(|_| "unset".into())));
     } else if let Some(path) = text.strip_prefix("read:") {
         return Ok(Response::new(std::fs::read(path).unwrap_or_else(|e| format!("denied: {e}").into_bytes())));
+    } else if text == "headers" {
+        let mut response = Response::new(message.body.clone());
+        response.headers =
+            message.headers.into_iter().filter(|h| h.name != "routing-key" && h.name != "service").collect();
+        return Ok(response);
     } else if text == "retry" {
         return Err(HandlerError::Retry("chaos: asked to retry".into()));
     } else if text == "panic" {

@@ -1,0 +1,229 @@
+//! The rest of goamqp's surface on the real broker, with peers written here in plain lapin:
+//! event streams (durable, suffixed, transient), responses to a plugin's own requests, events
+//! published by plugins, grants, and header fidelity. Names are spelled out, not computed.
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, options::*};
+use serde_json::{Value, json};
+use warren_tests::*;
+
+/// A queue of the test's own, bound to `exchange` with `keys`; yields what arrives.
+async fn tap(exchange: &str, kind: lapin::ExchangeKind, keys: &[&str]) -> Tap {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(exchange.into(), kind, durable, FieldTable::default()).await.unwrap();
+    let queue = channel
+        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .unwrap();
+    for key in keys {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let deliveries = consume(&channel, queue.name().as_str()).await;
+    Tap { _connection: connection, deliveries }
+}
+
+struct Tap {
+    _connection: lapin::Connection,
+    deliveries: tokio::sync::mpsc::UnboundedReceiver<lapin::message::Delivery>,
+}
+
+impl Tap {
+    /// The next message sent by `service` (others on a shared stream are skipped).
+    async fn next_from(&mut self, service: &str) -> Option<lapin::message::Delivery> {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let delivery = tokio::time::timeout_at(until, self.deliveries.recv()).await.ok().flatten()?;
+            if header(&delivery, "service").as_deref() == Some(service) {
+                return Some(delivery);
+            }
+        }
+    }
+}
+
+fn json_body(delivery: &lapin::message::Delivery) -> Value {
+    serde_json::from_slice(&delivery.data).unwrap()
+}
+
+fn assert_goamqp_message(delivery: &lapin::message::Delivery, sender: &str) {
+    assert_eq!(header(delivery, "service").as_deref(), Some(sender));
+    assert_eq!(delivery.properties.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+    assert_eq!(*delivery.properties.delivery_mode(), Some(2));
+}
+
+const ORDERS_CONFIG: &str = "[[response]]\nservice = \"billing\"\nrouting_key = \"invoice.create\"\nplugin = \"orders\"\n\
+    [[event]]\nrouting_key = \"order.#\"\nplugin = \"audit\"\n\
+    [plugin.orders]\npublish = [\"events\"]\nrequest = [\"billing\"]\n[plugin.audit]\npublish = [\"audit\"]\n";
+
+broker_test! {
+    async fn the_orders_example_talks_goamqp_in_both_directions() {
+        let service = unique_service("orders");
+        // A goamqp "billing" service, written here: it answers invoice.create.
+        let billing = connect().await;
+        let channel = billing.create_channel().await.unwrap();
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel.exchange_declare("billing.direct.exchange.request".into(), lapin::ExchangeKind::Direct, durable, FieldTable::default()).await.unwrap();
+        channel.exchange_declare("billing.headers.exchange.response".into(), lapin::ExchangeKind::Headers, durable, FieldTable::default()).await.unwrap();
+        let billing_queue = format!("billing.direct.exchange.request.queue.for-{service}");
+        channel.queue_declare(billing_queue.as_str().into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+        channel.queue_bind(billing_queue.as_str().into(), "billing.direct.exchange.request".into(), "invoice.create".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        let mut invoice_requests = consume(&channel, &billing_queue).await;
+        let mut events = tap("events.topic.exchange", lapin::ExchangeKind::Topic, &["order.*"]).await;
+        let mut audit = tap("audit.topic.exchange", lapin::ExchangeKind::Topic, &["audit.recorded"]).await;
+
+        let plugins = private_plugins(&service, &[("orders", "orders"), ("audit", "audit")]);
+        let mut s = Scenario::start_in(&service, &plugins, &[("order.create", "orders")], ORDERS_CONFIG, &[]).await;
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut headers = FieldTable::default();
+        headers.insert("service".into(), AMQPValue::LongString(LongString::from("go-client")));
+        headers.insert("traceparent".into(), AMQPValue::LongString(LongString::from(traceparent)));
+        s.client.publish("order.create", br#"{"id":"o-1","amount":42}"#, BasicProperties::default().with_headers(headers)).await;
+
+        let response = s.client.response(DEADLINE).await.expect("orders answers");
+        assert_eq!(json_body(&response), json!({"id": "o-1", "status": "created"}));
+
+        let created = events.next_from(&service).await.expect("order.created is published");
+        assert_eq!(created.routing_key.as_str(), "order.created");
+        assert_eq!(json_body(&created), json!({"id": "o-1", "amount": 42}));
+        assert_goamqp_message(&created, &service);
+        assert_eq!(header(&created, "traceparent").as_deref(), Some(traceparent), "trace context travels on");
+
+        // Billing gets a goamqp request from the plugin and answers it the goamqp way.
+        let request = tokio::time::timeout(DEADLINE, invoice_requests.recv()).await.unwrap().expect("billing is asked");
+        assert_eq!(json_body(&request), json!({"order": "o-1", "amount": 42}));
+        assert_goamqp_message(&request, &service);
+        let mut reply_headers = FieldTable::default();
+        reply_headers.insert("service".into(), AMQPValue::LongString(LongString::from(service.as_str())));
+        let publisher = billing.create_channel().await.unwrap();
+        let props = BasicProperties::default().with_headers(reply_headers).with_content_type("application/json".into()).with_delivery_mode(2);
+        publisher.basic_publish("billing.headers.exchange.response".into(), "invoice.create".into(), BasicPublishOptions::default(), br#"{"order":"o-1","invoice":"inv-7"}"#, props).await.unwrap();
+
+        let invoiced = events.next_from(&service).await.expect("the response handler publishes order.invoiced");
+        assert_eq!(invoiced.routing_key.as_str(), "order.invoiced");
+        assert_eq!(json_body(&invoiced), json!({"order": "o-1", "invoice": "inv-7"}));
+
+        // audit consumed both order events from the stream and recorded them.
+        let mut recorded = vec![json_body(&audit.next_from(&service).await.expect("audited")), json_body(&audit.next_from(&service).await.expect("audited"))];
+        recorded.sort_by_key(|r| r["key"].as_str().unwrap().to_string());
+        assert_eq!(recorded, [json!({"key": "order.created", "bytes": 24, "service": service}), json!({"key": "order.invoiced", "bytes": 33, "service": service})]);
+
+        s.finish().await;
+        let cleanup = billing.create_channel().await.unwrap();
+        for queue in [format!("billing.headers.exchange.response.queue.{service}"), format!("events.topic.exchange.queue.{service}")] {
+            let _ = cleanup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        let _ = std::fs::remove_dir_all(plugins);
+    }
+}
+
+broker_test! {
+    async fn a_plugin_without_a_grant_cannot_publish() {
+        let service = unique_service("nogrant");
+        let plugins = private_plugins(&service, &[("orders", "orders")]);
+        let mut events = tap("events.topic.exchange", lapin::ExchangeKind::Topic, &["order.*"]).await;
+        let mut s = Scenario::start_in(&service, &plugins, &[("order.create", "orders")], "", &[]).await;
+        s.client.request("order.create", br#"{"id":"o-2","amount":1}"#, "c").await;
+        let rejected = s.dead.next(DEADLINE).await.expect("the request fails for good and is rejected");
+        assert_eq!(DeadLetters::death_reason(&rejected).as_deref(), Some("rejected"));
+        assert!(s.client.response(Duration::from_millis(500)).await.is_none());
+        assert!(tokio::time::timeout(Duration::from_millis(500), events.next_from(&service)).await.is_err(), "nothing was published");
+        s.finish().await;
+        let _ = std::fs::remove_dir_all(plugins);
+    }
+}
+
+broker_test! {
+    async fn event_queues_durable_suffixed_and_transient_are_declared_as_goamqp_does() {
+        let service = unique_service("streams");
+        let config_text = "[[event]]\nrouting_key = \"order.#\"\nplugin = \"echo\"\n\
+            [[event]]\nrouting_key = \"user.*\"\nplugin = \"echo\"\n\
+            [[event]]\nstream = \"audit\"\nrouting_key = \"x.y\"\nplugin = \"echo\"\nqueue_suffix = \"replay\"\n\
+            [[event]]\nrouting_key = \"ping\"\nplugin = \"echo\"\ntransient = true\n\
+            [[response]]\nservice = \"billing\"\nrouting_key = \"invoice.create\"\nplugin = \"echo\"\n";
+        let server = start(&config(&service, config_text)).await;
+        let mine = |name: &str| name.ends_with(&service) || name.contains(&format!("{service}-"));
+        let queues: Vec<Value> = broker_listing("list_queues", &["name", "durable", "auto_delete", "exclusive", "arguments"])
+            .into_iter()
+            .filter(|q| mine(q["name"].as_str().unwrap()))
+            .collect();
+        let find = |name: &str| queues.iter().find(|q| q["name"] == name).unwrap_or_else(|| panic!("no queue {name} in {queues:?}")).clone();
+        let expires = json!([["x-expires", "long", 432000000]]);
+        assert_eq!(find(&format!("events.topic.exchange.queue.{service}")), json!({"name": format!("events.topic.exchange.queue.{service}"), "durable": true, "auto_delete": false, "exclusive": false, "arguments": expires}));
+        assert_eq!(find(&format!("audit.topic.exchange.queue.{service}-replay"))["durable"], true);
+        assert_eq!(find(&format!("billing.headers.exchange.response.queue.{service}"))["arguments"], expires);
+        let transient: Vec<&Value> = queues.iter().filter(|q| q["name"].as_str().unwrap().starts_with(&format!("events.topic.exchange.queue.{service}-"))).collect();
+        assert_eq!(transient.len(), 1);
+        let uuid = transient[0]["name"].as_str().unwrap().rsplit_once(&format!("{service}-")).unwrap().1;
+        assert_eq!(uuid.len(), 36, "a UUID suffix: {uuid}");
+        assert_eq!((transient[0]["durable"].clone(), transient[0]["auto_delete"].clone(), transient[0]["exclusive"].clone()), (json!(false), json!(true), json!(true)));
+        assert_eq!(transient[0]["arguments"], expires);
+        assert_eq!(queues.len(), 4);
+
+        let bindings: Vec<Value> = broker_listing("list_bindings", &["source_name", "destination_name", "routing_key", "arguments"])
+            .into_iter()
+            .filter(|b| mine(b["destination_name"].as_str().unwrap()) && b["source_name"] != "")
+            .collect();
+        let durable_keys: Vec<&str> = bindings.iter().filter(|b| b["destination_name"] == format!("events.topic.exchange.queue.{service}")).map(|b| b["routing_key"].as_str().unwrap()).collect();
+        assert_eq!(durable_keys.len(), 2);
+        assert!(durable_keys.contains(&"order.#") && durable_keys.contains(&"user.*"), "{durable_keys:?}");
+        let response = bindings.iter().find(|b| b["source_name"] == "billing.headers.exchange.response").expect("response binding");
+        assert_eq!(response["routing_key"], "invoice.create");
+        assert_eq!(response["arguments"], json!([["service", "longstr", service]]), "service=S and no x-match");
+        assert_eq!(bindings.len(), 5);
+
+        server.stop().await.unwrap();
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        for queue in [format!("events.topic.exchange.queue.{service}"), format!("audit.topic.exchange.queue.{service}-replay"), format!("billing.headers.exchange.response.queue.{service}")] {
+            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        assert!(
+            !broker_listing("list_queues", &["name"]).iter().any(|q| q["name"].as_str().unwrap().starts_with(&format!("events.topic.exchange.queue.{service}-"))),
+            "the transient queue went with its connection"
+        );
+    }
+}
+
+broker_test! {
+    async fn every_header_type_round_trips_through_a_plugin() {
+        let mut s = Scenario::start("headers", &[("chaos", "chaos")], "", &[]).await;
+        let mut nested = FieldTable::default();
+        nested.insert("n".into(), AMQPValue::LongLongInt(1));
+        nested.insert("s".into(), AMQPValue::LongString(LongString::from("x")));
+        let sent: Vec<(&str, AMQPValue)> = vec![
+            ("text", AMQPValue::LongString(LongString::from("hello"))),
+            ("integer", AMQPValue::LongLongInt(-42)),
+            ("float", AMQPValue::Double(2.5)),
+            ("flag", AMQPValue::Boolean(true)),
+            ("bytes", AMQPValue::ByteArray(vec![0u8, 1, 255].into())),
+            ("when", AMQPValue::Timestamp(1_700_000_000)),
+            ("nothing", AMQPValue::Void),
+            ("table", AMQPValue::FieldTable(nested)),
+            ("array", AMQPValue::FieldArray(vec![AMQPValue::LongLongInt(1), AMQPValue::Boolean(false)].into())),
+        ];
+        let mut headers = FieldTable::default();
+        headers.insert("service".into(), AMQPValue::LongString(LongString::from("go-client")));
+        for (name, value) in &sent {
+            headers.insert((*name).into(), value.clone());
+        }
+        s.client.publish("chaos", b"headers", BasicProperties::default().with_headers(headers)).await;
+        let response = s.client.response(DEADLINE).await.expect("answered");
+        let got = response.properties.headers().as_ref().unwrap().inner();
+        for (name, value) in &sent {
+            assert_eq!(got.get(*name), Some(value), "header {name}");
+        }
+        s.finish().await;
+    }
+}

@@ -431,6 +431,28 @@ impl RawConfig {
             });
         }
 
+        // Handlers sharing a queue must not overlap: a delivery could not pick one.
+        for (i, later) in events.iter().enumerate() {
+            let same_queue = |e: &EventHandler| {
+                e.stream == later.stream && e.transient == later.transient && e.queue_suffix == later.queue_suffix
+            };
+            if let Some((j, first)) = events[..i]
+                .iter()
+                .enumerate()
+                .find(|(_, e)| same_queue(e) && crate::routing::patterns_overlap(&e.routing_key, &later.routing_key))
+            {
+                return Err(at.at(
+                    &self.event[i].routing_key,
+                    &format!("event[{i}].routing_key"),
+                    format!(
+                        "'{}' overlaps event[{j}]'s '{}' on the same queue, so a delivery could match both; \
+                         goamqp refuses this too: make the patterns disjoint, or give one its own queue_suffix",
+                        later.routing_key, first.routing_key
+                    ),
+                ));
+            }
+        }
+
         let mut responses = Vec::new();
         for (i, raw) in self.response.iter().enumerate() {
             responses.push(ResponseHandler {
@@ -585,6 +607,17 @@ mod tests {
             message.starts_with("conf/warren.toml:7:15: request[1].routing_key: 'a' is already served by request[0]"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn overlapping_event_patterns_on_one_queue_name_both_entries() {
+        let base = "[service]\nname = \"d\"\n";
+        let event = |key: &str, extra: &str| format!("[[event]]\nrouting_key = \"{key}\"\nplugin = \"p\"\n{extra}");
+        let message = error(&format!("{base}{}{}", event("order.#", ""), event("order.created", "")));
+        assert!(message.contains("event[1].routing_key: 'order.created' overlaps event[0]'s 'order.#'"), "{message}");
+        // Disjoint patterns, or the same pattern on another queue, are fine.
+        parse(&format!("{base}{}{}", event("order.*", ""), event("user.*", ""))).unwrap();
+        parse(&format!("{base}{}{}", event("order.#", ""), event("order.created", "queue_suffix = \"x\""))).unwrap();
     }
 
     #[test]

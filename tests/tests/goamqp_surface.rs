@@ -227,3 +227,33 @@ broker_test! {
         s.finish().await;
     }
 }
+
+broker_test! {
+    async fn a_plugin_publishes_to_a_queue_as_goamqps_queue_publisher_does() {
+        let service = unique_service("qpub");
+        let target = format!("{service}-inbox");
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        channel.queue_declare(target.as_str().into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+        let mut inbox = consume(&channel, &target).await;
+
+        let grant = format!("[plugin.chaos]\nqueues = [\"{target}\"]");
+        let mut s = Scenario::start_in(&service, plugins_dir(), &[("chaos", "chaos")], &grant, &[]).await;
+        s.client.request("chaos", format!("queue:{target}").as_bytes(), "q").await;
+        assert_eq!(s.client.response(DEADLINE).await.expect("answered").data, b"sent");
+        let queued = tokio::time::timeout(DEADLINE, inbox.recv()).await.unwrap().expect("the queue got it");
+        assert_eq!(queued.data, b"queued");
+        assert_eq!(queued.exchange.as_str(), "", "the default exchange");
+        assert_eq!(queued.routing_key.as_str(), "chaos", "routing key = the message key");
+        let cc = queued.properties.headers().as_ref().unwrap().inner().get("CC").cloned();
+        assert_eq!(cc, Some(AMQPValue::FieldArray(vec![AMQPValue::LongString(LongString::from(target.as_str()))].into())));
+        assert_goamqp_message(&queued, &service);
+
+        // Without the grant the plugin is refused and nothing is sent.
+        s.client.request("chaos", b"queue:somewhere-else", "no").await;
+        let refused = String::from_utf8(s.client.response(DEADLINE).await.expect("answered").data).unwrap();
+        assert!(refused.starts_with("refused: SendError::Denied") && refused.contains("may not publish to queue"), "{refused}");
+        s.finish().await;
+        bounded_close(connection.close(200, "done".into())).await;
+    }
+}

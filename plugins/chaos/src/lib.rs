@@ -6,6 +6,8 @@
 //! - `slow:<ms>`: busy-waits that many milliseconds, then answers `slow:<ms>`
 //! - `retry`: asks the host to retry the message later (`retry` error)
 //! - `headers`: answers with every request header copied onto the response (a fidelity check)
+//! - `queue:<name>`: publishes `queued` to queue `<name>` through the host (needs the grant
+//!   `queues = ["<name>"]`), then answers `sent` or the refusal
 //! - `env:<NAME>`: answers the environment variable's value, or `unset` (nothing is granted
 //!   unless the config says so)
 //! - `read:<path>`: answers the file's content, or `denied: <error>` (no folder is granted
@@ -27,6 +29,12 @@ pub fn chaos(message: Message) -> Result<Response, HandlerError> {
         return Ok(Response::new(std::env::var(name).unwrap_or_else(|_| "unset".into())));
     } else if let Some(path) = text.strip_prefix("read:") {
         return Ok(Response::new(std::fs::read(path).unwrap_or_else(|e| format!("denied: {e}").into_bytes())));
+    } else if let Some(queue) = text.strip_prefix("queue:") {
+        let sent = warren_guest::host::send_to_queue(queue, "chaos", b"queued", &[]);
+        return Ok(Response::new(match sent {
+            Ok(()) => "sent".to_string(),
+            Err(error) => format!("refused: {error:?}"),
+        }));
     } else if text == "headers" {
         let mut response = Response::new(message.body.clone());
         response.headers =

@@ -25,6 +25,8 @@ pub enum BrokerError {
     Refused(String),
     #[error("RabbitMQ channel error while {doing}: {source}")]
     Channel { doing: String, source: lapin::Error },
+    #[error("RabbitMQ cancelled the consumer of queue '{queue}' (was the queue deleted?)")]
+    Cancelled { queue: String },
     #[error("RabbitMQ did not confirm the publish to exchange '{exchange}' (routing key '{routing_key}'): {reason}")]
     NotConfirmed { exchange: String, routing_key: String, reason: String },
 }

@@ -118,7 +118,7 @@ impl QueueConsumer {
                     }
                     None => {
                         warn!(queue = %self.queue, "the broker cancelled the consumer");
-                        break;
+                        return Err(BrokerError::Cancelled { queue: self.queue.clone() });
                     }
                 },
             }

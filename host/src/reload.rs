@@ -81,7 +81,10 @@ impl ConfigWatcher {
     /// Watches the folder of `file` for changes to `file`.
     pub fn start(file: &Path) -> Result<ConfigWatcher, WatchError> {
         let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
-        let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let dir = match file.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         let watch_error = |e: notify::Error| WatchError { dir: dir.clone(), reason: e.to_string() };
         let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
         let name = file.file_name().map(|n| n.to_os_string());

@@ -22,6 +22,10 @@ use crate::runtime::{Runtime, RuntimeError};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::topology::{ConsumerSpec, Topology};
 
+/// First and longest wait between reconnect attempts.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
+pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
 /// How long in-flight messages may take to finish once shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -72,6 +76,7 @@ pub struct Server {
     publisher: Publisher,
     consumers: BTreeMap<String, RunningConsumer>,
     failures: (mpsc::UnboundedSender<BrokerError>, mpsc::UnboundedReceiver<BrokerError>),
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -109,11 +114,13 @@ impl Server {
             publisher,
             consumers: BTreeMap::new(),
             failures: mpsc::unbounded_channel(),
+            ready: Arc::default(),
         };
         for spec in &topology.consumers {
             server.start_consumer(spec).await?;
         }
         server.topology = topology;
+        server.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         info!(service = %config.service, consumers = server.consumers.len(), "serving");
         Ok(server)
     }
@@ -262,26 +269,91 @@ impl Server {
         let mut config_changes = ConfigWatcher::start(&self.config.source)?;
         let mut hangups = shutdown::hangups();
         tokio::pin!(signal);
-        let failure = loop {
+        loop {
             tokio::select! {
-                _ = &mut signal => break None,
-                Some(error) = self.failures.1.recv() => break Some(error),
+                _ = &mut signal => break,
+                Some(error) = self.failures.1.recv() => {
+                    if !self.recover(error, &mut signal).await {
+                        break;
+                    }
+                }
                 Some(()) = config_changes.next() => self.reload_from_file().await,
                 Some(()) = hangups.recv() => {
                     info!("SIGHUP: reloading the config");
                     self.reload_from_file().await;
                 }
             }
-        };
-        info!("shutting down: no new messages; in-flight messages finish");
-        let stopped = self.stop().await;
-        match failure {
-            Some(error) => {
-                error!(%error, "a consumer failed");
-                Err(error.into())
-            }
-            None => stopped,
         }
+        info!("shutting down: no new messages; in-flight messages finish");
+        self.stop().await
+    }
+
+    /// Whether the host is connected and consuming (false while it recovers).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// After a broker failure: drop every consumer and the connection, then reconnect with
+    /// capped exponential backoff and jitter, redeclare the whole topology and resume every
+    /// consumer. Unacked messages are redelivered by RabbitMQ. Returns false if `signal`
+    /// fired while waiting (then the host shuts down).
+    async fn recover(
+        &mut self,
+        error: BrokerError,
+        signal: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> bool {
+        self.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        warn!(%error, "lost the broker: reconnecting (in-flight messages are redelivered by RabbitMQ)");
+        for (_, running) in std::mem::take(&mut self.consumers) {
+            running.stop.fire();
+            running.task.abort();
+        }
+        broker::bounded_close(self.connection.close(200, "recovering".into())).await;
+        while self.failures.1.try_recv().is_ok() {}
+
+        let started = std::time::Instant::now();
+        let mut delay = RECONNECT_MIN;
+        for attempt in 1.. {
+            match self.reconnect().await {
+                Ok(()) => {
+                    self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    info!(
+                        attempt,
+                        ms = started.elapsed().as_millis() as u64,
+                        "reconnected: topology declared, consumers resumed"
+                    );
+                    return true;
+                }
+                Err(error) => {
+                    // Full jitter over the upper half, so many hosts do not reconnect in step.
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_nanos();
+                    let wait = delay / 2 + delay.mul_f64(f64::from(nanos % 1000) / 2000.0);
+                    warn!(attempt, %error, retry_in_ms = wait.as_millis() as u64, "reconnect failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut *signal => return false,
+                    }
+                    delay = (delay * 2).min(RECONNECT_MAX);
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn reconnect(&mut self) -> Result<(), BrokerError> {
+        for (_, running) in std::mem::take(&mut self.consumers) {
+            running.task.abort();
+        }
+        self.connection = broker::connect(&self.config.broker_url, &self.config.service).await?;
+        broker::declare(&self.connection, &self.topology).await?;
+        self.publisher = Publisher::open(&self.connection).await?;
+        for spec in self.topology.consumers.clone() {
+            self.start_consumer(&spec).await?;
+        }
+        Ok(())
     }
 
     /// Stops consuming, lets in-flight messages finish, and closes the connection.

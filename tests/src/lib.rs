@@ -100,7 +100,7 @@ pub fn config(service: &str, rest: &str) -> Config {
     config_in(service, plugins_dir(), rest)
 }
 
-/// A config for `service` with plugins from `plugins`.
+/// A config for `service` with plugins from `plugins`; `rest` starts inside `[broker]`.
 pub fn config_in(service: &str, plugins: &Path, rest: &str) -> Config {
     let text = format!(
         "[service]\nname = \"{service}\"\nplugins = \"{}\"\n[broker]\nurl = \"{}\"\n{rest}",
@@ -187,8 +187,8 @@ pub async fn consume(channel: &Channel, queue: &str) -> mpsc::UnboundedReceiver<
     let (tx, deliveries) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
-            delivery.ack(BasicAckOptions::default()).await.unwrap();
-            if tx.send(delivery).is_err() {
+            // An ack that fails (connection cut) leaves the message to be redelivered.
+            if delivery.ack(BasicAckOptions::default()).await.is_err() || tx.send(delivery).is_err() {
                 break;
             }
         }

@@ -222,7 +222,16 @@ async fn serve(config: &Config) -> Result<(), CliError> {
         let source = format!("{:?}", p.source).to_lowercase();
         println!("{:<16} {:>4}  {:<12}  {:<8}  {}", p.name, p.generation, &p.hash[..12], source, p.path.display());
     }
-    server.serve(shutdown::signal()).await?;
+    // The first signal drains gracefully; a second one exits at once.
+    let first_signal = async {
+        shutdown::signal().await;
+        tokio::spawn(async {
+            shutdown::signal().await;
+            eprintln!("second signal: exiting now; unacked messages are redelivered by RabbitMQ");
+            std::process::exit(130);
+        });
+    };
+    server.serve(first_signal).await?;
     Ok(())
 }
 

@@ -109,6 +109,13 @@ impl Host {
         panic!("warren run never logged '{needle}'");
     }
 
+    /// SIGKILL: no goodbye, no acks.
+    fn kill(mut self) {
+        let mut child = self.child.take().expect("started by Host::start");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and returns whether it exited successfully within the deadline.
     fn terminate(mut self) -> bool {
         let child = self.child.take().expect("started by Host::start");
@@ -286,5 +293,79 @@ fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(host.terminate_child(child), "warren dev exits cleanly on SIGTERM");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Sends `n` requests of `body` at once; returns how many were answered, counting them live
+/// in `answered` so the caller can act mid-stream.
+async fn burst(
+    client: &std::sync::Arc<warren::client::Client>,
+    n: usize,
+    body: &'static [u8],
+    answered: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinSet<Result<(), String>> {
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (client, answered) = (client.clone(), answered.clone());
+        calls.spawn(async move {
+            client.call("slow", body, Duration::from_secs(90)).await.map_err(|e| e.to_string())?;
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+    }
+    calls
+}
+
+async fn until_answered(answered: &std::sync::atomic::AtomicUsize, at_least: usize) {
+    let until = Instant::now() + DEADLINE;
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < at_least {
+        assert!(Instant::now() < until, "requests stopped being answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn two_hosts_share_a_queue_and_nothing_is_lost_when_one_is_killed_or_stopped() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let service = unique("pair");
+    let dir = project(&service, "[broker]\nprefetch = 10\n\n[[request]]\nrouting_key = \"slow\"\nplugin = \"chaos\"\n");
+    build(&dir);
+    let first = Host::start(&dir);
+    let second = Host::start(&dir);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let url = warren::config::DEFAULT_BROKER_URL;
+    let client =
+        Arc::new(runtime.block_on(warren::client::Client::connect(url, &service, "pair-client", &["slow"])).unwrap());
+
+    // SIGKILL one host mid-stream: its unacked requests go back to the queue, the other answers.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let calls = runtime.block_on(async {
+        let calls = burst(&client, 800, b"slow:20", &answered).await;
+        until_answered(&answered, 100).await;
+        calls
+    });
+    first.kill();
+    let results = runtime.block_on(calls.join_all());
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert_eq!(answered.load(Ordering::SeqCst), 800);
+
+    // SIGTERM the other with requests in flight: it finishes what it holds, the rest waits in
+    // the queue for the next host.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let calls = runtime.block_on(async {
+        let calls = burst(&client, 400, b"slow:20", &answered).await;
+        until_answered(&answered, 50).await;
+        calls
+    });
+    assert!(second.terminate(), "a graceful stop exits 0");
+    let stopped_at = answered.load(Ordering::SeqCst);
+    let third = Host::start(&dir);
+    let results = runtime.block_on(calls.join_all());
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert!(stopped_at < 400, "the stop came after everything was answered: the test proved nothing");
+    assert!(third.terminate());
+    runtime.block_on(Arc::into_inner(client).unwrap().close());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -73,6 +73,7 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> Result<(),
             ExchangeKind::Direct => LapinKind::Direct,
             ExchangeKind::Headers => LapinKind::Headers,
             ExchangeKind::Topic => LapinKind::Topic,
+            ExchangeKind::Fanout => LapinKind::Fanout,
         };
         let options =
             ExchangeDeclareOptions { durable: true, auto_delete: false, internal: false, ..Default::default() };

@@ -12,10 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::broker::{self, BrokerError, Delivered, Publisher};
 use crate::naming;
-use crate::routing::KeyMatch;
-use crate::topology::{
-    ArgValue, Binding, ConsumerKind, ConsumerSpec, Exchange, ExchangeKind, QUEUE_EXPIRES_MS, Queue, Route, Topology,
-};
+use crate::topology::{ArgValue, Binding, Exchange, ExchangeKind, QUEUE_EXPIRES_MS, Queue, Topology};
 
 /// The client's own service name when none is given.
 pub const DEFAULT_CLIENT_NAME: &str = "warren-cli";
@@ -76,12 +73,7 @@ pub fn client_topology(service: &str, client: &str, routing_key: &str) -> Topolo
             routing_key: routing_key.to_string(),
             arguments: [("service".to_string(), ArgValue::Text(client.to_string()))].into(),
         }],
-        consumers: vec![ConsumerSpec {
-            queue,
-            kind: ConsumerKind::Event,
-            matching: KeyMatch::Exact,
-            routes: vec![Route { routing_key: routing_key.to_string(), plugin: String::new() }],
-        }],
+        consumers: Vec::new(),
     }
 }
 

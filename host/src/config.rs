@@ -114,6 +114,8 @@ pub struct Config {
     /// The AMQP URL (`WARREN_BROKER_URL` wins over `broker.url`).
     pub broker_url: String,
     pub queue_profile: QueueProfile,
+    /// Where rejected messages go, with the reason in headers, when a handler names none.
+    pub dead_letter_exchange: Option<String>,
     /// Unacknowledged deliveries per consumer (and so concurrent calls per queue).
     pub prefetch: u16,
     /// Defaults for every plugin (`[limits]`).
@@ -130,6 +132,8 @@ pub struct Config {
 pub struct RequestHandler {
     pub routing_key: String,
     pub plugin: String,
+    /// Where this handler's rejected messages go (else `broker.dead_letter_exchange`).
+    pub dead_letter_exchange: Option<String>,
 }
 
 /// `[[event]]`: consume events matching `routing_key` (`*`, `#` allowed) from a stream.
@@ -140,6 +144,7 @@ pub struct EventHandler {
     pub plugin: String,
     pub transient: bool,
     pub queue_suffix: Option<String>,
+    pub dead_letter_exchange: Option<String>,
 }
 
 /// `[[response]]`: consume responses from service `service` to our requests.
@@ -148,6 +153,7 @@ pub struct ResponseHandler {
     pub service: String,
     pub routing_key: String,
     pub plugin: String,
+    pub dead_letter_exchange: Option<String>,
 }
 
 impl Config {
@@ -252,6 +258,7 @@ struct RawBroker {
     #[serde(default)]
     queue_profile: QueueProfile,
     prefetch: Option<Spanned<u16>>,
+    dead_letter_exchange: Option<Spanned<String>>,
 }
 
 /// `[limits]` (defaults for every plugin) and `[plugin.<name>]` (one plugin's overrides, and
@@ -316,6 +323,7 @@ impl RawLimits {
 struct RawRequest {
     routing_key: Spanned<String>,
     plugin: Spanned<String>,
+    dead_letter_exchange: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +335,7 @@ struct RawEvent {
     #[serde(default)]
     transient: bool,
     queue_suffix: Option<Spanned<String>>,
+    dead_letter_exchange: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +344,7 @@ struct RawResponse {
     service: Spanned<String>,
     routing_key: Spanned<String>,
     plugin: Spanned<String>,
+    dead_letter_exchange: Option<Spanned<String>>,
 }
 
 /// Characters goamqp's names and AMQP's short strings can carry safely in a name segment.
@@ -347,6 +357,10 @@ fn check_name(at: &Locator, value: &Spanned<String>, key: &str) -> Result<String
         return Err(at.at(value, key, format!("'{name}' contains '{bad}'; use letters, digits, '-', '_' or '.'")));
     }
     Ok(name.clone())
+}
+
+fn dead_letter(at: &Locator, value: &Option<Spanned<String>>, table: &str) -> Result<Option<String>, ConfigError> {
+    value.as_ref().map(|v| check_name(at, v, &format!("{table}.dead_letter_exchange"))).transpose()
 }
 
 fn check_routing_key(at: &Locator, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
@@ -402,7 +416,8 @@ impl RawConfig {
                 ));
             }
             let plugin = check_plugin(at, &raw.plugin, &format!("request[{i}].plugin"))?;
-            requests.push(RequestHandler { routing_key, plugin });
+            let dead_letter_exchange = dead_letter(at, &raw.dead_letter_exchange, &format!("request[{i}]"))?;
+            requests.push(RequestHandler { routing_key, plugin, dead_letter_exchange });
         }
 
         let mut events = Vec::new();
@@ -428,6 +443,7 @@ impl RawConfig {
                 plugin: check_plugin(at, &raw.plugin, &format!("event[{i}].plugin"))?,
                 transient: raw.transient,
                 queue_suffix,
+                dead_letter_exchange: dead_letter(at, &raw.dead_letter_exchange, &format!("event[{i}]"))?,
             });
         }
 
@@ -459,6 +475,7 @@ impl RawConfig {
                 service: check_name(at, &raw.service, &format!("response[{i}].service"))?,
                 routing_key: check_routing_key(at, &raw.routing_key, &format!("response[{i}].routing_key"))?,
                 plugin: check_plugin(at, &raw.plugin, &format!("response[{i}].plugin"))?,
+                dead_letter_exchange: dead_letter(at, &raw.dead_letter_exchange, &format!("response[{i}]"))?,
             });
         }
 
@@ -519,6 +536,7 @@ impl RawConfig {
             plugins_dir,
             broker_url,
             queue_profile: self.broker.queue_profile,
+            dead_letter_exchange: dead_letter(at, &self.broker.dead_letter_exchange, "broker")?,
             prefetch,
             limits,
             requests,

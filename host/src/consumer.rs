@@ -51,11 +51,25 @@ pub struct QueueConsumer {
 
 /// The part of a consumer a config reload may change. A delivery reads it once.
 pub struct Routing {
-    /// Routing key pattern → plugin.
-    pub routes: RouteTable<PluginSlot>,
+    /// Routing key pattern → handler.
+    pub routes: RouteTable<Handler>,
     /// How many times `retry` requeues a message before it is rejected.
     pub max_retries: u32,
+    /// Where messages no handler takes are dead-lettered.
+    pub dead_letter_exchange: Option<String>,
 }
+
+/// What serves one routing key pattern.
+pub struct Handler {
+    pub plugin: PluginSlot,
+    /// Where this handler's rejected messages are dead-lettered.
+    pub dead_letter_exchange: Option<String>,
+}
+
+/// Header naming why Warren dead-lettered a message.
+pub const REASON_HEADER: &str = "x-warren-reason";
+/// Header naming the queue a dead-lettered message was taken from.
+pub const QUEUE_HEADER: &str = "x-warren-queue";
 
 /// How a delivery was settled (logged, and counted by tests and metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,10 +163,16 @@ impl QueueConsumer {
         let outcome = self.decide(&delivery, &routing_key).await;
         let result = match &outcome {
             Outcome::Acked | Outcome::Retried(_) => delivery.ack(BasicAckOptions::default()).await,
-            Outcome::Rejected(reason) => {
-                warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
-                delivery.reject(BasicRejectOptions { requeue: false }).await
-            }
+            Outcome::Rejected(reason) => match self.dead_letter(&delivery, &routing_key, reason).await {
+                Some(exchange) => {
+                    warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, dead_letter_exchange = %exchange, "message rejected and dead-lettered");
+                    delivery.ack(BasicAckOptions::default()).await
+                }
+                None => {
+                    warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
+                    delivery.reject(BasicRejectOptions { requeue: false }).await
+                }
+            },
             Outcome::Requeued(reason) => {
                 info!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message requeued");
                 delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
@@ -165,9 +185,30 @@ impl QueueConsumer {
         outcome
     }
 
+    /// Publishes a rejected message to its dead-letter exchange with the reason in headers;
+    /// returns the exchange once the broker confirmed it (then the original is acked).
+    async fn dead_letter(&self, delivery: &Delivery, routing_key: &str, reason: &str) -> Option<String> {
+        let routing = self.routing.load();
+        let exchange = match routing.routes.find(routing_key) {
+            Some(handler) => handler.dead_letter_exchange.clone(),
+            None => routing.dead_letter_exchange.clone(),
+        }?;
+        let mut table = delivery.properties.headers().clone().unwrap_or_default();
+        table.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
+        table.insert(QUEUE_HEADER.into(), AMQPValue::LongString(LongString::from(self.queue.as_str())));
+        let properties = delivery.properties.clone().with_headers(table);
+        match self.publisher.publish(&exchange, routing_key, &delivery.data, properties).await {
+            Ok(_) => Some(exchange),
+            Err(error) => {
+                warn!(queue = %self.queue, %error, "could not dead-letter; rejecting instead");
+                None
+            }
+        }
+    }
+
     async fn decide(&self, delivery: &Delivery, routing_key: &str) -> Outcome {
         let routing = self.routing.load();
-        let Some(slot) = routing.routes.find(routing_key) else {
+        let Some(Handler { plugin: slot, .. }) = routing.routes.find(routing_key) else {
             return Outcome::Rejected(format!("no handler for routing key '{routing_key}' on this queue"));
         };
         let props = &delivery.properties;

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::broker::{self, BrokerError, Publisher};
 use crate::config::{Config, ConfigError};
-use crate::consumer::{QueueConsumer, Routing};
+use crate::consumer::{Handler, QueueConsumer, Routing};
 use crate::outbox::BrokerOutbox;
 use crate::plugins::{LoadErrors, PluginStatus, Plugins};
 use crate::reload::{ConfigWatcher, PluginWatcher, WatchError};
@@ -128,10 +128,13 @@ impl Server {
     fn routing(&self, spec: &ConsumerSpec, max_retries: u32) -> Routing {
         let mut routes = RouteTable::new(spec.matching);
         for route in &spec.routes {
-            let slot = self.plugins.slot(&route.plugin).expect("every routed plugin was loaded");
-            routes.add(route.routing_key.clone(), slot);
+            let plugin = self.plugins.slot(&route.plugin).expect("every routed plugin was loaded");
+            routes.add(
+                route.routing_key.clone(),
+                Handler { plugin, dead_letter_exchange: route.dead_letter_exchange.clone() },
+            );
         }
-        Routing { routes, max_retries }
+        Routing { routes, max_retries, dead_letter_exchange: spec.dead_letter_exchange.clone() }
     }
 
     async fn start_consumer(&mut self, spec: &ConsumerSpec) -> Result<(), BrokerError> {

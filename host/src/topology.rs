@@ -20,6 +20,8 @@ pub enum ExchangeKind {
     Direct,
     Headers,
     Topic,
+    /// Dead-letter exchanges: every bound queue gets every rejected message.
+    Fanout,
 }
 
 /// A durable, non-auto-delete, non-internal exchange without arguments.
@@ -71,6 +73,8 @@ pub enum ConsumerKind {
 pub struct Route {
     pub routing_key: String,
     pub plugin: String,
+    /// Where this handler's rejected messages go.
+    pub dead_letter_exchange: Option<String>,
 }
 
 /// One consumer: a queue, what its messages are, and who handles each routing key.
@@ -80,6 +84,8 @@ pub struct ConsumerSpec {
     pub kind: ConsumerKind,
     /// Exact keys for direct and headers exchanges, topic patterns for streams.
     pub matching: KeyMatch,
+    /// Where messages no handler takes go (`broker.dead_letter_exchange`).
+    pub dead_letter_exchange: Option<String>,
     pub routes: Vec<Route>,
 }
 
@@ -96,6 +102,9 @@ impl Topology {
     /// The topology of `config`, following goamqp's conventions.
     pub fn for_config(config: &Config) -> Topology {
         let mut topology = Topology::default();
+        if let Some(dlx) = &config.dead_letter_exchange {
+            topology.add_exchange(dlx, ExchangeKind::Fanout);
+        }
         let service = &config.service;
         let profile = config.queue_profile;
 
@@ -107,7 +116,15 @@ impl Topology {
             topology.add_queue(&queue, true, profile);
             for handler in &config.requests {
                 topology.bind(&queue, &exchange, &handler.routing_key, BTreeMap::new());
-                topology.route(&queue, ConsumerKind::Request, KeyMatch::Exact, &handler.routing_key, &handler.plugin);
+                let dlx = handler.dead_letter_exchange.as_ref().or(config.dead_letter_exchange.as_ref());
+                topology.route(
+                    &queue,
+                    ConsumerKind::Request,
+                    KeyMatch::Exact,
+                    &handler.routing_key,
+                    &handler.plugin,
+                    dlx,
+                );
             }
         }
 
@@ -118,7 +135,8 @@ impl Topology {
             topology.add_queue(&queue, true, profile);
             let arguments = BTreeMap::from([("service".to_string(), ArgValue::Text(service.clone()))]);
             topology.bind(&queue, &exchange, &handler.routing_key, arguments);
-            topology.route(&queue, ConsumerKind::Event, KeyMatch::Exact, &handler.routing_key, &handler.plugin);
+            let dlx = handler.dead_letter_exchange.as_ref().or(config.dead_letter_exchange.as_ref());
+            topology.route(&queue, ConsumerKind::Event, KeyMatch::Exact, &handler.routing_key, &handler.plugin, dlx);
         }
 
         // What plugins are granted to publish to exists before their first publish.
@@ -148,7 +166,11 @@ impl Topology {
             topology.add_exchange(&exchange, ExchangeKind::Topic);
             topology.add_queue(&queue, !handler.transient, profile);
             topology.bind(&queue, &exchange, &handler.routing_key, BTreeMap::new());
-            topology.route(&queue, ConsumerKind::Event, KeyMatch::Topic, &handler.routing_key, &handler.plugin);
+            let dlx = handler.dead_letter_exchange.as_ref().or(config.dead_letter_exchange.as_ref());
+            topology.route(&queue, ConsumerKind::Event, KeyMatch::Topic, &handler.routing_key, &handler.plugin, dlx);
+        }
+        for consumer in &mut topology.consumers {
+            consumer.dead_letter_exchange = config.dead_letter_exchange.clone();
         }
         topology
     }
@@ -240,13 +262,32 @@ impl Topology {
         }
     }
 
-    fn route(&mut self, queue: &str, kind: ConsumerKind, matching: KeyMatch, key: &str, plugin: &str) {
-        let route = Route { routing_key: key.to_string(), plugin: plugin.to_string() };
+    fn route(
+        &mut self,
+        queue: &str,
+        kind: ConsumerKind,
+        matching: KeyMatch,
+        key: &str,
+        plugin: &str,
+        dlx: Option<&String>,
+    ) {
+        if let Some(dlx) = dlx {
+            self.add_exchange(dlx, ExchangeKind::Fanout);
+        }
+        let route =
+            Route { routing_key: key.to_string(), plugin: plugin.to_string(), dead_letter_exchange: dlx.cloned() };
         match self.consumers.iter_mut().find(|c| c.queue == queue) {
             Some(consumer) => consumer.routes.push(route),
             None => {
                 let routes = vec![route];
-                self.consumers.push(ConsumerSpec { queue: queue.to_string(), kind, matching, routes })
+                let dead_letter_exchange = None; // set for every queue once all are known
+                self.consumers.push(ConsumerSpec {
+                    queue: queue.to_string(),
+                    kind,
+                    matching,
+                    dead_letter_exchange,
+                    routes,
+                })
             }
         }
     }

@@ -142,3 +142,32 @@ broker_test! {
         s.finish().await;
     }
 }
+
+broker_test! {
+    async fn a_dead_letter_exchange_gets_rejected_messages_with_the_reason() {
+        let service = unique_service("dlx");
+        let exchange = format!("{service}.rejects");
+        let extra = format!("dead_letter_exchange = \"{exchange}\"");
+        let mut s = Scenario::start_in(&service, plugins_dir(), &[("greet", "greet")], &extra, &["stray"]).await;
+        // The host declared the exchange; a queue of ours collects what lands there.
+        let channel = s.client.connection.create_channel().await.unwrap();
+        let options = lapin::options::QueueDeclareOptions { exclusive: true, ..Default::default() };
+        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
+        channel
+            .queue_bind(queue.name().clone(), exchange.as_str().into(), "".into(), Default::default(), FieldTable::default())
+            .await
+            .unwrap();
+        let mut rejects = consume(&channel, queue.name().as_str()).await;
+
+        s.client.request("greet", b"not json", "bad").await;
+        let dead = tokio::time::timeout(DEADLINE, rejects.recv()).await.unwrap().expect("dead-lettered by Warren");
+        assert_eq!(dead.data, b"not json");
+        assert_eq!(dead.routing_key.as_str(), "greet");
+        let reason = header(&dead, "x-warren-reason").unwrap();
+        assert!(reason.starts_with("bad-request from 'greet'"), "{reason}");
+        assert_eq!(header(&dead, "x-warren-queue"), Some(s.request_queue()));
+        assert_eq!(header(&dead, "service").as_deref(), Some("go-client"), "the original headers are kept");
+        assert!(s.dead.next(Duration::from_millis(500)).await.is_none(), "acked after dead-lettering, not rejected");
+        s.finish().await;
+    }
+}

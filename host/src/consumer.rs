@@ -31,6 +31,8 @@ pub const RETRIES_HEADER: &str = "x-warren-retries";
 /// Header keeping a retried message's original routing key (a retry is republished through
 /// the default exchange straight to the queue, which replaces the routing key).
 pub const ORIGINAL_KEY_HEADER: &str = "x-warren-routing-key";
+/// The delivery count RabbitMQ's quorum queues put on redelivered messages.
+pub const QUORUM_DELIVERY_COUNT: &str = "x-delivery-count";
 /// W3C trace context, copied from a request to its response.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
@@ -47,6 +49,8 @@ pub struct QueueConsumer {
     /// Where the plugins' own events and requests go.
     pub outbox: Arc<dyn Outbox>,
     pub prefetch: u16,
+    /// A quorum queue counts deliveries itself (`x-delivery-count`): a retry is a requeue.
+    pub quorum: bool,
 }
 
 /// The part of a consumer a config reload may change. A delivery reads it once.
@@ -286,7 +290,8 @@ impl QueueConsumer {
     /// reject it once the count reaches `max_retries`.
     async fn retry(&self, delivery: &Delivery, routing_key: &str, why: &str, max_retries: u32) -> Outcome {
         let props = &delivery.properties;
-        let retries = match props.headers().as_ref().and_then(|t| t.inner().get(RETRIES_HEADER)) {
+        let count_header = if self.quorum { QUORUM_DELIVERY_COUNT } else { RETRIES_HEADER };
+        let retries = match props.headers().as_ref().and_then(|t| t.inner().get(count_header)) {
             Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
             Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
             _ => 0,
@@ -294,6 +299,13 @@ impl QueueConsumer {
         if retries >= max_retries {
             return Outcome::Rejected(format!(
                 "retry asked ({why}) but the message was already retried {retries} times (limits.max_retries)"
+            ));
+        }
+        if self.quorum {
+            return Outcome::Requeued(format!(
+                "retry asked ({why}); delivery {} of at most {}",
+                retries + 1,
+                max_retries + 1
             ));
         }
         let mut table = props.headers().clone().unwrap_or_default();

@@ -116,10 +116,10 @@ impl Server {
             failures: mpsc::unbounded_channel(),
             ready: Arc::default(),
         };
+        server.topology = topology.clone();
         for spec in &topology.consumers {
             server.start_consumer(spec).await?;
         }
-        server.topology = topology;
         server.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         info!(service = %config.service, consumers = server.consumers.len(), "serving");
         Ok(server)
@@ -146,6 +146,8 @@ impl Server {
             publisher: self.publisher.clone(),
             outbox: Arc::new(BrokerOutbox { publisher: self.publisher.clone(), service: self.config.service.clone() }),
             prefetch: self.config.prefetch,
+            quorum: self.config.queue_profile == crate::config::QueueProfile::Quorum
+                && self.topology.queues.iter().any(|q| q.name == spec.queue && q.durable),
         });
         let channel = broker::open_channel(&self.connection).await?;
         let (stop, stopped) = shutdown::channel();
@@ -209,6 +211,7 @@ impl Server {
         self.config = config;
 
         broker::declare(&self.connection, &topology).await?;
+        let old = std::mem::replace(&mut self.topology, topology.clone());
         for spec in &topology.consumers {
             match self.consumers.get(&spec.queue) {
                 Some(running) => {
@@ -217,7 +220,7 @@ impl Server {
                 None => self.start_consumer(spec).await?,
             }
         }
-        let gone: Vec<_> = self.topology.bindings.iter().filter(|b| !topology.bindings.contains(b)).cloned().collect();
+        let gone: Vec<_> = old.bindings.iter().filter(|b| !topology.bindings.contains(b)).cloned().collect();
         if !gone.is_empty() {
             let channel = broker::open_channel(&self.connection).await?;
             for binding in &gone {
@@ -246,12 +249,11 @@ impl Server {
             }
         }
         info!(
-            bindings_added = topology.bindings.iter().filter(|b| !self.topology.bindings.contains(b)).count(),
+            bindings_added = topology.bindings.iter().filter(|b| !old.bindings.contains(b)).count(),
             bindings_removed = gone.len(),
             consumers = self.consumers.len(),
             "config reloaded"
         );
-        self.topology = topology;
         Ok(())
     }
 

@@ -107,3 +107,19 @@ broker_test! {
         let _ = std::fs::remove_dir_all(&plugins);
     }
 }
+
+broker_test! {
+    async fn the_quorum_profile_bounds_retries_with_the_brokers_delivery_count() {
+        let extra = "queue_profile = \"quorum\"\n[limits]\nmax_retries = 2";
+        let mut s = Scenario::start("quorum", &[("chaos", "chaos")], extra, &[]).await;
+        let queues = broker_listing("list_queues", &["name", "type", "arguments"]);
+        let queue = queues.iter().find(|q| q["name"] == s.request_queue().as_str()).expect("the request queue");
+        assert_eq!(queue["type"], "quorum");
+
+        s.client.request("chaos", b"retry", "r").await;
+        let dead = s.dead.next(DEADLINE).await.expect("rejected once the deliveries are used up");
+        assert_eq!(dead.data, b"retry", "retries end in a dead letter instead of looping forever");
+        assert_eq!(DeadLetters::death_reason(&dead).as_deref(), Some("rejected"));
+        s.finish().await;
+    }
+}

@@ -111,6 +111,8 @@ pub struct Config {
     pub service: String,
     /// The folder of `.wasm` plugins (already resolved against the config file's folder).
     pub plugins_dir: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; off when `None`.
+    pub metrics: Option<std::net::SocketAddr>,
     /// The AMQP URL (`WARREN_BROKER_URL` wins over `broker.url`).
     pub broker_url: String,
     pub queue_profile: QueueProfile,
@@ -249,6 +251,7 @@ struct RawConfig {
 struct RawService {
     name: Spanned<String>,
     plugins: Option<String>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -529,8 +532,20 @@ impl RawConfig {
             plugins.insert(name.clone(), PluginSettings { limits, grants });
         }
 
+        let metrics = match &self.service.metrics {
+            Some(addr) => Some(addr.get_ref().parse().map_err(|_| {
+                at.at(
+                    addr,
+                    "service.metrics",
+                    format!("'{}' is not an address like \"127.0.0.1:9090\"", addr.get_ref()),
+                )
+            })?),
+            None => None,
+        };
+
         Ok(Config {
             source: at.path.to_path_buf(),
+            metrics,
             plugins,
             service,
             plugins_dir,

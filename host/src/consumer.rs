@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{self, BrokerError, Delivered, Publisher};
 use crate::headers::{self, SERVICE_HEADER};
+use crate::metrics::Metrics;
 use crate::naming;
 use crate::plugins::PluginSlot;
 use crate::routing::RouteTable;
@@ -36,6 +37,13 @@ pub const QUORUM_DELIVERY_COUNT: &str = "x-delivery-count";
 /// W3C trace context, copied from a request to its response.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
+/// A new W3C `traceparent` (version 00, random trace and span ids, sampled).
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
 /// Everything a queue's consumer needs to handle its deliveries.
 pub struct QueueConsumer {
     /// The queue consumed.
@@ -51,6 +59,7 @@ pub struct QueueConsumer {
     pub prefetch: u16,
     /// A quorum queue counts deliveries itself (`x-delivery-count`): a retry is a requeue.
     pub quorum: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The part of a consumer a config reload may change. A delivery reads it once.
@@ -84,6 +93,8 @@ pub enum Outcome {
     Rejected(String),
     /// Requeued for another try.
     Requeued(String),
+    /// The plugin trapped, ran out of time or memory: rejected, its instance discarded.
+    Faulted(String),
     /// The handler asked for a retry: a copy with a higher retry count was confirmed on the
     /// queue, and this delivery is acked.
     Retried(u32),
@@ -164,24 +175,45 @@ impl QueueConsumer {
             _ => delivery.routing_key.to_string(),
         };
         let message_id = props.message_id().as_ref().map_or("-".to_string(), |id| id.to_string());
+        let plugin = self
+            .routing
+            .load()
+            .routes
+            .find(&routing_key)
+            .map_or("-".to_string(), |h| h.plugin.load().name().to_string());
+        let started = std::time::Instant::now();
+        self.metrics.started(&plugin);
         let outcome = self.decide(&delivery, &routing_key).await;
+        let mut label = match &outcome {
+            Outcome::Acked => "acked",
+            Outcome::Retried(_) => "retried",
+            Outcome::Requeued(_) => "requeued",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Faulted(_) => "faulted",
+        };
         let result = match &outcome {
             Outcome::Acked | Outcome::Retried(_) => delivery.ack(BasicAckOptions::default()).await,
-            Outcome::Rejected(reason) => match self.dead_letter(&delivery, &routing_key, reason).await {
-                Some(exchange) => {
-                    warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, dead_letter_exchange = %exchange, "message rejected and dead-lettered");
-                    delivery.ack(BasicAckOptions::default()).await
+            Outcome::Rejected(reason) | Outcome::Faulted(reason) => {
+                match self.dead_letter(&delivery, &routing_key, reason).await {
+                    Some(exchange) => {
+                        if label == "rejected" {
+                            label = "dead_lettered";
+                        }
+                        warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, dead_letter_exchange = %exchange, "message rejected and dead-lettered");
+                        delivery.ack(BasicAckOptions::default()).await
+                    }
+                    None => {
+                        warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
+                        delivery.reject(BasicRejectOptions { requeue: false }).await
+                    }
                 }
-                None => {
-                    warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
-                    delivery.reject(BasicRejectOptions { requeue: false }).await
-                }
-            },
+            }
             Outcome::Requeued(reason) => {
                 info!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message requeued");
                 delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
             }
         };
+        self.metrics.finished(&plugin, label, started.elapsed());
         if let Err(error) = result {
             // The channel is gone: RabbitMQ redelivers the message, nothing is lost.
             warn!(queue = %self.queue, routing_key = %routing_key, %error, "could not settle the message; the broker will redeliver it");
@@ -238,10 +270,11 @@ impl QueueConsumer {
         };
         let plugin_headers = headers::to_plugin(table, routing_key);
         debug!(queue = %self.queue, routing_key, plugin = plugin.name(), "calling plugin");
-        let context =
-            CallContext { outbox: Some(self.outbox.clone()), traceparent: headers::text(table, TRACEPARENT_HEADER) };
+        // W3C trace context: carried on, or started here when none came in.
+        let traceparent = headers::text(table, TRACEPARENT_HEADER).unwrap_or_else(new_traceparent);
+        let context = CallContext { outbox: Some(self.outbox.clone()), traceparent: Some(traceparent.clone()) };
         match plugin.handle(&request, &plugin_headers, &context).await {
-            Err(fault) => Outcome::Rejected(format!("plugin '{}' {fault}; instance discarded", plugin.name())),
+            Err(fault) => Outcome::Faulted(format!("plugin '{}' {fault}; instance discarded", plugin.name())),
             Ok(Err(HandlerError::BadRequest(why))) => {
                 Outcome::Rejected(format!("bad-request from '{}': {why}", plugin.name()))
             }
@@ -249,7 +282,7 @@ impl QueueConsumer {
             Ok(Err(HandlerError::Retry(why))) => self.retry(delivery, routing_key, &why, routing.max_retries).await,
             Ok(Ok(response)) => match (self.kind, requester) {
                 (ConsumerKind::Request, Some(requester)) => {
-                    self.respond(delivery, routing_key, &requester, response).await
+                    self.respond(delivery, routing_key, &requester, response, &traceparent).await
                 }
                 _ => Outcome::Acked,
             },
@@ -257,17 +290,21 @@ impl QueueConsumer {
     }
 
     /// Publishes the response to the requester and waits for the broker's confirm.
-    async fn respond(&self, delivery: &Delivery, routing_key: &str, requester: &str, response: Response) -> Outcome {
+    async fn respond(
+        &self,
+        delivery: &Delivery,
+        routing_key: &str,
+        requester: &str,
+        response: Response,
+        traceparent: &str,
+    ) -> Outcome {
         let mut table = FieldTable::default();
         for header in &response.headers {
             if header.name != SERVICE_HEADER {
                 table.insert(header.name.as_str().into(), headers::from_plugin_value(&header.value));
             }
         }
-        let request_headers = delivery.properties.headers().as_ref();
-        if let Some(traceparent) = headers::text(request_headers, TRACEPARENT_HEADER) {
-            table.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent)));
-        }
+        table.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent)));
         // The response's `service` header names the requester: its queue is bound on it.
         let mut properties = broker::message_properties(requester, table);
         if let Some(id) = delivery.properties.correlation_id() {

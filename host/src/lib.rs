@@ -14,7 +14,8 @@
 //! - [`plugins`]: the live plugin of each name, swappable; [`reload`] swaps them when
 //!   their files change.
 //! - [`headers`]: AMQP headers ↔ the plugin's typed headers.
-//! - [`server`]: wires the above into a running host; [`shutdown`] stops it.
+//! - [`server`]: wires the above into a running host; [`shutdown`] stops it;
+//!   [`metrics`]: counters and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`client`]: a goamqp-style client (`warren request`); [`builder`]: `warren build`;
 //!   [`scaffold`]: `warren new`.
 //! - [`cli`]: the `warren` command line.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod consumer;
 pub mod headers;
+pub mod metrics;
 pub mod naming;
 pub mod outbox;
 pub mod plugins;

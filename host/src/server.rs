@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::broker::{self, BrokerError, Publisher};
 use crate::config::{Config, ConfigError};
 use crate::consumer::{Handler, QueueConsumer, Routing};
+use crate::metrics::{Metrics, MetricsError, MetricsServer};
 use crate::outbox::BrokerOutbox;
 use crate::plugins::{LoadErrors, PluginStatus, Plugins};
 use crate::reload::{ConfigWatcher, PluginWatcher, WatchError};
@@ -43,6 +44,8 @@ pub enum ServerError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Why a new config was refused; the old one keeps serving.
@@ -76,7 +79,8 @@ pub struct Server {
     publisher: Publisher,
     consumers: BTreeMap<String, RunningConsumer>,
     failures: (mpsc::UnboundedSender<BrokerError>, mpsc::UnboundedReceiver<BrokerError>),
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<Metrics>,
+    _metrics_server: Option<MetricsServer>,
 }
 
 impl Server {
@@ -104,6 +108,11 @@ impl Server {
             "topology declared"
         );
         let publisher = Publisher::open(&connection).await?;
+        let metrics = Arc::new(Metrics::default());
+        let metrics_server = match config.metrics {
+            Some(addr) => Some(MetricsServer::start(addr, metrics.clone(), plugins.clone())?),
+            None => None,
+        };
         let mut server = Server {
             config: config.clone(),
             topology: Topology::default(),
@@ -114,13 +123,14 @@ impl Server {
             publisher,
             consumers: BTreeMap::new(),
             failures: mpsc::unbounded_channel(),
-            ready: Arc::default(),
+            metrics: metrics.clone(),
+            _metrics_server: metrics_server,
         };
         server.topology = topology.clone();
         for spec in &topology.consumers {
             server.start_consumer(spec).await?;
         }
-        server.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        server.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         info!(service = %config.service, consumers = server.consumers.len(), "serving");
         Ok(server)
     }
@@ -148,6 +158,7 @@ impl Server {
             prefetch: self.config.prefetch,
             quorum: self.config.queue_profile == crate::config::QueueProfile::Quorum
                 && self.topology.queues.iter().any(|q| q.name == spec.queue && q.durable),
+            metrics: self.metrics.clone(),
         });
         let channel = broker::open_channel(&self.connection).await?;
         let (stop, stopped) = shutdown::channel();
@@ -293,9 +304,14 @@ impl Server {
         self.stop().await
     }
 
+    /// The host's counters (what `/metrics` serves).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Whether the host is connected and consuming (false while it recovers).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+        self.metrics.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// After a broker failure: drop every consumer and the connection, then reconnect with
@@ -307,7 +323,7 @@ impl Server {
         error: BrokerError,
         signal: &mut (impl std::future::Future<Output = ()> + Unpin),
     ) -> bool {
-        self.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.ready.store(false, std::sync::atomic::Ordering::Relaxed);
         warn!(%error, "lost the broker: reconnecting (in-flight messages are redelivered by RabbitMQ)");
         for (_, running) in std::mem::take(&mut self.consumers) {
             running.stop.fire();
@@ -321,7 +337,7 @@ impl Server {
         for attempt in 1.. {
             match self.reconnect().await {
                 Ok(()) => {
-                    self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
                     info!(
                         attempt,
                         ms = started.elapsed().as_millis() as u64,

@@ -80,6 +80,24 @@ pub fn deploy_by_rename(dir: &Path, plugin: &str, bytes: &[u8]) {
     std::fs::rename(&temp, dir.join(format!("{plugin}.wasm"))).unwrap();
 }
 
+/// A free TCP address on loopback for a test's own listener.
+pub fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// `GET path` on `addr` over plain HTTP/1.0: the status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the metrics endpoint listens");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("an HTTP status line");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_string();
+    (status, body)
+}
+
 /// Waits until `condition` holds, checking every 20 ms; panics with `what` at the deadline.
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let until = tokio::time::Instant::now() + DEADLINE;
@@ -433,11 +451,17 @@ impl Scenario {
         extra: &str,
         more_keys: &[&str],
     ) -> Scenario {
-        let service = service.to_string();
-        let dead = DeadLetters::catch(&service).await;
-        let server = start(&config_in(&service, plugins, &format!("{extra}\n{}", requests(handlers)))).await;
+        let config = config_in(service, plugins, &format!("{extra}\n{}", requests(handlers)));
         let keys: Vec<&str> = handlers.iter().map(|(key, _)| *key).chain(more_keys.iter().copied()).collect();
-        let client = GoClient::new(&service, "go-client", &keys).await;
+        Scenario::from_config(config, &keys).await
+    }
+
+    /// A scenario for a ready-made config; the client expects responses for `keys`.
+    pub async fn from_config(config: Config, keys: &[&str]) -> Scenario {
+        let service = config.service.clone();
+        let dead = DeadLetters::catch(&service).await;
+        let server = start(&config).await;
+        let client = GoClient::new(&service, "go-client", keys).await;
         Scenario { service, server, client, dead }
     }
 

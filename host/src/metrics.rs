@@ -1,0 +1,159 @@
+//! What operators see: per-plugin counters, a handling-time histogram, in-flight gauges and
+//! the broker connection state, served in Prometheus text format on `/metrics`, with
+//! `/healthz` (the process is up) and `/readyz` (connected and consuming) beside it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::plugins::Plugins;
+
+/// Upper bounds (seconds) of the handling-time histogram buckets.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Default)]
+struct Counters {
+    /// Settled messages by outcome (acked, rejected, dead_lettered, requeued, retried, faulted).
+    outcomes: BTreeMap<&'static str, u64>,
+    in_flight: i64,
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The host's counters. Cheap to update from every message task.
+#[derive(Default)]
+pub struct Metrics {
+    /// By plugin name (`-` for messages no handler took).
+    by_plugin: Mutex<BTreeMap<String, Counters>>,
+    /// Connected to the broker and consuming.
+    pub ready: AtomicBool,
+}
+
+impl Metrics {
+    fn with(&self, plugin: &str, update: impl FnOnce(&mut Counters)) {
+        let mut all = self.by_plugin.lock().expect("metrics lock");
+        update(all.entry(plugin.to_string()).or_default());
+    }
+
+    /// A message started being handled by `plugin`.
+    pub fn started(&self, plugin: &str) {
+        self.with(plugin, |c| c.in_flight += 1);
+    }
+
+    /// A message `started` earlier was settled with `outcome` after `took`.
+    pub fn finished(&self, plugin: &str, outcome: &'static str, took: Duration) {
+        self.with(plugin, |c| {
+            c.in_flight -= 1;
+            *c.outcomes.entry(outcome).or_default() += 1;
+            let seconds = took.as_secs_f64();
+            for (bucket, bound) in c.buckets.iter_mut().zip(BUCKETS) {
+                if seconds <= bound {
+                    *bucket += 1;
+                }
+            }
+            c.count += 1;
+            c.sum += seconds;
+        });
+    }
+
+    /// Every metric in Prometheus text format.
+    pub fn render(&self, plugins: &Plugins) -> String {
+        let mut out = String::new();
+        let _ =
+            writeln!(out, "# HELP warren_ready 1 when connected to RabbitMQ and consuming.\n# TYPE warren_ready gauge");
+        let _ = writeln!(out, "warren_ready {}", u8::from(self.ready.load(Ordering::Relaxed)));
+        let all = self.by_plugin.lock().expect("metrics lock");
+        let _ = writeln!(
+            out,
+            "# HELP warren_messages_total Messages settled, by plugin and outcome.\n# TYPE warren_messages_total counter"
+        );
+        for (plugin, c) in all.iter() {
+            for (outcome, n) in &c.outcomes {
+                let _ = writeln!(out, "warren_messages_total{{plugin=\"{plugin}\",outcome=\"{outcome}\"}} {n}");
+            }
+        }
+        let _ = writeln!(out, "# HELP warren_in_flight Messages being handled now.\n# TYPE warren_in_flight gauge");
+        for (plugin, c) in all.iter() {
+            let _ = writeln!(out, "warren_in_flight{{plugin=\"{plugin}\"}} {}", c.in_flight);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP warren_handle_seconds Time from delivery to settlement.\n# TYPE warren_handle_seconds histogram"
+        );
+        for (plugin, c) in all.iter() {
+            for (n, bound) in c.buckets.iter().zip(BUCKETS) {
+                let _ = writeln!(out, "warren_handle_seconds_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {n}");
+            }
+            let _ = writeln!(out, "warren_handle_seconds_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {}", c.count);
+            let _ = writeln!(out, "warren_handle_seconds_sum{{plugin=\"{plugin}\"}} {}", c.sum);
+            let _ = writeln!(out, "warren_handle_seconds_count{{plugin=\"{plugin}\"}} {}", c.count);
+        }
+        drop(all);
+        let _ = writeln!(
+            out,
+            "# HELP warren_plugin_generation Live version of each plugin (1 at start, +1 per swap).\n# TYPE warren_plugin_generation gauge"
+        );
+        for status in plugins.table() {
+            let _ = writeln!(out, "warren_plugin_generation{{plugin=\"{}\"}} {}", status.name, status.generation);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP warren_reload_refusals_total New plugin versions refused by hot reload.\n# TYPE warren_reload_refusals_total counter"
+        );
+        let _ = writeln!(out, "warren_reload_refusals_total {}", plugins.refusals().len());
+        out
+    }
+}
+
+/// The metrics endpoint cannot listen.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}: {reason}. Pick a free address for service.metrics, or remove it")]
+pub struct MetricsError {
+    addr: SocketAddr,
+    reason: String,
+}
+
+/// The HTTP endpoint; it stops when dropped.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+impl MetricsServer {
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` from a thread of its own.
+    pub fn start(
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        plugins: Arc<Plugins>,
+    ) -> Result<MetricsServer, MetricsError> {
+        let server = tiny_http::Server::http(addr).map_err(|e| MetricsError { addr, reason: e.to_string() })?;
+        let server = Arc::new(server);
+        let serving = server.clone();
+        std::thread::Builder::new()
+            .name("warren-metrics".into())
+            .spawn(move || {
+                for request in serving.incoming_requests() {
+                    let (status, body) = match request.url() {
+                        "/metrics" => (200, metrics.render(&plugins)),
+                        "/healthz" => (200, "ok\n".to_string()),
+                        "/readyz" if metrics.ready.load(Ordering::Relaxed) => (200, "ready\n".to_string()),
+                        "/readyz" => (503, "not ready: not connected to RabbitMQ\n".to_string()),
+                        _ => (404, "try /metrics, /healthz or /readyz\n".to_string()),
+                    };
+                    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+                }
+            })
+            .map_err(|e| MetricsError { addr, reason: e.to_string() })?;
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        Ok(MetricsServer { server })
+    }
+}

@@ -12,11 +12,15 @@ broker_test! {
         let service = unique_service("recover");
         // Each request takes 20 ms and 10 run at once: 2000 take about 4 s, so the cut lands
         // mid-stream.
-        let config = config(&service, &format!("prefetch = 10\n{}", requests(&[("slow", "chaos")])));
+        let mut config = config(&service, &format!("prefetch = 10\n{}", requests(&[("slow", "chaos")])));
+        let metrics = free_address();
+        config.metrics = Some(metrics);
         const N: usize = 2000;
 
         // Queue every request first (the host declares the queue, then steps aside).
-        start(&config).await.stop().await.unwrap();
+        let mut declaring = config.clone();
+        declaring.metrics = None;
+        start(&declaring).await.stop().await.unwrap();
         let mut client = GoClient::new(&service, "go-client", &["slow"]).await;
         for id in 0..N {
             client.request("slow", b"slow:20", &id.to_string()).await;
@@ -58,6 +62,19 @@ broker_test! {
         println!("{N} requests: {before} answered before the cut, all {N} in the end; {duplicates} answered twice (the at-least-once window)");
         assert!(before < N, "the cut came after everything was answered: the test proved nothing");
         assert!((0..N).all(|id| answers.contains_key(&id.to_string())));
+
+        // The broker itself stops and comes back: /readyz follows, and the host serves again.
+        rabbitmqctl(&["stop_app"]);
+        eventually("/readyz reports the outage", || http_get(metrics, "/readyz").0 == 503).await;
+        assert_eq!(http_get(metrics, "/healthz").0, 200, "the process stays up");
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+        let back = std::time::Instant::now();
+        eventually("/readyz reports ready again", || http_get(metrics, "/readyz").0 == 200).await;
+        println!("serving again {} ms after the broker was back", back.elapsed().as_millis());
+        let mut client = GoClient::new(&service, "go-client", &["slow"]).await;
+        client.request("slow", b"after the restart", "last").await;
+        assert_eq!(client.response(DEADLINE).await.expect("answered after the restart").data, b"after the restart");
 
         stop.send(()).unwrap();
         tokio::time::timeout(DEADLINE, serving).await.expect("serve returns after the signal").unwrap().expect("a clean stop");

@@ -2,12 +2,13 @@
 //!
 //! ```text
 //! cargo run -p warren -- build            # target/plugins/{echo,chaos}.wasm
-//! cargo run --release -p warren --example isolation -- [TIMEOUT_MS] [SECONDS]
+//! cargo run --release -p warren --example isolation -- [TIMEOUT_MS] [SECONDS] [LOOPS]
 //! ```
 //!
 //! 1. How long a looping call holds its worker before the deadline stops it.
-//! 2. `echo` throughput (100 in flight) for SECONDS alone, then with two `loop` requests
-//!    always running beside it (each replaced as soon as the deadline rejects it).
+//! 2. `echo` throughput (100 in flight) for SECONDS alone, then with LOOPS (default 1)
+//!    `loop` requests always running beside it (each replaced as soon as its deadline
+//!    rejects it).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -49,7 +50,7 @@ async fn echo_throughput(client: &Arc<Client>, seconds: u64, loops: usize) -> f6
 
 #[tokio::main]
 async fn main() {
-    let (timeout_ms, seconds) = (arg(1, 1000), arg(2, 10));
+    let (timeout_ms, seconds, loops) = (arg(1, 1000), arg(2, 10), arg(3, 1) as usize);
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
     let text = format!(
         "[service]\nname = \"warren-isolation-bench\"\nplugins = \"{}\"\n[limits]\ntimeout_ms = {timeout_ms}\n\
@@ -85,9 +86,9 @@ async fn main() {
             .unwrap(),
     );
     let alone = echo_throughput(&client, seconds, 0).await;
-    let beside = echo_throughput(&client, seconds, 2).await;
+    let beside = echo_throughput(&client, seconds, loops).await;
     println!(
-        "echo, 100 in flight, {seconds} s each: {alone:.0} req/s alone, {beside:.0} req/s with 2 loops always running ({:.0} %)",
+        "echo, 100 in flight, {seconds} s each: {alone:.0} req/s alone, {beside:.0} req/s with {loops} loop(s) always running ({:.0} %)",
         beside / alone * 100.0
     );
 

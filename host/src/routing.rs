@@ -40,10 +40,6 @@ impl<T> RouteTable<T> {
             .map(|(_, target)| target)
     }
 
-    /// Every pattern and its target, in the order added.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
-        self.routes.iter().map(|(p, t)| (p.as_str(), t))
-    }
 }
 
 /// Whether AMQP topic `pattern` matches routing `key` (`*` = one word, `#` = zero or more).

@@ -39,7 +39,6 @@ impl<T> RouteTable<T> {
             })
             .map(|(_, target)| target)
     }
-
 }
 
 /// Whether AMQP topic `pattern` matches routing `key` (`*` = one word, `#` = zero or more).

@@ -96,3 +96,59 @@ async fn a_queue_declared_with_other_arguments_is_refused_in_words() {
     bounded_close(connection.close(200, "done".into())).await;
 }
 }
+
+/// What `warren topology` prints for a config is what the broker holds after `run`.
+async fn assert_broker_holds(config_file: &str) {
+    let mut config =
+        Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(config_file)).unwrap();
+    config.plugins_dir = plugins_dir().to_path_buf();
+    // The demos' plugins are among the examples the tests build.
+    let server = start(&config).await;
+    let topology = server.topology().clone();
+    let exchanges = broker_listing("list_exchanges", &["name", "type", "durable"]);
+    for exchange in &topology.exchanges {
+        let kind = serde_json::to_value(exchange.kind).unwrap();
+        assert!(
+            exchanges.iter().any(|e| e["name"] == exchange.name.as_str() && e["type"] == kind && e["durable"] == true),
+            "{config_file}: exchange {} ({kind}) is not on the broker",
+            exchange.name
+        );
+    }
+    let queues = broker_listing("list_queues", &["name", "durable", "arguments"]);
+    for queue in &topology.queues {
+        let listed = queues
+            .iter()
+            .find(|q| q["name"] == queue.name.as_str())
+            .unwrap_or_else(|| panic!("{config_file}: no queue {}", queue.name));
+        assert_eq!(listed["durable"], queue.durable);
+        let arguments: Vec<(String, Value)> = listed["arguments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a[0].as_str().unwrap().to_string(), a[2].clone()))
+            .collect();
+        let expected: Vec<(String, Value)> =
+            queue.arguments.iter().map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap())).collect();
+        assert_eq!(arguments, expected, "{config_file}: arguments of {}", queue.name);
+    }
+    let bindings = broker_listing("list_bindings", &["source_name", "destination_name", "routing_key"]);
+    for binding in &topology.bindings {
+        assert!(
+            bindings.iter().any(|b| b["source_name"] == binding.exchange.as_str()
+                && b["destination_name"] == binding.queue.as_str()
+                && b["routing_key"] == binding.routing_key.as_str()),
+            "{config_file}: binding {} -> {} ({}) is not on the broker",
+            binding.exchange,
+            binding.queue,
+            binding.routing_key
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+broker_test! {
+    async fn the_demo_configs_topology_is_what_the_broker_holds() {
+        assert_broker_holds("warren.toml").await;
+        assert_broker_holds("warren-orders.toml").await;
+    }
+}

@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! cargo run -p warren -- build            # target/plugins/echo.wasm
-//! cargo run --release -p warren --example roundtrip -- [SEQUENTIAL] [TOTAL] [IN_FLIGHT] [BYTES]
+//! cargo run --release -p warren --example roundtrip -- [SEQUENTIAL] [TOTAL] [IN_FLIGHT] [BYTES] [PROFILE]
 //! ```
 //!
 //! Prints the latency percentiles of SEQUENTIAL (default 1000) one-at-a-time requests, then
 //! the throughput of TOTAL (default 20000) requests with IN_FLIGHT (default 100) in flight.
+//! PROFILE is the queue profile, `classic` (default) or `quorum`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,11 +33,13 @@ fn micros(d: Duration) -> String {
 #[tokio::main]
 async fn main() {
     let (sequential, total, in_flight, bytes) = (arg(1, 1000), arg(2, 20_000), arg(3, 100), arg(4, 256));
-    // A fixed name: reruns reuse the same queue instead of leaving new ones behind.
-    let service = "warren-bench".to_string();
+    let profile = std::env::args().nth(5).unwrap_or_else(|| "classic".into());
+    // A fixed name per profile: reruns reuse the same queue instead of leaving new ones behind.
+    let service = format!("warren-bench-{profile}");
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
     let text = format!(
-        "[service]\nname = \"{service}\"\nplugins = \"{}\"\n[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n",
+        "[service]\nname = \"{service}\"\nplugins = \"{}\"\n[broker]\nqueue_profile = \"{profile}\"\n\
+         [[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n",
         plugins.display()
     );
     let config = Config::parse(Path::new("bench.toml"), &text, std::env::var("WARREN_BROKER_URL").ok()).unwrap();
@@ -57,7 +60,7 @@ async fn main() {
         latencies.push(start.elapsed());
     }
     latencies.sort();
-    println!("sequential round trips: n={sequential}, body={bytes} B");
+    println!("sequential round trips: n={sequential}, body={bytes} B, {profile} queues");
     println!(
         "  p50 {}   p90 {}   p99 {}   max {}",
         micros(percentile(&latencies, 0.50)),

@@ -199,17 +199,17 @@ impl QueueConsumer {
                         if label == "rejected" {
                             label = "dead_lettered";
                         }
-                        warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, dead_letter_exchange = %exchange, "message rejected and dead-lettered");
+                        warn!(service = %self.service, plugin = %plugin, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, dead_letter_exchange = %exchange, "message rejected and dead-lettered");
                         delivery.ack(BasicAckOptions::default()).await
                     }
                     None => {
-                        warn!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
+                        warn!(service = %self.service, plugin = %plugin, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
                         delivery.reject(BasicRejectOptions { requeue: false }).await
                     }
                 }
             }
             Outcome::Requeued(reason) => {
-                info!(queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message requeued");
+                info!(service = %self.service, plugin = %plugin, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message requeued");
                 delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
             }
         };

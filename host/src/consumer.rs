@@ -175,12 +175,13 @@ impl QueueConsumer {
             _ => delivery.routing_key.to_string(),
         };
         let message_id = props.message_id().as_ref().map_or("-".to_string(), |id| id.to_string());
-        let plugin = self
-            .routing
-            .load()
-            .routes
-            .find(&routing_key)
-            .map_or("-".to_string(), |h| h.plugin.load().name().to_string());
+        let (plugin, generation) = match self.routing.load().routes.find(&routing_key) {
+            Some(handler) => {
+                let live = handler.plugin.load();
+                (live.name().to_string(), live.generation())
+            }
+            None => ("-".to_string(), 0),
+        };
         let started = std::time::Instant::now();
         self.metrics.started(&plugin);
         let outcome = self.decide(&delivery, &routing_key).await;
@@ -199,17 +200,17 @@ impl QueueConsumer {
                         if label == "rejected" {
                             label = "dead_lettered";
                         }
-                        warn!(service = %self.service, plugin = %plugin, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, dead_letter_exchange = %exchange, "message rejected and dead-lettered");
+                        warn!(service = %self.service, plugin = %plugin, generation, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, dead_letter_exchange = %exchange, "message rejected and dead-lettered");
                         delivery.ack(BasicAckOptions::default()).await
                     }
                     None => {
-                        warn!(service = %self.service, plugin = %plugin, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
+                        warn!(service = %self.service, plugin = %plugin, generation, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
                         delivery.reject(BasicRejectOptions { requeue: false }).await
                     }
                 }
             }
             Outcome::Requeued(reason) => {
-                info!(service = %self.service, plugin = %plugin, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message requeued");
+                info!(service = %self.service, plugin = %plugin, generation, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message requeued");
                 delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
             }
         };

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::{Config, PluginSettings};
-use crate::runtime::{self, CodeSource, Plugin, PluginError, Runtime};
+use crate::runtime::{self, CodeSource, NativeHandler, Plugin, PluginError, Runtime};
 
 /// A plugin that can be replaced while messages flow.
 pub type PluginSlot = Arc<ArcSwap<Plugin>>;
@@ -54,6 +54,8 @@ struct Entry {
 /// Every plugin the config names, by name.
 pub struct Plugins {
     runtime: Arc<Runtime>,
+    /// Plugin names served by Rust functions instead of files (the benchmark's baseline).
+    natives: BTreeMap<String, NativeHandler>,
     live: Mutex<Live>,
     refusals: Mutex<Vec<String>>,
 }
@@ -66,8 +68,18 @@ impl Plugins {
     /// Compiles and checks every plugin the config names (off the async threads), reporting
     /// every failure, not just the first.
     pub async fn load_all(runtime: &Arc<Runtime>, config: &Config) -> Result<Plugins, LoadErrors> {
+        Plugins::load_all_with_natives(runtime, config, BTreeMap::new()).await
+    }
+
+    /// Like [`Plugins::load_all`], with some plugin names served by Rust functions.
+    pub async fn load_all_with_natives(
+        runtime: &Arc<Runtime>,
+        config: &Config,
+        natives: BTreeMap<String, NativeHandler>,
+    ) -> Result<Plugins, LoadErrors> {
         let plugins = Plugins {
             runtime: runtime.clone(),
+            natives,
             live: Mutex::new(Live { entries: BTreeMap::new() }),
             refusals: Mutex::default(),
         };
@@ -84,6 +96,7 @@ impl Plugins {
             config
                 .plugin_names()
                 .into_iter()
+                .filter(|name| !self.natives.contains_key(name))
                 .filter_map(|name| {
                     let (path, settings) = (config.plugin_path(&name), config.settings_for(&name));
                     match live.entries.get(&name) {
@@ -129,6 +142,17 @@ impl Plugins {
         let mut live = self.lock();
         let names = config.plugin_names();
         live.entries.retain(|name, _| names.contains(name));
+        for (name, handler) in self.natives.iter().filter(|(name, _)| names.contains(name)) {
+            if !live.entries.contains_key(name) {
+                let plugin = self.runtime.native(name, *handler);
+                let path = plugin.path().to_path_buf();
+                let slot = Arc::new(ArcSwap::from_pointee(plugin));
+                live.entries.insert(
+                    name.clone(),
+                    Entry { path, settings: config.settings_for(name), slot, last_tried: String::new() },
+                );
+            }
+        }
         for (plugin, settings) in loaded {
             let (name, path, hash) =
                 (plugin.name().to_string(), plugin.path().to_path_buf(), plugin.hash().to_string());

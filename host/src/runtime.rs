@@ -153,6 +153,8 @@ pub enum CodeSource {
     Compiled,
     /// Loaded from a `.cwasm` this host wrote earlier for the same bytes and engine.
     Cache,
+    /// Not WebAssembly: a Rust function linked into the host (the benchmark's baseline).
+    Native,
 }
 
 /// The shared WebAssembly engine and linker.
@@ -269,7 +271,7 @@ impl Runtime {
             hash,
             generation,
             source,
-            pre,
+            code: Code::Wasm(pre.clone()),
             permits: settings.limits.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
             grants: Arc::new(settings.grants.clone()),
             env,
@@ -287,8 +289,28 @@ impl Runtime {
         let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
         let mut store = plugin.new_store(output, CallContext::default()).map_err(smoke)?;
         // Instantiation awaits nothing from the host, so a local executor is enough.
-        futures_lite::future::block_on(plugin.pre.instantiate_async(&mut store)).map_err(smoke)?;
+        futures_lite::future::block_on(pre.instantiate_async(&mut store)).map_err(smoke)?;
         Ok(plugin)
+    }
+
+    /// A plugin whose code is `handler`, a Rust function of the host's own, run with no
+    /// sandbox: the native baseline of the benchmark.
+    pub fn native(&self, name: &str, handler: NativeHandler) -> Plugin {
+        let settings = PluginSettings::default();
+        Plugin {
+            name: name.to_string(),
+            path: PathBuf::from(format!("native:{name}")),
+            hash: "0".repeat(64),
+            generation: 1,
+            source: CodeSource::Native,
+            code: Code::Native(handler),
+            permits: None,
+            grants: Arc::new(settings.grants.clone()),
+            env: Vec::new(),
+            settings,
+            fuel_counting: self.fuel,
+            engine: self.engine.clone(),
+        }
     }
 }
 
@@ -477,6 +499,18 @@ impl WasiView for CallState {
     }
 }
 
+/// A handler written in Rust and linked into the host: the native baseline the benchmark
+/// compares components with, served through exactly the same consume and publish path.
+pub type NativeHandler = fn(&Request, &[Header]) -> Result<Response, HandlerError>;
+
+/// What runs when a plugin handles a message.
+enum Code {
+    /// A checked component, instantiated fresh for each call.
+    Wasm(bindings::HandlerPre<CallState>),
+    /// A function of the host's own (benchmarks).
+    Native(NativeHandler),
+}
+
 /// A compiled, checked plugin, ready to handle messages.
 pub struct Plugin {
     name: String,
@@ -484,7 +518,7 @@ pub struct Plugin {
     hash: String,
     generation: u64,
     source: CodeSource,
-    pre: bindings::HandlerPre<CallState>,
+    code: Code,
     settings: PluginSettings,
     /// Granted environment variables with their values.
     env: Vec<(String, String)>,
@@ -540,10 +574,14 @@ impl Plugin {
             Some(permits) => Some(permits.acquire().await.expect("the semaphore is never closed")),
             None => None,
         };
+        let pre = match &self.code {
+            Code::Native(handler) => return Ok(handler(request, headers)),
+            Code::Wasm(pre) => pre,
+        };
         let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
         let mut store = self.new_store(output.clone(), context.clone()).map_err(|e| self.fault(e, &output))?;
         let result = async {
-            let handler = self.pre.instantiate_async(&mut store).await?;
+            let handler = pre.instantiate_async(&mut store).await?;
             handler.call_handle(&mut store, request, headers).await
         }
         .await;

@@ -87,6 +87,16 @@ impl Server {
     /// Loads every plugin, declares the topology and starts one consumer per queue. Returns
     /// once every consumer is consuming.
     pub async fn start(config: &Config) -> Result<Server, ServerError> {
+        Server::start_with_natives(config, BTreeMap::new()).await
+    }
+
+    /// Like [`Server::start`], with some plugin names served by Rust functions linked into
+    /// the host instead of components: the benchmark's native baseline, through the same
+    /// consume and publish path.
+    pub async fn start_with_natives(
+        config: &Config,
+        natives: BTreeMap<String, crate::runtime::NativeHandler>,
+    ) -> Result<Server, ServerError> {
         let topology = Topology::for_config(config);
         // Concurrent calls are bounded by prefetch per queue (+ a few for loads' smoke tests).
         let max_instances = topology.consumers.len() as u32 * u32::from(config.prefetch) + 4;
@@ -95,7 +105,7 @@ impl Server {
         let max_memory = settings.iter().map(|s| s.limits.memory_bytes).max().unwrap_or(config.limits.memory_bytes);
         let fuel = settings.iter().any(|s| s.limits.fuel.is_some());
         let runtime = Runtime::new(max_instances, max_memory.max(config.limits.memory_bytes), fuel, Some(cache))?;
-        let plugins = Arc::new(Plugins::load_all(&runtime, config).await?);
+        let plugins = Arc::new(Plugins::load_all_with_natives(&runtime, config, natives).await?);
         let watcher = PluginWatcher::start(&config.plugins_dir, plugins.clone())?;
 
         let connection = broker::connect(&config.broker_url, &config.service).await?;

@@ -605,7 +605,10 @@ mod tests {
         assert_eq!(config.plugins_dir, Path::new("conf/target/plugins"));
         assert_eq!(config.plugin_path("echo"), Path::new("conf/target/plugins/echo.wasm"));
         assert_eq!(config.queue_profile, QueueProfile::Classic);
-        assert_eq!(config.requests, vec![RequestHandler { routing_key: "echo".into(), plugin: "echo".into() }]);
+        assert_eq!(
+            config.requests,
+            vec![RequestHandler { routing_key: "echo".into(), plugin: "echo".into(), dead_letter_exchange: None }]
+        );
         assert_eq!(config.events[0].stream, "events");
         assert_eq!(config.responses[0].service, "billing");
         assert_eq!(config.plugin_names(), vec!["audit", "echo", "orders"]);

@@ -1,6 +1,20 @@
-//! `warren build`: builds every plugin crate under a source folder for `wasm32-wasip2` and
-//! drops each `<name>.wasm` into the plugins folder (written to a temp file and renamed, so
-//! a running host never sees half a file).
+//! `warren build`: builds every plugin under a source folder into a `<name>.wasm` component
+//! in the plugins folder (written to a temp file and renamed, so a running host never sees
+//! half a file).
+//!
+//! A plugin's language is told by its manifest:
+//! - `Cargo.toml`: a Rust crate, built with cargo for `wasm32-wasip2` (the target is
+//!   installed with rustup when missing);
+//! - `pyproject.toml`: a Python module (`[tool.warren] module`, default `app`), built with
+//!   componentize-py, which is installed into a virtualenv under the target folder the first
+//!   time (it needs `python3`);
+//! - `package.json`: a JavaScript module (its `main`, default `app.js`), bundled with rolldown
+//!   and built with componentize-js, both installed by `npm ci` / `npm install` in the
+//!   plugin's folder the first time (it needs Node.js and npm).
+//!
+//! Python and JavaScript builds use the WIT world and the Python helper package compiled
+//! into this binary, so the host and its plugins always agree on the contract. A build whose
+//! inputs did not change since the last one is skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +23,15 @@ use tracing::info;
 
 /// The Rust target plugins are built for.
 pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// The componentize-py release `warren build` installs for Python plugins.
+pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// The WIT package the host implements, given to the Python and JavaScript toolchains.
+const WIT: &str = include_str!("../../wit/handler.wit");
+
+/// The Python helper package (`guest-sdk/python/warren_guest`), put on Python plugins' path.
+const PYTHON_SDK: &str = include_str!("../../guest-sdk/python/warren_guest/__init__.py");
 
 /// A plugin build that failed, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -24,43 +47,104 @@ pub enum BuildError {
     Target { reason: String },
     #[error("cannot run cargo: {0}. Is Rust installed (https://rustup.rs) and cargo on PATH?")]
     Cargo(String),
-    #[error("building plugin '{plugin}' failed (cargo's errors are above). Fix them, then run `warren build` again")]
-    Compile { plugin: String },
+    #[error("plugin '{plugin}' needs {tool}, which cannot be run: {reason}. {fix}")]
+    Tool { plugin: String, tool: String, reason: String, fix: String },
+    #[error("building plugin '{plugin}' failed ({step}; its errors are above). Fix them, then run `warren build` again")]
+    Compile { plugin: String, step: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+}
+
+/// The language a plugin is written in, told by its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// `Cargo.toml`: built with cargo.
+    Rust,
+    /// `pyproject.toml`: built with componentize-py.
+    Python,
+    /// `package.json`: built with componentize-js.
+    JavaScript,
+}
+
+impl Language {
+    /// The manifest file that marks a folder as a plugin in this language.
+    pub fn manifest(self) -> &'static str {
+        match self {
+            Language::Rust => "Cargo.toml",
+            Language::Python => "pyproject.toml",
+            Language::JavaScript => "package.json",
+        }
+    }
+}
+
+/// A plugin's source folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSource {
+    /// The package name from the manifest, which is the plugin's name in the config.
+    pub name: String,
+    pub language: Language,
+    /// The folder holding the manifest.
+    pub dir: PathBuf,
+    /// The module to build: Python's module name or JavaScript's entry file (unused for Rust).
+    pub entry: String,
+}
+
+impl PluginSource {
+    fn manifest(&self) -> PathBuf {
+        self.dir.join(self.language.manifest())
+    }
 }
 
 /// A plugin that was built and dropped into the plugins folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Built {
-    /// The crate's package name, which is the plugin's name in the config.
+    /// The plugin's name in the config.
     pub plugin: String,
     /// `<plugins>/<plugin>.wasm`.
     pub wasm: PathBuf,
 }
 
-/// The plugin crates under `source`: each folder with a `Cargo.toml`, by package name.
-pub fn find_plugins(source: &Path) -> Result<Vec<(String, PathBuf)>, BuildError> {
+/// The plugins under `source`: each folder with a `Cargo.toml`, `pyproject.toml` or
+/// `package.json` (checked in that order), sorted by name.
+pub fn find_plugins(source: &Path) -> Result<Vec<PluginSource>, BuildError> {
     let entries = std::fs::read_dir(source)
         .map_err(|e| BuildError::Source { path: source.to_path_buf(), reason: e.to_string() })?;
     let mut plugins = Vec::new();
     for entry in entries.flatten() {
-        let manifest = entry.path().join("Cargo.toml");
-        if !manifest.is_file() {
-            continue;
+        let dir = entry.path();
+        let language = [Language::Rust, Language::Python, Language::JavaScript]
+            .into_iter()
+            .find(|language| dir.join(language.manifest()).is_file());
+        if let Some(language) = language {
+            plugins.push(read_manifest(&dir, language)?);
         }
-        let text = std::fs::read_to_string(&manifest)
-            .map_err(|e| BuildError::Manifest { manifest: manifest.clone(), reason: e.to_string() })?;
-        let parsed: toml::Table = toml::from_str(&text)
-            .map_err(|e| BuildError::Manifest { manifest: manifest.clone(), reason: e.message().to_string() })?;
-        let name =
-            parsed.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()).ok_or_else(|| {
-                BuildError::Manifest { manifest: manifest.clone(), reason: "no [package] name".into() }
-            })?;
-        plugins.push((name.to_string(), manifest));
     }
-    plugins.sort();
+    plugins.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(plugins)
+}
+
+/// Reads the plugin's name (and entry module) from its manifest.
+fn read_manifest(dir: &Path, language: Language) -> Result<PluginSource, BuildError> {
+    let manifest = dir.join(language.manifest());
+    let error = |reason: String| BuildError::Manifest { manifest: manifest.clone(), reason };
+    let text = std::fs::read_to_string(&manifest).map_err(|e| error(e.to_string()))?;
+    let (name, entry) = match language {
+        Language::Rust | Language::Python => {
+            let parsed: toml::Table = toml::from_str(&text).map_err(|e| error(e.message().to_string()))?;
+            let (table, default_entry) = if language == Language::Rust { ("package", "") } else { ("project", "app") };
+            let name = parsed.get(table).and_then(|p| p.get("name")).and_then(|n| n.as_str());
+            let module = parsed.get("tool").and_then(|t| t.get("warren")).and_then(|w| w.get("module"));
+            let entry = module.and_then(|m| m.as_str()).unwrap_or(default_entry);
+            (name.ok_or_else(|| error(format!("no [{table}] name")))?.to_string(), entry.to_string())
+        }
+        Language::JavaScript => {
+            let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
+            let name = parsed.get("name").and_then(|n| n.as_str()).ok_or_else(|| error("no \"name\"".into()))?;
+            let main = parsed.get("main").and_then(|m| m.as_str()).unwrap_or("app.js");
+            (name.to_string(), main.to_string())
+        }
+    };
+    Ok(PluginSource { name, language, dir: dir.to_path_buf(), entry })
 }
 
 /// Makes sure the wasm target is installed, installing it with rustup when it is missing.
@@ -82,37 +166,237 @@ pub fn ensure_target() -> Result<(), BuildError> {
     }
 }
 
-/// Builds every plugin crate under `source` in release mode into `target_dir`, and copies
-/// each component to `<out_dir>/<package name>.wasm`.
+/// Builds every plugin under `source` (build files go to `target_dir`) and installs each
+/// component as `<out_dir>/<name>.wasm`.
 pub fn build_plugins(source: &Path, out_dir: &Path, target_dir: &Path) -> Result<Vec<Built>, BuildError> {
     let plugins = find_plugins(source)?;
-    ensure_target()?;
-    plugins.into_iter().map(|(plugin, manifest)| build_plugin(&plugin, &manifest, out_dir, target_dir)).collect()
+    if plugins.iter().any(|p| p.language == Language::Rust) {
+        ensure_target()?;
+    }
+    plugins.iter().map(|plugin| build_plugin(plugin, out_dir, target_dir)).collect()
 }
 
-/// Builds one plugin crate (its `Cargo.toml` is `manifest`) and installs `<out_dir>/<plugin>.wasm`.
-pub fn build_plugin(plugin: &str, manifest: &Path, out_dir: &Path, target_dir: &Path) -> Result<Built, BuildError> {
-    info!(plugin, "building");
+/// Builds one plugin and installs `<out_dir>/<name>.wasm`.
+pub fn build_plugin(plugin: &PluginSource, out_dir: &Path, target_dir: &Path) -> Result<Built, BuildError> {
+    info!(plugin = %plugin.name, language = ?plugin.language, "building");
+    // Build steps run in other folders: every path they are given is absolute.
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let target_dir = &absolute(target_dir);
+    let plugin = &PluginSource { dir: absolute(&plugin.dir), ..plugin.clone() };
+    let artifact = match plugin.language {
+        Language::Rust => build_rust(plugin, target_dir)?,
+        Language::Python => build_python(plugin, target_dir)?,
+        Language::JavaScript => build_javascript(plugin, target_dir)?,
+    };
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| BuildError::Write { path: out_dir.to_path_buf(), reason: e.to_string() })?;
+    let wasm = out_dir.join(format!("{}.wasm", plugin.name));
+    install(&artifact, &wasm)?;
+    info!(plugin = %plugin.name, wasm = %wasm.display(), "built");
+    Ok(Built { plugin: plugin.name.clone(), wasm })
+}
+
+fn build_rust(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildError> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
-        .arg(manifest)
+        .arg(plugin.manifest())
         .arg("--target-dir")
         .arg(target_dir)
         .status()
         .map_err(|e| BuildError::Cargo(e.to_string()))?;
     if !status.success() {
-        return Err(BuildError::Compile { plugin: plugin.to_string() });
+        return Err(BuildError::Compile { plugin: plugin.name.clone(), step: "cargo build".into() });
     }
     // A library (cdylib) is named with underscores, a binary keeps the package's dashes.
     let release = target_dir.join(WASM_TARGET).join("release");
-    let library = release.join(format!("{}.wasm", plugin.replace('-', "_")));
-    let artifact = if library.is_file() { library } else { release.join(format!("{plugin}.wasm")) };
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| BuildError::Write { path: out_dir.to_path_buf(), reason: e.to_string() })?;
-    let wasm = out_dir.join(format!("{plugin}.wasm"));
-    install(&artifact, &wasm)?;
-    info!(plugin, wasm = %wasm.display(), "built");
-    Ok(Built { plugin: plugin.to_string(), wasm })
+    let library = release.join(format!("{}.wasm", plugin.name.replace('-', "_")));
+    Ok(if library.is_file() { library } else { release.join(format!("{}.wasm", plugin.name)) })
+}
+
+fn build_python(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildError> {
+    let work = target_dir.join("python");
+    let wit = write_file(&work.join("wit/handler.wit"), WIT)?;
+    let sdk = work.join("sdk");
+    write_file(&sdk.join("warren_guest/__init__.py"), PYTHON_SDK)?;
+    let output = work.join(format!("{}.wasm", plugin.name));
+    let inputs = [source_hash(&plugin.dir), COMPONENTIZE_PY.into(), WIT.into(), PYTHON_SDK.into(), plugin.entry.clone()];
+    if up_to_date(&output, &inputs) {
+        info!(plugin = %plugin.name, "unchanged since the last build");
+        return Ok(output);
+    }
+    let componentize = componentize_py(plugin, &target_dir.join("tools"))?;
+    let mut command = Command::new(componentize);
+    command
+        .arg("-d")
+        .arg(wit.parent().expect("the WIT file is in a folder"))
+        .args(["-w", "handler", "componentize", &plugin.entry, "-p"])
+        .arg(&plugin.dir)
+        .arg("-p")
+        .arg(&sdk)
+        .arg("-o")
+        .arg(&output);
+    run(plugin, "componentize-py", &mut command)?;
+    stamp(&output, &inputs)?;
+    Ok(output)
+}
+
+/// componentize-py, installed into `<tools>/componentize-py` (a virtualenv) when missing.
+fn componentize_py(plugin: &PluginSource, tools: &Path) -> Result<PathBuf, BuildError> {
+    let venv = tools.join("componentize-py");
+    let program = venv.join("bin/componentize-py");
+    let ready = venv.join(".installed");
+    if program.is_file() && std::fs::read_to_string(&ready).is_ok_and(|v| v == COMPONENTIZE_PY) {
+        return Ok(program);
+    }
+    info!(plugin = %plugin.name, venv = %venv.display(), "installing {COMPONENTIZE_PY} (first Python build)");
+    let python = std::env::var("WARREN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let tool_error = |reason: String| BuildError::Tool {
+        plugin: plugin.name.clone(),
+        tool: format!("{COMPONENTIZE_PY} (installed with {python} -m venv and pip)"),
+        reason,
+        fix: "Install Python 3.10 or newer with venv and pip (e.g. `apt install python3-venv`), or set WARREN_PYTHON"
+            .into(),
+    };
+    let status = Command::new(&python).args(["-m", "venv"]).arg(&venv).status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => return Err(tool_error(format!("`{python} -m venv` exited with {s}"))),
+        Err(e) => return Err(tool_error(e.to_string())),
+    }
+    let status = Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]).status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => return Err(tool_error(format!("pip exited with {s} (is PyPI reachable?)"))),
+        Err(e) => return Err(tool_error(e.to_string())),
+    }
+    write_file(&ready, COMPONENTIZE_PY)?;
+    Ok(program)
+}
+
+fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildError> {
+    let work = target_dir.join("javascript");
+    // componentize-js reads the WIT inside its working folder, next to the bundle.
+    let bundle_dir = work.join(&plugin.name);
+    write_file(&bundle_dir.join("wit/handler.wit"), WIT)?;
+    let bin = plugin.dir.join("node_modules/.bin");
+    if !bin.join("componentize-js").is_file() || !bin.join("rolldown").is_file() {
+        npm_install(plugin)?;
+    }
+    // Bundle the entry with its imports (the guest SDK among them) into one module; the
+    // host's interface stays an import of the component.
+    let bundle = bundle_dir.join("bundle.js");
+    let mut command = Command::new(bin.join("rolldown"));
+    command
+        .current_dir(&plugin.dir)
+        .arg(&plugin.entry)
+        .arg("--file")
+        .arg(&bundle)
+        .args(["--format", "esm", "--platform", "neutral", "--external", "warren:plugin/host@0.1.0"]);
+    run(plugin, "rolldown (bundling)", &mut command)?;
+
+    let output = work.join(format!("{}.wasm", plugin.name));
+    let bundled = std::fs::read_to_string(&bundle).unwrap_or_default();
+    let lock = std::fs::read_to_string(plugin.dir.join("package-lock.json")).unwrap_or_default();
+    let inputs = [bundled, WIT.into(), lock];
+    if up_to_date(&output, &inputs) {
+        info!(plugin = %plugin.name, "unchanged since the last build");
+        return Ok(output);
+    }
+    // Nothing from wasi:http: the host offers WASI's CLI worlds and its own interface only.
+    let mut command = Command::new(bin.join("componentize-js"));
+    command
+        .current_dir(&bundle_dir)
+        .args(["bundle.js", "--wit", "wit", "--world-name", "handler", "--disable", "http", "fetch-event", "-o"])
+        .arg(&output);
+    run(plugin, "componentize-js", &mut command)?;
+    stamp(&output, &inputs)?;
+    Ok(output)
+}
+
+/// `npm ci` (with a lock file) or `npm install` in the plugin's folder.
+fn npm_install(plugin: &PluginSource) -> Result<(), BuildError> {
+    let verb = if plugin.dir.join("package-lock.json").is_file() { "ci" } else { "install" };
+    info!(plugin = %plugin.name, "installing the plugin's npm packages (npm {verb}; first JavaScript build)");
+    let status = Command::new("npm").args([verb, "--no-audit", "--no-fund"]).current_dir(&plugin.dir).status();
+    let reason = match status {
+        Ok(s) if s.success() => return Ok(()),
+        Ok(s) => format!("`npm {verb}` exited with {s} (is the npm registry reachable?)"),
+        Err(e) => e.to_string(),
+    };
+    Err(BuildError::Tool {
+        plugin: plugin.name.clone(),
+        tool: "componentize-js and rolldown (installed with npm from package.json)".into(),
+        reason,
+        fix: "Install Node.js 20 or newer with npm (https://nodejs.org)".into(),
+    })
+}
+
+/// Runs one build step, its output going to the terminal.
+fn run(plugin: &PluginSource, step: &str, command: &mut Command) -> Result<(), BuildError> {
+    match command.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(_) => Err(BuildError::Compile { plugin: plugin.name.clone(), step: step.into() }),
+        Err(e) => Err(BuildError::Tool {
+            plugin: plugin.name.clone(),
+            tool: step.into(),
+            reason: e.to_string(),
+            fix: "Delete the plugin's node_modules or target/plugin-build/tools to reinstall it".into(),
+        }),
+    }
+}
+
+/// A hash of every file under a plugin's folder, leaving out installed packages, caches
+/// and dotfiles: what a build depends on.
+fn source_hash(dir: &Path) -> String {
+    use sha2::Digest;
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let (path, name) = (entry.path(), entry.file_name().to_string_lossy().to_string());
+            if name.starts_with('.') || ["node_modules", "__pycache__", "target"].contains(&name.as_str()) {
+                continue;
+            }
+            if path.is_dir() { pending.push(path) } else { files.push(path) }
+        }
+    }
+    files.sort();
+    let mut hasher = sha2::Sha256::new();
+    for file in files {
+        hasher.update(file.to_string_lossy().as_bytes());
+        hasher.update(std::fs::read(&file).unwrap_or_default());
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn inputs_hash(inputs: &[String]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    inputs.iter().for_each(|input| {
+        hasher.update(input.len().to_le_bytes());
+        hasher.update(input.as_bytes());
+    });
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `output` was built from exactly these inputs (its stamp file says so).
+fn up_to_date(output: &Path, inputs: &[String]) -> bool {
+    output.is_file() && std::fs::read_to_string(output.with_extension("stamp")).is_ok_and(|s| s == inputs_hash(inputs))
+}
+
+fn stamp(output: &Path, inputs: &[String]) -> Result<(), BuildError> {
+    write_file(&output.with_extension("stamp"), &inputs_hash(inputs)).map(drop)
+}
+
+/// Writes `text` to `path` (creating its folder) unless it already holds exactly that.
+fn write_file(path: &Path, text: &str) -> Result<PathBuf, BuildError> {
+    let write_error = |e: std::io::Error| BuildError::Write { path: path.to_path_buf(), reason: e.to_string() };
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(path.to_path_buf());
+    }
+    std::fs::create_dir_all(path.parent().expect("a file in a folder")).map_err(write_error)?;
+    std::fs::write(path, text).map_err(write_error)?;
+    Ok(path.to_path_buf())
 }
 
 /// Copies `from` to `to` through a dotfile in the same folder and a rename, so a watcher
@@ -130,17 +414,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_example_plugins_by_package_name() {
+    fn finds_the_example_plugins_by_name_and_language() {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-        let names: Vec<String> = find_plugins(&source).unwrap().into_iter().map(|(n, _)| n).collect();
-        for expected in ["chaos", "echo", "greet"] {
-            assert!(names.contains(&expected.to_string()), "{names:?}");
+        let found: Vec<(String, Language)> =
+            find_plugins(&source).unwrap().into_iter().map(|p| (p.name, p.language)).collect();
+        for expected in [
+            ("chaos", Language::Rust),
+            ("echo", Language::Rust),
+            ("greet", Language::Rust),
+            ("greet-py", Language::Python),
+            ("greet-js", Language::JavaScript),
+        ] {
+            assert!(found.contains(&(expected.0.to_string(), expected.1)), "{found:?}");
         }
+    }
+
+    #[test]
+    fn python_and_javascript_entries_come_from_the_manifest() {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+        let plugins = find_plugins(&source).unwrap();
+        let entry = |name: &str| plugins.iter().find(|p| p.name == name).unwrap().entry.clone();
+        assert_eq!(entry("greet-py"), "app");
+        assert_eq!(entry("greet-js"), "app.js");
     }
 
     #[test]
     fn a_missing_source_folder_says_how_to_point_at_one() {
         let error = find_plugins(Path::new("/no/such/folder")).unwrap_err().to_string();
         assert!(error.contains("--source DIR"), "{error}");
+    }
+
+    #[test]
+    fn the_source_hash_ignores_installed_packages_and_caches() {
+        let dir = std::env::temp_dir().join(format!("warren-source-hash-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("node_modules")).unwrap();
+        std::fs::write(dir.join("app.py"), "x = 1").unwrap();
+        let before = source_hash(&dir);
+        std::fs::write(dir.join("node_modules/pkg.js"), "ignored").unwrap();
+        std::fs::write(dir.join(".app.py.swp"), "ignored").unwrap();
+        assert_eq!(source_hash(&dir), before);
+        std::fs::write(dir.join("app.py"), "x = 2").unwrap();
+        assert_ne!(source_hash(&dir), before);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

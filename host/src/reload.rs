@@ -119,14 +119,10 @@ impl SourceWatcher {
     /// Watches every plugin crate under `source`; rebuilds into `out_dir` with `target_dir`.
     pub fn start(source: &Path, out_dir: PathBuf, target_dir: PathBuf) -> Result<SourceWatcher, WatchError> {
         let watch_error = |reason: String| WatchError { dir: source.to_path_buf(), reason };
-        let crates = builder::find_plugins(source).map_err(|e| watch_error(e.to_string()))?;
-        let crates: Vec<(String, PathBuf, PathBuf)> = crates
+        let plugins = builder::find_plugins(source).map_err(|e| watch_error(e.to_string()))?;
+        let plugins: Vec<builder::PluginSource> = plugins
             .into_iter()
-            .map(|(name, manifest)| {
-                let dir = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
-                let dir = dir.canonicalize().unwrap_or(dir);
-                (name, manifest, dir)
-            })
+            .map(|plugin| builder::PluginSource { dir: plugin.dir.canonicalize().unwrap_or(plugin.dir.clone()), ..plugin })
             .collect();
         let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         let mut debouncer = new_debouncer(SOURCE_DEBOUNCE, move |result: DebounceEventResult| {
@@ -142,19 +138,20 @@ impl SourceWatcher {
         tokio::spawn(async move {
             while let Some(path) = changed.recv().await {
                 let path = path.canonicalize().unwrap_or(path);
-                let Some((name, manifest, dir)) = crates.iter().find(|(_, _, dir)| path.starts_with(dir)) else {
+                let Some(plugin) = plugins.iter().find(|plugin| path.starts_with(&plugin.dir)) else {
                     continue;
                 };
-                // Build output and editor droppings are not source changes.
-                let inside = path.strip_prefix(dir).unwrap_or(&path);
-                if inside.components().any(|c| c.as_os_str() == "target") || plugin_name(&path).is_some() {
+                // Build output, installed packages and editor droppings are not source changes.
+                let inside = path.strip_prefix(&plugin.dir).unwrap_or(&path);
+                let generated = ["target", "node_modules", "__pycache__"];
+                if inside.components().any(|c| generated.iter().any(|g| c.as_os_str() == *g))
+                    || plugin_name(&path).is_some()
+                {
                     continue;
                 }
-                let (name, manifest, out, target) =
-                    (name.clone(), manifest.clone(), out_dir.clone(), target_dir.clone());
-                info!(plugin = %name, changed = %path.display(), "source changed: rebuilding");
-                let built =
-                    tokio::task::spawn_blocking(move || builder::build_plugin(&name, &manifest, &out, &target)).await;
+                let (plugin, out, target) = (plugin.clone(), out_dir.clone(), target_dir.clone());
+                info!(plugin = %plugin.name, changed = %path.display(), "source changed: rebuilding");
+                let built = tokio::task::spawn_blocking(move || builder::build_plugin(&plugin, &out, &target)).await;
                 if let Ok(Err(error)) = built {
                     warn!(%error, "rebuild failed: the running version keeps serving");
                 }

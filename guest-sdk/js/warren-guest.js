@@ -1,0 +1,222 @@
+/**
+ * Write Warren message handlers in JavaScript.
+ *
+ * A Warren plugin is a WebAssembly component that exports the `warren:plugin/handler` world
+ * (`wit/handler.wit`). componentize-js turns an ES module into such a component; this module
+ * hides the generated bindings, so a plugin is one function and one export line:
+ *
+ * ```js
+ * // app.js
+ * import { jsonHandler, BadRequest } from "warren-guest";
+ *
+ * export const handle = jsonHandler((input) => {
+ *   if (typeof input?.name !== "string") throw new BadRequest("name must be a string");
+ *   return { greeting: `Hello, ${input.name}!` };
+ * });
+ * ```
+ *
+ * `jsonHandler(fn)` gets the body parsed as JSON (a body that is not JSON is a `bad-request`:
+ * the host rejects it and never retries it) and answers with its return value as JSON.
+ * `handler(fn)` gets the whole {@link Message} and returns a `Uint8Array`, a string or a
+ * {@link Response}. Throw `BadRequest`, `Retry` or `Failed` to refuse a message; any other
+ * exception traps: the host discards the instance and rejects the message.
+ *
+ * The host's imports — `publishEvent`, `sendRequest`, `sendToQueue`, `log` — are granted per
+ * plugin in the host's config; a refused or unconfirmed send throws {@link SendError}, which,
+ * left uncaught, refuses the message (`denied` → `failed`, otherwise `retry`).
+ *
+ * `warren build` bundles `plugins/<name>/package.json`'s `main` with rolldown and turns it
+ * into a component with componentize-js (both installed by `npm install` in the plugin).
+ */
+
+import * as host from "warren:plugin/host@0.1.0";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Why a handler did not answer. Throw one of the subclasses. */
+export class HandlerError extends Error {}
+/** The message can never be handled (bad JSON, a missing field): rejected, not retried. */
+export class BadRequest extends HandlerError {}
+/** A passing failure: requeued and retried a bounded number of times. */
+export class Retry extends HandlerError {}
+/** The handler failed for good: rejected, not retried. */
+export class Failed extends HandlerError {}
+
+/** A send the host did not do: `denied` (not granted, permanent) or the broker did not take it. */
+export class SendError extends Error {
+  constructor(message, denied) {
+    super(message);
+    this.denied = denied;
+  }
+}
+
+/** A handler's answer: body and headers to add (the host sets `service` itself). */
+export class Response {
+  constructor(body, headers = {}) {
+    this.body = typeof body === "string" ? encoder.encode(body) : body;
+    this.headers = headers;
+  }
+
+  /** A response whose body is `value` as JSON. */
+  static json(value, headers = {}) {
+    return new Response(JSON.stringify(value), headers);
+  }
+}
+
+/**
+ * One delivery: `routingKey`, `body` (Uint8Array), `contentType` and `headers` (AMQP types
+ * kept: string, number or BigInt, boolean, Uint8Array, object, array, Date, null).
+ */
+export class Message {
+  constructor(routingKey, body, contentType, headers) {
+    this.routingKey = routingKey;
+    this.body = body;
+    this.contentType = contentType;
+    this.headers = headers;
+  }
+
+  /** The body as text. */
+  text() {
+    return decoder.decode(this.body);
+  }
+
+  /** The body parsed as JSON; throws {@link BadRequest} when it is not JSON. */
+  json() {
+    try {
+      return JSON.parse(this.text());
+    } catch (e) {
+      throw new BadRequest(`the body is not JSON: ${e.message}`);
+    }
+  }
+}
+
+function fromWitValue({ tag, val }) {
+  switch (tag) {
+    case "integer":
+      return val >= BigInt(Number.MIN_SAFE_INTEGER) && val <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(val) : val;
+    case "table":
+    case "array":
+      return JSON.parse(val);
+    case "timestamp":
+      return new Date(Number(val) * 1000);
+    case "void":
+      return null;
+    default:
+      return val;
+  }
+}
+
+function toWitValue(value) {
+  if (value === null || value === undefined) return { tag: "void" };
+  if (typeof value === "boolean") return { tag: "boolean", val: value };
+  if (typeof value === "bigint") return { tag: "integer", val: value };
+  if (typeof value === "number") {
+    return Number.isInteger(value) ? { tag: "integer", val: BigInt(value) } : { tag: "float", val: value };
+  }
+  if (typeof value === "string") return { tag: "text", val: value };
+  if (value instanceof Uint8Array) return { tag: "bytes", val: value };
+  if (value instanceof Date) return { tag: "timestamp", val: BigInt(Math.floor(value.getTime() / 1000)) };
+  if (Array.isArray(value)) return { tag: "array", val: JSON.stringify(value) };
+  if (typeof value === "object") return { tag: "table", val: JSON.stringify(value) };
+  throw new TypeError(`a header value cannot be a ${typeof value}`);
+}
+
+function toWitHeaders(headers) {
+  return Object.entries(headers ?? {}).map(([name, value]) => ({ name, value: toWitValue(value) }));
+}
+
+function toResponse(result) {
+  if (result instanceof Response) return result;
+  if (typeof result === "string" || result instanceof Uint8Array) return new Response(result);
+  throw new TypeError("a handler returns a Uint8Array, a string or a Response");
+}
+
+/** The WIT `handler-error` a refusal becomes, or undefined for an exception that should trap. */
+function refusal(e) {
+  if (e instanceof BadRequest) return { tag: "bad-request", val: e.message };
+  if (e instanceof Retry) return { tag: "retry", val: e.message };
+  if (e instanceof Failed) return { tag: "failed", val: e.message };
+  if (e instanceof SendError) return { tag: e.denied ? "failed" : "retry", val: e.message };
+  return undefined;
+}
+
+/**
+ * Makes `fn(message)` the plugin's `handle` export: `export const handle = handler(fn)`.
+ * `fn` returns a Uint8Array, a string or a {@link Response}.
+ */
+export function handler(fn) {
+  return (request, headers) => {
+    const message = new Message(
+      request.routingKey,
+      request.body,
+      request.contentType,
+      Object.fromEntries(headers.map((h) => [h.name, fromWitValue(h.value)])),
+    );
+    try {
+      const response = toResponse(fn(message));
+      return { body: response.body, headers: toWitHeaders(response.headers) };
+    } catch (e) {
+      const error = refusal(e);
+      if (error === undefined) throw e;
+      return { tag: "err", val: error };
+    }
+  };
+}
+
+/**
+ * Makes `fn(value)` the plugin's `handle` export, `value` being the body parsed as JSON; its
+ * return value (or a {@link Response}) is the JSON answer.
+ */
+export function jsonHandler(fn) {
+  return handler((message) => {
+    const result = fn(message.json(), message);
+    return result instanceof Response ? result : Response.json(result);
+  });
+}
+
+function send(call, ...args) {
+  try {
+    call(...args);
+  } catch (e) {
+    if (e?.payload?.tag === undefined) throw e;
+    throw new SendError(e.payload.val, e.payload.tag === "denied");
+  }
+}
+
+const bytes = (body) => (typeof body === "string" ? encoder.encode(body) : body);
+
+/** Publishes an event to `<stream>.topic.exchange`, confirmed by the broker. */
+export function publishEvent(stream, routingKey, body, headers = {}) {
+  send(host.publishEvent, stream, routingKey, bytes(body), toWitHeaders(headers));
+}
+
+/** Publishes `value` as a JSON event. */
+export function publishJson(stream, routingKey, value, headers = {}) {
+  publishEvent(stream, routingKey, JSON.stringify(value), headers);
+}
+
+/** Sends a request to `service`; its answer arrives at a `[[response]]` handler. */
+export function sendRequest(service, routingKey, body, headers = {}) {
+  send(host.sendRequest, service, routingKey, bytes(body), toWitHeaders(headers));
+}
+
+/** Sends `value` as a JSON request to `service`. */
+export function sendRequestJson(service, routingKey, value, headers = {}) {
+  sendRequest(service, routingKey, JSON.stringify(value), headers);
+}
+
+/** Publishes to queue `queue` through the default exchange, as goamqp's queue publisher. */
+export function sendToQueue(queue, routingKey, body, headers = {}) {
+  send(host.sendToQueue, queue, routingKey, bytes(body), toWitHeaders(headers));
+}
+
+/** Writes a line to the host's log: `level` is trace, debug, info, warn or error. */
+export function log(level, message) {
+  host.log(level, message);
+}
+
+export const debug = (message) => log("debug", message);
+export const info = (message) => log("info", message);
+export const warn = (message) => log("warn", message);
+export const error = (message) => log("error", message);

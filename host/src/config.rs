@@ -50,7 +50,7 @@ pub struct Limits {
     pub timeout: Duration,
     /// How many times a `retry` error requeues a message before it is rejected.
     pub max_retries: u32,
-    /// Instructions (wasmtime fuel) one call may use; unlimited when `None`.
+    /// Instructions (wasmtime fuel) one call of `handle` may use (instantiation not counted); unlimited when `None`.
     pub fuel: Option<u64>,
     /// Calls of this plugin that may run at once; bounded only by prefetch when `None`.
     pub max_concurrency: Option<u32>,

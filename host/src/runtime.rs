@@ -582,6 +582,11 @@ impl Plugin {
         let mut store = self.new_store(output.clone(), context.clone()).map_err(|e| self.fault(e, &output))?;
         let result = async {
             let handler = pre.instantiate_async(&mut store).await?;
+            // The fuel limit budgets the handler's own work, not the language runtime's
+            // start-up (instantiation stays bounded by the deadline).
+            if let Some(fuel) = self.limits().fuel.filter(|_| self.fuel_counting) {
+                store.set_fuel(fuel)?;
+            }
             handler.call_handle(&mut store, request, headers).await
         }
         .await;
@@ -617,7 +622,7 @@ impl Plugin {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         if self.fuel_counting {
-            store.set_fuel(limits.fuel.unwrap_or(u64::MAX))?;
+            store.set_fuel(u64::MAX)?;
         }
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|store| {

@@ -197,6 +197,16 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
 }
 
 /// Consumes `queue`, acking each delivery and handing it over on the returned channel.
+/// Everything published to `exchange` from now on, through an exclusive queue bound to it
+/// with an empty key (what a fanout exchange, like Warren's dead-letter exchange, delivers).
+pub async fn collect(connection: &Connection, exchange: &str) -> mpsc::UnboundedReceiver<Delivery> {
+    let channel = connection.create_channel().await.unwrap();
+    let options = QueueDeclareOptions { exclusive: true, ..Default::default() };
+    let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
+    channel.queue_bind(queue.name().clone(), exchange.into(), "".into(), Default::default(), FieldTable::default()).await.unwrap();
+    consume(&channel, queue.name().as_str()).await
+}
+
 pub async fn consume(channel: &Channel, queue: &str) -> mpsc::UnboundedReceiver<Delivery> {
     let mut consumer = channel
         .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())

@@ -150,14 +150,7 @@ broker_test! {
         let extra = format!("dead_letter_exchange = \"{exchange}\"");
         let mut s = Scenario::start_in(&service, plugins_dir(), &[("greet", "greet")], &extra, &["stray"]).await;
         // The host declared the exchange; a queue of ours collects what lands there.
-        let channel = s.client.connection.create_channel().await.unwrap();
-        let options = lapin::options::QueueDeclareOptions { exclusive: true, ..Default::default() };
-        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
-        channel
-            .queue_bind(queue.name().clone(), exchange.as_str().into(), "".into(), Default::default(), FieldTable::default())
-            .await
-            .unwrap();
-        let mut rejects = consume(&channel, queue.name().as_str()).await;
+        let mut rejects = collect(&s.client.connection, &exchange).await;
 
         s.client.request("greet", b"not json", "bad").await;
         let dead = tokio::time::timeout(DEADLINE, rejects.recv()).await.unwrap().expect("dead-lettered by Warren");

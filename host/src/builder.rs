@@ -49,7 +49,9 @@ pub enum BuildError {
     Cargo(String),
     #[error("plugin '{plugin}' needs {tool}, which cannot be run: {reason}. {fix}")]
     Tool { plugin: String, tool: String, reason: String, fix: String },
-    #[error("building plugin '{plugin}' failed ({step}; its errors are above). Fix them, then run `warren build` again")]
+    #[error(
+        "building plugin '{plugin}' failed ({step}; its errors are above). Fix them, then run `warren build` again"
+    )]
     Compile { plugin: String, step: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
@@ -219,7 +221,8 @@ fn build_python(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, Bui
     let sdk = work.join("sdk");
     write_file(&sdk.join("warren_guest/__init__.py"), PYTHON_SDK)?;
     let output = work.join(format!("{}.wasm", plugin.name));
-    let inputs = [source_hash(&plugin.dir), COMPONENTIZE_PY.into(), WIT.into(), PYTHON_SDK.into(), plugin.entry.clone()];
+    let inputs =
+        [source_hash(&plugin.dir), COMPONENTIZE_PY.into(), WIT.into(), PYTHON_SDK.into(), plugin.entry.clone()];
     if up_to_date(&output, &inputs) {
         info!(plugin = %plugin.name, "unchanged since the last build");
         return Ok(output);
@@ -286,12 +289,14 @@ fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf,
     // host's interface stays an import of the component.
     let bundle = bundle_dir.join("bundle.js");
     let mut command = Command::new(bin.join("rolldown"));
-    command
-        .current_dir(&plugin.dir)
-        .arg(&plugin.entry)
-        .arg("--file")
-        .arg(&bundle)
-        .args(["--format", "esm", "--platform", "neutral", "--external", "warren:plugin/host@0.1.0"]);
+    command.current_dir(&plugin.dir).arg(&plugin.entry).arg("--file").arg(&bundle).args([
+        "--format",
+        "esm",
+        "--platform",
+        "neutral",
+        "--external",
+        "warren:plugin/host@0.1.0",
+    ]);
     run(plugin, "rolldown (bundling)", &mut command)?;
 
     let output = work.join(format!("{}.wasm", plugin.name));

@@ -17,7 +17,7 @@ use crate::topology::Topology;
 
 /// Run message handlers as WebAssembly components on RabbitMQ, wire-compatible with goamqp.
 ///
-/// Typical use: `warren build` compiles the plugin crates under plugins/ into .wasm files,
+/// Typical use: `warren build` compiles the plugins under plugins/ (Rust, Python, JavaScript) into .wasm files,
 /// `warren run` serves them. The config (warren.toml) names the service, the broker and which
 /// plugin handles which routing key.
 #[derive(Debug, Parser)]
@@ -28,6 +28,26 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A plugin language for `warren new`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Lang {
+    Rust,
+    #[value(alias = "py")]
+    Python,
+    #[value(alias = "javascript")]
+    Js,
+}
+
+impl From<Lang> for builder::Language {
+    fn from(lang: Lang) -> builder::Language {
+        match lang {
+            Lang::Rust => builder::Language::Rust,
+            Lang::Python => builder::Language::Python,
+            Lang::Js => builder::Language::JavaScript,
+        }
+    }
 }
 
 /// How log lines are written (to stderr).
@@ -42,17 +62,18 @@ pub enum LogFormat {
 pub struct BuildArgs {
     #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
     pub config: PathBuf,
-    /// Folder whose sub-folders are plugin crates.
+    /// Folder whose sub-folders are plugins (with a Cargo.toml, pyproject.toml or package.json).
     #[arg(long, default_value = "plugins")]
     pub source: PathBuf,
-    /// Cargo target folder for the wasm builds.
+    /// Build folder (cargo's target folder; Python and JavaScript tools and outputs).
     #[arg(long, default_value = "target/plugin-build")]
     pub target_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build every plugin crate under --source for wasm32-wasip2 into the config's plugins folder.
+    /// Build every plugin under --source (Rust, Python or JavaScript, told by its manifest)
+    /// into a component in the config's plugins folder.
     Build(BuildArgs),
     /// Declare the topology, load the plugins and serve until Ctrl-C or SIGTERM; a plugin
     /// whose .wasm changes is hot-reloaded.
@@ -75,13 +96,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create a plugin crate under plugins/ that builds and answers at once.
+    /// Create a plugin under plugins/ that builds and answers at once, with its unit test.
     New {
-        /// The plugin's name (a crate name: lowercase letters, digits, '-').
+        /// The plugin's name (lowercase letters, digits, '-').
         name: String,
         /// Folder to create it in.
         #[arg(long, default_value = "plugins")]
         source: PathBuf,
+        /// The language to write it in (built with cargo, componentize-py or componentize-js).
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
     },
     /// Send one request as a goamqp client and print the response body on stdout.
     ///
@@ -164,9 +188,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Command::Run { config } => serve(&Config::load(&config)?).await,
             Command::Check { config } => check(&config).await,
-            Command::New { name, source } => {
-                let dir = crate::scaffold::new_plugin(&source, &name)?;
+            Command::New { name, source, lang } => {
+                let dir = crate::scaffold::new_plugin(&source, &name, lang.into())?;
                 println!("created {}", dir.display());
+                println!("test it: {}", crate::scaffold::test_command(&dir, lang.into()));
                 println!("next: add it to warren.toml, then `warren build` (or keep `warren dev` running):");
                 println!("  [[request]]\n  routing_key = \"{name}\"\n  plugin = \"{name}\"");
                 Ok(())

@@ -122,7 +122,10 @@ impl SourceWatcher {
         let plugins = builder::find_plugins(source).map_err(|e| watch_error(e.to_string()))?;
         let plugins: Vec<builder::PluginSource> = plugins
             .into_iter()
-            .map(|plugin| builder::PluginSource { dir: plugin.dir.canonicalize().unwrap_or(plugin.dir.clone()), ..plugin })
+            .map(|plugin| builder::PluginSource {
+                dir: plugin.dir.canonicalize().unwrap_or(plugin.dir.clone()),
+                ..plugin
+            })
             .collect();
         let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         let mut debouncer = new_debouncer(SOURCE_DEBOUNCE, move |result: DebounceEventResult| {

@@ -1,6 +1,9 @@
-//! `warren new <name>`: a plugin crate that builds and answers at once, with its own test.
+//! `warren new <name> [--lang rust|python|js]`: a plugin that builds and answers at once,
+//! with its own unit test.
 
 use std::path::{Path, PathBuf};
+
+use crate::builder::Language;
 
 /// A plugin crate that could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -13,13 +16,16 @@ pub enum ScaffoldError {
     Write { path: PathBuf, reason: String },
 }
 
-/// Where the guest SDK of this build lives, for crates created outside this workspace.
+/// Where the guest SDK of this build lives, for plugins created outside this workspace.
 const GUEST_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
 
-/// Creates `<plugins>/<name>/` with a JSON handler and its unit test. Inside a workspace
-/// that provides `warren-guest` (like this repository) the crate inherits its settings;
-/// elsewhere it depends on the guest SDK by path.
-pub fn new_plugin(plugins: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
+/// Creates `<plugins>/<name>/` in `language`: a JSON handler and its unit test.
+///
+/// Inside a workspace that provides `warren-guest` (like this repository) a Rust crate
+/// inherits its settings and a Python or JavaScript plugin is added to the workspace's
+/// `exclude` list (it has no `Cargo.toml`); elsewhere the plugin points at this build's
+/// guest SDK by path.
+pub fn new_plugin(plugins: &Path, name: &str, language: Language) -> Result<PathBuf, ScaffoldError> {
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
@@ -29,37 +35,225 @@ pub fn new_plugin(plugins: &Path, name: &str) -> Result<PathBuf, ScaffoldError> 
     if dir.exists() {
         return Err(ScaffoldError::Exists(dir));
     }
-    let in_workspace = plugins
-        .parent()
-        .map(|root| root.join("Cargo.toml"))
+    let root_manifest = plugins.parent().map(|root| root.join("Cargo.toml"));
+    let workspace = root_manifest
+        .as_ref()
         .and_then(|manifest| std::fs::read_to_string(manifest).ok())
-        .is_some_and(|text| text.contains("[workspace.dependencies]") && text.contains("warren-guest"));
-    let manifest = if in_workspace {
-        format!(
-            "[package]\nname = \"{name}\"\nedition.workspace = true\nrust-version.workspace = true\nversion.workspace = true\npublish = false\n\n\
-             [lib]\ncrate-type = [\"cdylib\", \"rlib\"]\n\n[dependencies]\nwarren-guest.workspace = true\nserde.workspace = true\n"
-        )
-    } else {
-        let sdk = Path::new(GUEST_SDK).canonicalize().unwrap_or_else(|_| PathBuf::from(GUEST_SDK));
-        format!(
-            "[package]\nname = \"{name}\"\nedition = \"2024\"\nversion = \"0.1.0\"\npublish = false\n\n\
-             [lib]\ncrate-type = [\"cdylib\", \"rlib\"]\n\n[dependencies]\nwarren-guest = {{ path = \"{}\" }}\n\
-             serde = {{ version = \"1\", features = [\"derive\"] }}\n\n\
-             # A crate of its own, not a member of an enclosing workspace.\n[workspace]\n\n\
-             [profile.release]\nstrip = \"debuginfo\"\n",
-            sdk.display()
-        )
-    };
-    let source = LIB_RS.replace("{name}", name);
+        .filter(|text| text.contains("[workspace.dependencies]") && text.contains("warren-guest"));
+    let sdk = Path::new(GUEST_SDK).canonicalize().unwrap_or_else(|_| PathBuf::from(GUEST_SDK));
     let write = |path: PathBuf, text: &str| {
         std::fs::create_dir_all(path.parent().expect("a file in a folder"))
             .and_then(|()| std::fs::write(&path, text))
             .map_err(|e| ScaffoldError::Write { path, reason: e.to_string() })
     };
-    write(dir.join("Cargo.toml"), &manifest)?;
-    write(dir.join("src/lib.rs"), &source)?;
+    let fill = |template: &str| template.replace("{name}", name);
+    match language {
+        Language::Rust => {
+            let manifest = if workspace.is_some() {
+                fill(CARGO_TOML_IN_WORKSPACE)
+            } else {
+                fill(CARGO_TOML).replace("{sdk}", &sdk.display().to_string())
+            };
+            write(dir.join("Cargo.toml"), &manifest)?;
+            write(dir.join("src/lib.rs"), &fill(LIB_RS))?;
+        }
+        Language::Python => {
+            write(dir.join("pyproject.toml"), &fill(PYPROJECT_TOML))?;
+            write(dir.join("app.py"), &fill(APP_PY))?;
+            write(dir.join("test_app.py"), &fill(TEST_APP_PY))?;
+        }
+        Language::JavaScript => {
+            let js_sdk =
+                if workspace.is_some() { "../../guest-sdk/js".into() } else { sdk.join("js").display().to_string() };
+            write(dir.join("package.json"), &fill(PACKAGE_JSON).replace("{sdk}", &js_sdk))?;
+            write(dir.join("handler.js"), &fill(HANDLER_JS))?;
+            write(dir.join("app.js"), APP_JS)?;
+            write(dir.join("handler.test.js"), &fill(HANDLER_TEST_JS))?;
+        }
+    }
+    if let (Some(text), Some(manifest), false) = (&workspace, &root_manifest, language == Language::Rust) {
+        let folder = plugins.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        if let Some(excluded) = exclude_from_workspace(text, &format!("{folder}/{name}")) {
+            write(manifest.clone(), &excluded)?;
+        }
+    }
     Ok(dir)
 }
+
+/// How to run the unit test of a plugin created by [`new_plugin`].
+pub fn test_command(dir: &Path, language: Language) -> String {
+    let sdk = Path::new(GUEST_SDK).canonicalize().unwrap_or_else(|_| PathBuf::from(GUEST_SDK));
+    match language {
+        Language::Rust => format!("cargo test --manifest-path {}", dir.join("Cargo.toml").display()),
+        Language::Python => {
+            format!("cd {} && PYTHONPATH={} python3 -m unittest", dir.display(), sdk.join("python").display())
+        }
+        Language::JavaScript => format!("cd {} && node --test", dir.display()),
+    }
+}
+
+/// `text` (a workspace `Cargo.toml`) with `path` added to `[workspace] exclude`, creating
+/// the list when there is none; `None` when it is already there.
+fn exclude_from_workspace(text: &str, path: &str) -> Option<String> {
+    let entry = format!("\"{path}\"");
+    if text.contains(&entry) {
+        return None;
+    }
+    Some(match text.find("exclude = [") {
+        Some(at) => {
+            let insert = at + "exclude = [".len();
+            format!("{}{entry}, {}", &text[..insert], &text[insert..])
+        }
+        None => text.replacen("[workspace]\n", &format!("[workspace]\nexclude = [{entry}]\n"), 1),
+    })
+}
+
+const CARGO_TOML_IN_WORKSPACE: &str = r#"[package]
+name = "{name}"
+edition.workspace = true
+rust-version.workspace = true
+version.workspace = true
+publish = false
+
+[lib]
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+warren-guest.workspace = true
+serde.workspace = true
+"#;
+
+const CARGO_TOML: &str = r#"[package]
+name = "{name}"
+edition = "2024"
+version = "0.1.0"
+publish = false
+
+[lib]
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+warren-guest = { path = "{sdk}" }
+serde = { version = "1", features = ["derive"] }
+
+# A crate of its own, not a member of an enclosing workspace.
+[workspace]
+
+[profile.release]
+strip = "debuginfo"
+"#;
+
+const PYPROJECT_TOML: &str = r#"# A Warren plugin in Python: `warren build` turns app.py into {name}.wasm with
+# componentize-py (it installs that itself the first time).
+[project]
+name = "{name}"
+version = "0.1.0"
+requires-python = ">=3.10"
+
+[tool.warren]
+# The module that assigns `WitWorld`.
+module = "app"
+"#;
+
+const APP_PY: &str = r#""""`{name}`: a Warren plugin. Build it with `warren build`, serve it with a config entry:
+
+    [[request]]
+    routing_key = "{name}"
+    plugin = "{name}"
+"""
+
+from dataclasses import dataclass
+
+import warren_guest as warren
+
+
+@dataclass
+class Input:
+    """The request body, as JSON. A body that does not fit is rejected as `bad-request`."""
+
+    name: str
+
+
+@warren.json_handler
+def handle(request: Input) -> dict:
+    """Handles one request. Raise warren.Retry for a passing failure, warren.Failed for a
+    permanent one."""
+    return {"message": f"Hello from {name}, {request.name}!"}
+
+
+WitWorld = warren.WitWorld
+"#;
+
+const TEST_APP_PY: &str = r#"import unittest
+
+from app import Input, handle
+
+
+class HandleTest(unittest.TestCase):
+    def test_answers_by_name(self):
+        self.assertEqual(handle(Input(name="Ada")), {"message": "Hello from {name}, Ada!"})
+
+
+if __name__ == "__main__":
+    unittest.main()
+"#;
+
+const PACKAGE_JSON: &str = r#"{
+  "name": "{name}",
+  "version": "0.1.0",
+  "type": "module",
+  "main": "app.js",
+  "private": true,
+  "scripts": {
+    "test": "node --test"
+  },
+  "dependencies": {
+    "warren-guest": "file:{sdk}"
+  },
+  "devDependencies": {
+    "@bytecodealliance/componentize-js": "0.23.0",
+    "@bytecodealliance/preview2-shim": "0.25.0",
+    "rolldown": "1.3.2"
+  }
+}
+"#;
+
+const HANDLER_JS: &str = r#"// `{name}`: a Warren plugin. Build it with `warren build`, serve it with a config entry:
+//
+//   [[request]]
+//   routing_key = "{name}"
+//   plugin = "{name}"
+//
+// The logic is a plain function (tested with `node --test`); app.js exports it.
+
+/** Handles one request body (parsed JSON). Throw BadRequest, Retry or Failed to refuse it. */
+export function handle(input, { BadRequest }) {
+  if (typeof input?.name !== "string") throw new BadRequest('expected {"name": <string>}');
+  return { message: `Hello from {name}, ${input.name}!` };
+}
+"#;
+
+const APP_JS: &str = r#"// The component's export: the JSON handler from handler.js.
+import * as warren from "warren-guest";
+import { handle as logic } from "./handler.js";
+
+export const handle = warren.jsonHandler((input) => logic(input, warren));
+"#;
+
+const HANDLER_TEST_JS: &str = r#"import { test } from "node:test";
+import assert from "node:assert/strict";
+import { handle } from "./handler.js";
+
+class BadRequest extends Error {}
+
+test("answers by name", () => {
+  assert.deepEqual(handle({ name: "Ada" }, { BadRequest }), { message: "Hello from {name}, Ada!" });
+});
+
+test("refuses a body without a name", () => {
+  assert.throws(() => handle({}, { BadRequest }), BadRequest);
+});
+"#;
 
 const LIB_RS: &str = r#"//! `{name}`: a Warren plugin. Build it with `warren build`, serve it with a config entry:
 //!
@@ -111,7 +305,18 @@ mod tests {
     #[test]
     fn names_must_be_crate_names() {
         for bad in ["", "Hello", "1st", "a b", "a_b", "../x"] {
-            assert!(matches!(new_plugin(Path::new("/nonexistent"), bad), Err(ScaffoldError::Name(_))), "{bad}");
+            let created = new_plugin(Path::new("/nonexistent"), bad, Language::Rust);
+            assert!(matches!(created, Err(ScaffoldError::Name(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn other_languages_join_the_workspace_exclude_list() {
+        let text = "[workspace]\nmembers = [\"plugins/*\"]\nexclude = [\"plugins/a\"]\n";
+        let added = exclude_from_workspace(text, "plugins/b").unwrap();
+        assert!(added.contains("exclude = [\"plugins/b\", \"plugins/a\"]"), "{added}");
+        assert_eq!(exclude_from_workspace(&added, "plugins/b"), None);
+        let without = "[workspace]\nmembers = [\"plugins/*\"]\n";
+        assert!(exclude_from_workspace(without, "plugins/c").unwrap().contains("exclude = [\"plugins/c\"]"));
     }
 }

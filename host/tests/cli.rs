@@ -296,6 +296,38 @@ fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn new_scaffolds_python_and_javascript_plugins_that_pass_their_tests_build_and_check() {
+    let service = unique("lang");
+    let body = "[[request]]\nrouting_key = \"py\"\nplugin = \"hello-py\"\n\n\
+                [[request]]\nrouting_key = \"js\"\nplugin = \"hello-js\"\n";
+    let dir = project(&service, body);
+    let source = dir.join("plugins");
+    for (name, lang) in [("hello-py", "python"), ("hello-js", "js")] {
+        let created = run_ok(warren().args(["new", name, "--lang", lang, "--source"]).arg(&source));
+        // The scaffold prints how to run its own unit test; run exactly that.
+        let test = created.lines().find_map(|l| l.strip_prefix("test it: ")).expect("a test command");
+        let output = Command::new("sh").args(["-c", test]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{name}'s own test fails:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // One shared build folder keeps componentize-py's virtualenv between runs.
+    let target = repo().join("target/plugin-build");
+    let built =
+        run_ok(warren().current_dir(&dir).args(["build", "--source"]).arg(&source).arg("--target-dir").arg(&target));
+    for name in ["hello-py", "hello-js"] {
+        assert!(built.contains(&format!("{name}.wasm")), "{built}");
+        assert!(dir.join(format!("out/{name}.wasm")).is_file());
+    }
+    let checked = run_ok(warren().args(["check", "--config"]).arg(dir.join("warren.toml")));
+    assert!(checked.contains("ok (2 plugins: hello-js, hello-py)"), "{checked}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Sends `n` requests of `body` at once; returns how many were answered, counting them live
 /// in `answered` so the caller can act mid-stream.
 async fn burst(

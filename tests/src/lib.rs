@@ -203,7 +203,10 @@ pub async fn collect(connection: &Connection, exchange: &str) -> mpsc::Unbounded
     let channel = connection.create_channel().await.unwrap();
     let options = QueueDeclareOptions { exclusive: true, ..Default::default() };
     let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
-    channel.queue_bind(queue.name().clone(), exchange.into(), "".into(), Default::default(), FieldTable::default()).await.unwrap();
+    channel
+        .queue_bind(queue.name().clone(), exchange.into(), "".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
     consume(&channel, queue.name().as_str()).await
 }
 

@@ -45,10 +45,15 @@ import inspect
 import json
 from typing import Any, Callable, Optional, Union
 
-from componentize_py_types import Err
-import wit_world
-from wit_world.imports import host as _host
-from wit_world.imports import types as _types
+try:
+    from componentize_py_types import Err
+    import wit_world
+    from wit_world.imports import host as _host
+    from wit_world.imports import types as _types
+except ImportError:
+    # Running natively (a plugin's unit tests): no component bindings. Handlers are plain
+    # functions and can be called directly; the host's imports are not there.
+    wit_world = None
 
 __all__ = [
     "BadRequest",
@@ -231,7 +236,7 @@ def json_handler(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return function
 
 
-class WitWorld(wit_world.WitWorld):
+class WitWorld(wit_world.WitWorld if wit_world else object):
     """The component's export: assign it in the plugin module (``WitWorld = warren.WitWorld``)."""
 
     def handle(self, request: Any, headers: list) -> Any:

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::naming;
 use crate::plugins::PluginSlot;
 use crate::routing::RouteTable;
-use crate::runtime::{CallContext, HandlerError, Outbox, Request, Response};
+use crate::runtime::{CallContext, HandlerError, Outbox, PluginFault, Request, Response};
 use crate::shutdown::Shutdown;
 use crate::topology::ConsumerKind;
 
@@ -275,6 +275,10 @@ impl QueueConsumer {
         let traceparent = headers::text(table, TRACEPARENT_HEADER).unwrap_or_else(new_traceparent);
         let context = CallContext { outbox: Some(self.outbox.clone()), traceparent: Some(traceparent.clone()) };
         match plugin.handle(&request, &plugin_headers, &context).await {
+            Err(fault @ PluginFault::Busy(_)) => Outcome::Requeued(format!(
+                "plugin '{}' {fault}: the host is at its instance limit (lower broker.prefetch or raise the plugin's limits.timeout_ms)",
+                plugin.name()
+            )),
             Err(fault) => Outcome::Faulted(format!("plugin '{}' {fault}; instance discarded", plugin.name())),
             Ok(Err(HandlerError::BadRequest(why))) => {
                 Outcome::Rejected(format!("bad-request from '{}': {why}", plugin.name()))

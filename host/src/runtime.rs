@@ -134,6 +134,9 @@ pub enum PluginFault {
     Deadline(Duration),
     /// The guest trapped (a panic, `unreachable`, a memory-limit hit, …).
     Trap(String),
+    /// No instance could be made before the deadline: the host's instance pool stayed full.
+    /// The message is not at fault.
+    Busy(String),
 }
 
 impl std::fmt::Display for PluginFault {
@@ -141,6 +144,7 @@ impl std::fmt::Display for PluginFault {
         match self {
             PluginFault::Deadline(limit) => write!(f, "deadline of {} ms exceeded", limit.as_millis()),
             PluginFault::Trap(reason) => write!(f, "trap: {reason}"),
+            PluginFault::Busy(reason) => write!(f, "could not start: {reason} until the deadline"),
         }
     }
 }
@@ -156,6 +160,11 @@ pub enum CodeSource {
     /// Not WebAssembly: a Rust function linked into the host (the benchmark's baseline).
     Native,
 }
+
+/// Core instances the pool keeps per concurrent call. One component instance is made of
+/// several core ones: 3 for a Rust plugin, 4 for componentize-js, 14 for componentize-py
+/// (measured with the pooling allocator's metrics). A call that finds the pool full waits.
+const CORE_INSTANCES_PER_CALL: u32 = 16;
 
 /// The shared WebAssembly engine and linker.
 pub struct Runtime {
@@ -182,8 +191,7 @@ impl Runtime {
         let instances = max_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)
-            // A wasip2 Rust component instantiates 3 core modules.
-            .total_core_instances(instances * 4)
+            .total_core_instances(instances * CORE_INSTANCES_PER_CALL)
             .total_memories(instances * 2)
             .total_tables(instances * 4)
             .total_stacks(instances)
@@ -278,6 +286,11 @@ impl Runtime {
             settings,
             fuel_counting: self.fuel,
             engine: self.engine.clone(),
+            peak_memory: Arc::default(),
+            code_size: {
+                let image = component.image_range();
+                image.end as usize - image.start as usize
+            },
         };
 
         // Instantiate once now, so a plugin that cannot start is refused at load time.
@@ -310,6 +323,8 @@ impl Runtime {
             settings,
             fuel_counting: self.fuel,
             engine: self.engine.clone(),
+            peak_memory: Arc::default(),
+            code_size: 0,
         }
     }
 }
@@ -393,11 +408,31 @@ fn spawn_epoch_ticker(engine: &Engine) {
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MemoryLimiter,
     deadline: Instant,
     plugin: Arc<str>,
     grants: Arc<Grants>,
     context: CallContext,
+}
+
+/// The store's memory limit, remembering the largest linear memory the call asked for.
+struct MemoryLimiter {
+    limits: StoreLimits,
+    peak: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak = self.peak.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
 }
 
 impl CallState {
@@ -529,9 +564,24 @@ pub struct Plugin {
     /// Whether the engine counts fuel (then every store needs some).
     fuel_counting: bool,
     engine: Engine,
+    /// The largest linear memory (bytes) any call of this version has used.
+    peak_memory: Arc<std::sync::atomic::AtomicUsize>,
+    /// The size of the compiled code (bytes), which stays mapped while the plugin is loaded.
+    code_size: usize,
 }
 
 impl Plugin {
+    /// The largest linear memory, in bytes, that a call of this version has used so far
+    /// (a fresh instance per call: this is the memory one in-flight message costs).
+    pub fn peak_memory_bytes(&self) -> usize {
+        self.peak_memory.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The size in bytes of this version's compiled code: what the plugin costs while idle.
+    pub fn code_size_bytes(&self) -> usize {
+        self.code_size
+    }
+
     /// SHA-256 of the `.wasm` this version was loaded from.
     pub fn hash(&self) -> &str {
         &self.hash
@@ -580,8 +630,21 @@ impl Plugin {
         };
         let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
         let mut store = self.new_store(output.clone(), context.clone()).map_err(|e| self.fault(e, &output))?;
+        // A full instance pool is the host's limit, not the message's fault: wait for a
+        // call to finish and free its slots, until the call's own deadline.
+        let handler = loop {
+            match pre.instantiate_async(&mut store).await {
+                Ok(handler) => break handler,
+                Err(e) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                    if Instant::now() >= store.data().deadline {
+                        return Err(PluginFault::Busy(e.to_string()));
+                    }
+                    tokio::time::sleep(EPOCH_TICK).await;
+                }
+                Err(e) => return Err(self.fault(e, &output)),
+            }
+        };
         let result = async {
-            let handler = pre.instantiate_async(&mut store).await?;
             // The fuel limit budgets the handler's own work, not the language runtime's
             // start-up (instantiation stays bounded by the deadline).
             if let Some(fuel) = self.limits().fuel.filter(|_| self.fuel_counting) {
@@ -590,6 +653,7 @@ impl Plugin {
             handler.call_handle(&mut store, request, headers).await
         }
         .await;
+        self.peak_memory.fetch_max(store.data().limits.peak, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(answer) => {
                 let said = output.contents();
@@ -613,7 +677,10 @@ impl Plugin {
         let state = CallState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+            limits: MemoryLimiter {
+                limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+                peak: 0,
+            },
             deadline: Instant::now() + limits.timeout,
             plugin: self.name.as_str().into(),
             grants: self.grants.clone(),

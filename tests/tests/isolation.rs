@@ -123,3 +123,28 @@ broker_test! {
         s.finish().await;
     }
 }
+
+/// Two calls at once on a host sized for one: the second waits for the first's instance to
+/// be freed instead of failing its message (no broker: this is the runtime's own promise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_finds_the_instance_pool_full_waits_for_a_free_slot() {
+    use std::sync::Arc;
+    use warren::config::PluginSettings;
+    use warren::runtime::{CallContext, Request, Runtime};
+
+    let runtime = Runtime::new(1, 64 << 20, false, None).unwrap();
+    let chaos = runtime.load("chaos", &plugins_dir().join("chaos.wasm"), PluginSettings::default(), 1).unwrap();
+    let chaos = Arc::new(chaos);
+    let call = |body: &'static [u8]| {
+        let chaos = chaos.clone();
+        tokio::spawn(async move {
+            let request = Request { routing_key: "chaos".into(), body: body.to_vec(), content_type: None };
+            chaos.handle(&request, &[], &CallContext::default()).await
+        })
+    };
+    // The slow call holds the only instance slot for 300 ms; the other starts meanwhile.
+    let (slow, quick) = (call(b"slow:300"), call(b"quick"));
+    let quick = quick.await.unwrap().expect("waited for a slot instead of faulting").expect("answered");
+    assert_eq!(quick.body, b"quick");
+    assert!(slow.await.unwrap().expect("no fault").is_ok());
+}

@@ -1,0 +1,168 @@
+//! What a plugin's language costs: `greet` in Rust, Python (componentize-py) and JavaScript
+//! (componentize-js), beside a native Rust greet linked into the host.
+//!
+//! ```text
+//! cargo run -p warren -- build                       # target/plugins/greet{,-py,-js}.wasm
+//! cargo run --release -p warren --example languages -- [SECONDS_PER_CELL]
+//! ```
+//!
+//! Per language: file and compiled-code size (what an idle plugin costs), cold compile and
+//! cached load time, the cost of one message in the sandbox (fresh instance + call, measured
+//! in-process without the broker), the peak linear memory of a call, and the round trip
+//! through RabbitMQ at 1 and 100 requests in flight.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use warren::client::Client;
+use warren::config::{Config, PluginSettings};
+use warren::runtime::{CallContext, HandlerError, Header, Request, Response, Runtime};
+use warren::server::Server;
+
+const LANGUAGES: [(&str, &str); 3] = [("rust", "greet"), ("python", "greet-py"), ("javascript", "greet-js")];
+const BODY: &[u8] = br#"{"name":"Ada"}"#;
+
+fn native_greet(request: &Request, _headers: &[Header]) -> Result<Response, HandlerError> {
+    let input: serde_json::Value =
+        serde_json::from_slice(&request.body).map_err(|e| HandlerError::BadRequest(e.to_string()))?;
+    let name = input["name"].as_str().ok_or_else(|| HandlerError::BadRequest("no name".into()))?;
+    let body = serde_json::json!({ "greeting": format!("Hello, {name}!") }).to_string().into_bytes();
+    Ok(Response { body, headers: Vec::new() })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let n = sorted.len().max(1);
+    sorted.get(((n as f64 * p) as usize).min(n - 1)).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()) / 100.0
+}
+
+struct Sandbox {
+    wasm_kib: usize,
+    code_kib: usize,
+    compile_ms: f64,
+    cached_load_ms: f64,
+    message_p50_us: f64,
+    message_p99_us: f64,
+    peak_memory_kib: usize,
+}
+
+/// Loads `plugin` cold and from a cache, then calls it `calls` times in-process.
+async fn sandbox(path: &Path, plugin: &str, calls: usize) -> Sandbox {
+    let cache = std::env::temp_dir().join(format!("warren-languages-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let runtime = Runtime::new(8, 64 << 20, false, Some(cache.clone())).unwrap();
+    let started = Instant::now();
+    runtime.load(plugin, path, PluginSettings::default(), 1).unwrap_or_else(|e| panic!("{e}"));
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    let loaded = runtime.load(plugin, path, PluginSettings::default(), 1).unwrap();
+    let cached_load_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let request = Request { routing_key: "greet".into(), body: BODY.to_vec(), content_type: None };
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let answer = loaded.handle(&request, &[], &CallContext::default()).await.expect("no fault");
+        times.push(started.elapsed());
+        assert_eq!(answer.expect("answered").body, br#"{"greeting":"Hello, Ada!"}"#);
+    }
+    times.sort();
+    let _ = std::fs::remove_dir_all(&cache);
+    Sandbox {
+        wasm_kib: std::fs::metadata(path).map_or(0, |m| m.len() as usize) / 1024,
+        code_kib: loaded.code_size_bytes() / 1024,
+        compile_ms,
+        cached_load_ms,
+        message_p50_us: percentile(&times, 0.5),
+        message_p99_us: percentile(&times, 0.99),
+        peak_memory_kib: loaded.peak_memory_bytes() / 1024,
+    }
+}
+
+/// Requests on `key` with `in_flight` outstanding for `seconds`: (req/s, p50 µs, p99 µs, host CPU µs/req).
+async fn round_trips(client: &Arc<Client>, key: &'static str, in_flight: usize, seconds: f64) -> (f64, f64, f64, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (started, cpu_before) = (Instant::now(), cpu_seconds());
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let (client, stop) = (client.clone(), stop.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                client.call(key, BODY, Duration::from_secs(60)).await.expect("answered");
+                latencies.push(start.elapsed());
+            }
+            latencies
+        });
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies: Vec<Duration> = workers.join_all().await.into_iter().flatten().collect();
+    latencies.sort();
+    let n = latencies.len().max(1) as f64;
+    let cpu_us = (cpu_seconds() - cpu_before) / n * 1e6;
+    (n / started.elapsed().as_secs_f64(), percentile(&latencies, 0.5), percentile(&latencies, 0.99), cpu_us)
+}
+
+#[tokio::main]
+async fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let seconds: f64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3.0);
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+
+    println!("| language | .wasm | compiled code | compile | cached load | one message (p50 / p99) | peak memory |");
+    println!("|---|---|---|---|---|---|---|");
+    for (language, plugin) in LANGUAGES {
+        let s = sandbox(&plugins.join(format!("{plugin}.wasm")), plugin, 2000).await;
+        println!(
+            "| {language} | {} KiB | {} KiB | {:.0} ms | {:.1} ms | {:.0} µs / {:.0} µs | {} KiB |",
+            s.wasm_kib,
+            s.code_kib,
+            s.compile_ms,
+            s.cached_load_ms,
+            s.message_p50_us,
+            s.message_p99_us,
+            s.peak_memory_kib
+        );
+    }
+
+    let mut text = format!(
+        "[service]\nname = \"warren-bench-languages\"\nplugins = \"{}\"\n\
+         [[request]]\nrouting_key = \"native\"\nplugin = \"native-greet\"\n",
+        plugins.display()
+    );
+    for (language, plugin) in LANGUAGES {
+        text += &format!("[[request]]\nrouting_key = \"{language}\"\nplugin = \"{plugin}\"\n");
+    }
+    let config = Config::parse(Path::new("bench.toml"), &text, std::env::var("WARREN_BROKER_URL").ok()).unwrap();
+    let natives = BTreeMap::from([("native-greet".to_string(), native_greet as warren::runtime::NativeHandler)]);
+    let server = Server::start_with_natives(&config, natives).await.unwrap_or_else(|e| panic!("{e}"));
+    let keys = ["native", "rust", "python", "javascript"];
+    let client = Arc::new(Client::connect(&config.broker_url, &config.service, "bench-client", &keys).await.unwrap());
+
+    println!();
+    println!("| handler | 1 in flight: p50 | 100 in flight: req/s | p50 | p99 | host CPU/req |");
+    println!("|---|---|---|---|---|---|");
+    for key in keys {
+        round_trips(&client, key, 100, 1.0).await; // warm up
+        let (_, sequential_p50, _, _) = round_trips(&client, key, 1, seconds).await;
+        let (per_second, p50, p99, cpu) = round_trips(&client, key, 100, seconds).await;
+        println!(
+            "| {key} | {sequential_p50:.0} µs | {per_second:.0} | {:.1} ms | {:.1} ms | {cpu:.0} µs |",
+            p50 / 1e3,
+            p99 / 1e3
+        );
+    }
+    Arc::into_inner(client).expect("all calls done").close().await;
+    server.stop().await.unwrap();
+}

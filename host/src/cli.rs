@@ -232,10 +232,29 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     })
 }
 
-/// Builds every plugin crate under `source` into the config's plugins folder.
+/// Builds every plugin under `source` into the config's plugins folder. A plugin whose
+/// toolchain cannot be had (no Python, no npm) is skipped with a warning when the config does
+/// not name it, so a Rust-only deployment never needs them; any other failure stops the build.
 async fn build(source: &Path, config: &Config, target_dir: &Path) -> Result<Vec<builder::Built>, CliError> {
     let (source, out, target) = (source.to_path_buf(), config.plugins_dir.clone(), target_dir.to_path_buf());
-    let built = tokio::task::spawn_blocking(move || builder::build_plugins(&source, &out, &target));
+    let named = config.plugin_names();
+    let built = tokio::task::spawn_blocking(move || {
+        let plugins = builder::find_plugins(&source)?;
+        if plugins.iter().any(|p| p.language == builder::Language::Rust) {
+            builder::ensure_target()?;
+        }
+        let mut built = Vec::new();
+        for plugin in &plugins {
+            match builder::build_plugin(plugin, &out, &target) {
+                Ok(done) => built.push(done),
+                Err(error @ BuildError::Tool { .. }) if !named.contains(&plugin.name) => {
+                    tracing::warn!(%error, "skipped: the config does not serve this plugin");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(built)
+    });
     Ok(built.await.expect("the build task panicked")?)
 }
 

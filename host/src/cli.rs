@@ -282,7 +282,8 @@ async fn serve(config: &Config) -> Result<(), CliError> {
 /// `warren check`: the config, then every plugin, each problem on its own line.
 async fn check(path: &Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    let runtime = crate::runtime::Runtime::new(4, 4096 << 20, true, None).map_err(ServerError::from)?;
+    // The runtime `run` would use, cache included: a checked plugin starts without compiling.
+    let runtime = Server::runtime_for(&config)?;
     crate::plugins::Plugins::load_all(&runtime, &config).await.map_err(ServerError::from)?;
     println!("{}: ok ({} plugins: {})", path.display(), config.plugin_names().len(), config.plugin_names().join(", "));
     Ok(())

@@ -97,8 +97,27 @@ impl Metrics {
             out,
             "# HELP warren_plugin_generation Live version of each plugin (1 at start, +1 per swap).\n# TYPE warren_plugin_generation gauge"
         );
-        for status in plugins.table() {
+        let table = plugins.table();
+        for status in &table {
             let _ = writeln!(out, "warren_plugin_generation{{plugin=\"{}\"}} {}", status.name, status.generation);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP warren_plugin_code_bytes Compiled code of each live plugin: its cost while idle.\n# TYPE warren_plugin_code_bytes gauge"
+        );
+        for status in &table {
+            let _ = writeln!(out, "warren_plugin_code_bytes{{plugin=\"{}\"}} {}", status.name, status.code_bytes);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP warren_plugin_memory_peak_bytes Largest linear memory one call of the live version used: the cost of one message in flight.\n# TYPE warren_plugin_memory_peak_bytes gauge"
+        );
+        for status in &table {
+            let _ = writeln!(
+                out,
+                "warren_plugin_memory_peak_bytes{{plugin=\"{}\"}} {}",
+                status.name, status.peak_memory_bytes
+            );
         }
         let _ = writeln!(
             out,

@@ -31,6 +31,10 @@ pub struct PluginStatus {
     pub hash: String,
     pub source: CodeSource,
     pub path: PathBuf,
+    /// Size of the compiled code: what the plugin costs while idle.
+    pub code_bytes: usize,
+    /// The largest linear memory one call of this version has used so far.
+    pub peak_memory_bytes: usize,
 }
 
 /// What a reload did.
@@ -257,5 +261,7 @@ fn status(plugin: &Plugin) -> PluginStatus {
         hash: plugin.hash().to_string(),
         source: plugin.source(),
         path: plugin.path().to_path_buf(),
+        code_bytes: plugin.code_size_bytes(),
+        peak_memory_bytes: plugin.peak_memory_bytes(),
     }
 }

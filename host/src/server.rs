@@ -68,6 +68,12 @@ struct RunningConsumer {
     task: JoinHandle<()>,
 }
 
+/// Instances a host needs at most: concurrent calls are bounded by the prefetch of each
+/// consumer, plus a few for loads' smoke tests.
+fn instances_needed(config: &Config, topology: &Topology) -> u32 {
+    topology.consumers.len() as u32 * u32::from(config.prefetch) + 4
+}
+
 /// A running host. Stop it with [`Server::stop`], or let [`Server::serve`] wait for a signal.
 pub struct Server {
     config: Config,
@@ -90,6 +96,18 @@ impl Server {
         Server::start_with_natives(config, BTreeMap::new()).await
     }
 
+    /// The WebAssembly runtime `config` needs: an instance pool sized by the consumers and
+    /// their prefetch, the largest memory limit, fuel counting if any plugin has a budget, and
+    /// the compiled-code cache in the plugins folder (`warren check` fills it for `run`).
+    pub fn runtime_for(config: &Config) -> Result<Arc<Runtime>, ServerError> {
+        let max_instances = instances_needed(config, &Topology::for_config(config));
+        let cache = config.plugins_dir.join(CACHE_DIR);
+        let settings: Vec<_> = config.plugin_names().iter().map(|name| config.settings_for(name)).collect();
+        let max_memory = settings.iter().map(|s| s.limits.memory_bytes).max().unwrap_or(config.limits.memory_bytes);
+        let fuel = settings.iter().any(|s| s.limits.fuel.is_some());
+        Ok(Runtime::new(max_instances, max_memory.max(config.limits.memory_bytes), fuel, Some(cache))?)
+    }
+
     /// Like [`Server::start`], with some plugin names served by Rust functions linked into
     /// the host instead of components: the benchmark's native baseline, through the same
     /// consume and publish path.
@@ -98,13 +116,8 @@ impl Server {
         natives: BTreeMap<String, crate::runtime::NativeHandler>,
     ) -> Result<Server, ServerError> {
         let topology = Topology::for_config(config);
-        // Concurrent calls are bounded by prefetch per queue (+ a few for loads' smoke tests).
-        let max_instances = topology.consumers.len() as u32 * u32::from(config.prefetch) + 4;
-        let cache = config.plugins_dir.join(CACHE_DIR);
-        let settings: Vec<_> = config.plugin_names().iter().map(|name| config.settings_for(name)).collect();
-        let max_memory = settings.iter().map(|s| s.limits.memory_bytes).max().unwrap_or(config.limits.memory_bytes);
-        let fuel = settings.iter().any(|s| s.limits.fuel.is_some());
-        let runtime = Runtime::new(max_instances, max_memory.max(config.limits.memory_bytes), fuel, Some(cache))?;
+        let max_instances = instances_needed(config, &topology);
+        let runtime = Server::runtime_for(config)?;
         let plugins = Arc::new(Plugins::load_all_with_natives(&runtime, config, natives).await?);
         let watcher = PluginWatcher::start(&config.plugins_dir, plugins.clone())?;
 
@@ -223,7 +236,7 @@ impl Server {
         }
         let mut topology = Topology::for_config(&config);
         topology.keep_transient_names(&self.topology);
-        if topology.consumers.len() as u32 * u32::from(config.prefetch) + 4 > self.max_instances {
+        if instances_needed(&config, &topology) > self.max_instances {
             return Err(ReloadError::NeedsRestart {
                 key: "the number of queues consumed (it sizes the instance pool)",
             });

@@ -39,6 +39,14 @@ broker_test! {
         })
         .await;
         assert!(last.contains("# TYPE warren_handle_seconds histogram"), "{last}");
+        // What a plugin costs: its compiled code while idle, its memory per message in flight.
+        let gauge = |name: &str| -> u64 {
+            let prefix = format!("{name}{{plugin=\"greet\"}} ");
+            last.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        assert!(gauge("warren_plugin_code_bytes") > 64 * 1024, "{last}");
+        let peak = gauge("warren_plugin_memory_peak_bytes");
+        assert!((64 * 1024..64 << 20).contains(&peak), "greet's calls used {peak} bytes of linear memory");
         assert_eq!(http_get(addr, "/healthz").0, 200);
         assert_eq!(http_get(addr, "/readyz"), (200, "ready\n".to_string()));
         s.finish().await;

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Per language: file and compiled-code size (what an idle plugin costs), cold compile and
-//! cached load time, the cost of one message in the sandbox (fresh instance + call, measured
+//! cached load time, instantiation alone, the cost of one message in the sandbox (fresh instance + call, measured
 //! in-process without the broker), the peak linear memory of a call, and the round trip
 //! through RabbitMQ at 1 and 100 requests in flight.
 
@@ -49,6 +49,7 @@ struct Sandbox {
     code_kib: usize,
     compile_ms: f64,
     cached_load_ms: f64,
+    instantiate_p50_us: f64,
     message_p50_us: f64,
     message_p99_us: f64,
     peak_memory_kib: usize,
@@ -66,6 +67,14 @@ async fn sandbox(path: &Path, plugin: &str, calls: usize) -> Sandbox {
     let loaded = runtime.load(plugin, path, PluginSettings::default(), 1).unwrap();
     let cached_load_ms = started.elapsed().as_secs_f64() * 1e3;
 
+    let mut instantiations = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        loaded.instantiate().await.expect("instantiates");
+        instantiations.push(started.elapsed());
+    }
+    instantiations.sort();
+
     let request = Request { routing_key: "greet".into(), body: BODY.to_vec(), content_type: None };
     let mut times = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -81,6 +90,7 @@ async fn sandbox(path: &Path, plugin: &str, calls: usize) -> Sandbox {
         code_kib: loaded.code_size_bytes() / 1024,
         compile_ms,
         cached_load_ms,
+        instantiate_p50_us: percentile(&instantiations, 0.5),
         message_p50_us: percentile(&times, 0.5),
         message_p99_us: percentile(&times, 0.99),
         peak_memory_kib: loaded.peak_memory_bytes() / 1024,
@@ -120,16 +130,19 @@ async fn main() {
     let seconds: f64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3.0);
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
 
-    println!("| language | .wasm | compiled code | compile | cached load | one message (p50 / p99) | peak memory |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| language | .wasm | compiled code | compile | cached load | instantiate (p50) | one message (p50 / p99) | peak memory |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for (language, plugin) in LANGUAGES {
         let s = sandbox(&plugins.join(format!("{plugin}.wasm")), plugin, 2000).await;
         println!(
-            "| {language} | {} KiB | {} KiB | {:.0} ms | {:.1} ms | {:.0} µs / {:.0} µs | {} KiB |",
+            "| {language} | {} KiB | {} KiB | {:.0} ms | {:.1} ms | {:.0} µs | {:.0} µs / {:.0} µs | {} KiB |",
             s.wasm_kib,
             s.code_kib,
             s.compile_ms,
             s.cached_load_ms,
+            s.instantiate_p50_us,
             s.message_p50_us,
             s.message_p99_us,
             s.peak_memory_kib

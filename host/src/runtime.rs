@@ -612,6 +612,15 @@ impl Plugin {
         &self.path
     }
 
+    /// Makes a fresh instance and drops it without calling it: what every message pays
+    /// before `handle` runs (the benchmark's instantiate time). Native plugins cost nothing.
+    pub async fn instantiate(&self) -> Result<(), PluginFault> {
+        let Code::Wasm(pre) = &self.code else { return Ok(()) };
+        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
+        let mut store = self.new_store(output.clone(), CallContext::default()).map_err(|e| self.fault(e, &output))?;
+        pre.instantiate_async(&mut store).await.map(drop).map_err(|e| self.fault(e, &output))
+    }
+
     /// Calls `handle` on a fresh instance. `Ok` carries the handler's own answer; `Err` a
     /// fault after which the instance is gone.
     pub async fn handle(

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tracing::{info, warn};
 
 use crate::builder;
@@ -30,9 +30,39 @@ pub struct WatchError {
     reason: String,
 }
 
+/// A debounced watch that lives as long as this value.
+type Watch = Debouncer<RecommendedWatcher, RecommendedCache>;
+
+/// Watches `path` and calls `on_change` with the paths that were created, written, renamed
+/// or removed once they have been quiet for `quiet`. Reads are not changes: inotify reports
+/// every open, and the host's own reading of a file (to hash or build it) must not look
+/// like a deploy, or it would reload it again and again.
+fn watch_changes(
+    path: &Path,
+    mode: RecursiveMode,
+    quiet: Duration,
+    mut on_change: impl FnMut(Vec<PathBuf>) + Send + 'static,
+) -> Result<Watch, notify::Error> {
+    let mut debouncer = new_debouncer(quiet, None, move |result: DebounceEventResult| match result {
+        Ok(events) => {
+            let paths: Vec<PathBuf> = events
+                .into_iter()
+                .filter(|event| !event.kind.is_access())
+                .flat_map(|event| event.event.paths)
+                .collect();
+            if !paths.is_empty() {
+                on_change(paths);
+            }
+        }
+        Err(errors) => errors.iter().for_each(|error| warn!(%error, "file watch error")),
+    })?;
+    debouncer.watch(path, mode)?;
+    Ok(debouncer)
+}
+
 /// Watches a plugins folder while it lives.
 pub struct PluginWatcher {
-    _debouncer: Debouncer<notify::RecommendedWatcher>,
+    _watch: Watch,
 }
 
 /// The plugin a changed file would be: `<name>.wasm`, not hidden.
@@ -47,14 +77,12 @@ impl PluginWatcher {
     pub fn start(dir: &Path, plugins: Arc<Plugins>) -> Result<PluginWatcher, WatchError> {
         let watch_error = |e: notify::Error| WatchError { dir: dir.to_path_buf(), reason: e.to_string() };
         let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
-            Ok(events) => events.into_iter().for_each(|event| {
-                let _ = tx.send(event.path);
-            }),
-            Err(error) => warn!(%error, "plugin folder watch error"),
+        let watch = watch_changes(dir, RecursiveMode::NonRecursive, DEBOUNCE, move |paths| {
+            paths.into_iter().for_each(|path| {
+                let _ = tx.send(path);
+            })
         })
         .map_err(watch_error)?;
-        debouncer.watcher().watch(dir, RecursiveMode::NonRecursive).map_err(watch_error)?;
 
         tokio::spawn(async move {
             while let Some(path) = changed.recv().await {
@@ -67,13 +95,13 @@ impl PluginWatcher {
             }
         });
         info!(dir = %dir.display(), "watching plugins for hot reload");
-        Ok(PluginWatcher { _debouncer: debouncer })
+        Ok(PluginWatcher { _watch: watch })
     }
 }
 
 /// Reports changes to the config file (its folder is watched: editors replace files).
 pub struct ConfigWatcher {
-    _debouncer: Debouncer<notify::RecommendedWatcher>,
+    _watch: Watch,
     changes: tokio::sync::mpsc::UnboundedReceiver<()>,
 }
 
@@ -88,16 +116,13 @@ impl ConfigWatcher {
         let watch_error = |e: notify::Error| WatchError { dir: dir.clone(), reason: e.to_string() };
         let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
         let name = file.file_name().map(|n| n.to_os_string());
-        let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| {
-            if let Ok(events) = result
-                && events.iter().any(|event| event.path.file_name().map(|n| n.to_os_string()) == name)
-            {
+        let watch = watch_changes(&dir, RecursiveMode::NonRecursive, DEBOUNCE, move |paths| {
+            if paths.iter().any(|path| path.file_name().map(|n| n.to_os_string()) == name) {
                 let _ = tx.send(());
             }
         })
         .map_err(watch_error)?;
-        debouncer.watcher().watch(&dir, RecursiveMode::NonRecursive).map_err(watch_error)?;
-        Ok(ConfigWatcher { _debouncer: debouncer, changes })
+        Ok(ConfigWatcher { _watch: watch, changes })
     }
 
     /// Resolves at the next change of the config file.
@@ -112,7 +137,7 @@ pub const SOURCE_DEBOUNCE: Duration = Duration::from_millis(500);
 /// `warren dev`: rebuilds a plugin crate when a file under it changes. The new `.wasm` is
 /// installed by rename and reaches the host through the plugins-folder watch, like any deploy.
 pub struct SourceWatcher {
-    _debouncer: Debouncer<notify::RecommendedWatcher>,
+    _watch: Watch,
 }
 
 impl SourceWatcher {
@@ -127,47 +152,75 @@ impl SourceWatcher {
                 ..plugin
             })
             .collect();
-        let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let mut debouncer = new_debouncer(SOURCE_DEBOUNCE, move |result: DebounceEventResult| {
-            if let Ok(events) = result {
-                events.into_iter().for_each(|event| {
-                    let _ = tx.send(event.path);
-                });
-            }
+        let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
+        let watch = watch_changes(source, RecursiveMode::Recursive, SOURCE_DEBOUNCE, move |paths| {
+            let _ = tx.send(paths);
         })
         .map_err(|e| watch_error(e.to_string()))?;
-        debouncer.watcher().watch(source, RecursiveMode::Recursive).map_err(|e| watch_error(e.to_string()))?;
 
         tokio::spawn(async move {
-            while let Some(path) = changed.recv().await {
-                let path = path.canonicalize().unwrap_or(path);
-                let Some(plugin) = plugins.iter().find(|plugin| path.starts_with(&plugin.dir)) else {
-                    continue;
-                };
-                // Build output, installed packages and editor droppings are not source changes.
-                let inside = path.strip_prefix(&plugin.dir).unwrap_or(&path);
-                let generated = ["target", "node_modules", "__pycache__"];
-                if inside.components().any(|c| generated.iter().any(|g| c.as_os_str() == *g))
-                    || plugin_name(&path).is_some()
-                {
-                    continue;
+            while let Some(paths) = changed.recv().await {
+                // Each plugin a batch of changes touched is rebuilt once.
+                let mut touched: Vec<(&builder::PluginSource, PathBuf)> = Vec::new();
+                for path in paths {
+                    let path = path.canonicalize().unwrap_or(path);
+                    let Some(plugin) = plugins.iter().find(|plugin| path.starts_with(&plugin.dir)) else {
+                        continue;
+                    };
+                    // Build output, installed packages and editor droppings are not source changes.
+                    let inside = path.strip_prefix(&plugin.dir).unwrap_or(&path);
+                    let generated = ["target", "node_modules", "__pycache__"];
+                    let is_generated = inside.components().any(|c| generated.iter().any(|g| c.as_os_str() == *g));
+                    if !is_generated
+                        && plugin_name(&path).is_none()
+                        && !touched.iter().any(|(p, _)| p.name == plugin.name)
+                    {
+                        touched.push((plugin, path));
+                    }
                 }
-                let (plugin, out, target) = (plugin.clone(), out_dir.clone(), target_dir.clone());
-                info!(plugin = %plugin.name, changed = %path.display(), "source changed: rebuilding");
-                let built = tokio::task::spawn_blocking(move || builder::build_plugin(&plugin, &out, &target)).await;
-                if let Ok(Err(error)) = built {
-                    warn!(%error, "rebuild failed: the running version keeps serving");
+                for (plugin, path) in touched {
+                    let (plugin, out, target) = (plugin.clone(), out_dir.clone(), target_dir.clone());
+                    info!(plugin = %plugin.name, changed = %path.display(), "source changed: rebuilding");
+                    let built =
+                        tokio::task::spawn_blocking(move || builder::build_plugin(&plugin, &out, &target)).await;
+                    if let Ok(Err(error)) = built {
+                        warn!(%error, "rebuild failed: the running version keeps serving");
+                    }
                 }
             }
         });
         info!(dir = %source.display(), "watching plugin sources: a change rebuilds the plugin");
-        Ok(SourceWatcher { _debouncer: debouncer })
+        Ok(SourceWatcher { _watch: watch })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_a_file_is_not_a_change_but_writing_one_is() {
+        let dir = std::env::temp_dir().join(format!("warren-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("plugin.wasm"), b"v1").unwrap();
+        let (tx, changes) = std::sync::mpsc::channel();
+        let _watch = watch_changes(&dir, RecursiveMode::NonRecursive, Duration::from_millis(50), move |paths| {
+            let _ = tx.send(paths);
+        })
+        .unwrap();
+        // What the host does on every reload: open and read the plugin to hash it.
+        for _ in 0..3 {
+            std::fs::read(dir.join("plugin.wasm")).unwrap();
+        }
+        std::fs::write(dir.join("marker"), b"written").unwrap();
+        let mut seen = Vec::new();
+        while !seen.iter().any(|p: &PathBuf| p.ends_with("marker")) {
+            let batch = changes.recv_timeout(Duration::from_secs(10)).expect("the write is reported");
+            seen.extend(batch);
+        }
+        assert!(!seen.iter().any(|p| p.ends_with("plugin.wasm")), "reads reported as changes: {seen:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn only_visible_wasm_files_name_plugins() {

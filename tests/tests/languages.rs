@@ -26,7 +26,12 @@ async fn greet_contract(example: &str) {
     assert_eq!(props.correlation_id().as_ref().map(|c| c.as_str()), Some("corr-1"));
     assert_eq!(props.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
 
-    for bad in [&b"this is not json"[..], br#"{"nom":"Ada"}"#, br#"{"name":42}"#] {
+    // Keys the handler does not know are ignored, as serde does.
+    s.client.request("greet", br#"{"name":"Lin","team":"billing"}"#, "extra").await;
+    let response = s.client.response(DEADLINE).await.expect("a response");
+    assert_eq!(String::from_utf8_lossy(&response.data), r#"{"greeting":"Hello, Lin!"}"#);
+
+    for bad in [&b"this is not json"[..], br#"{"nom":"Ada"}"#, br#"{"name":42}"#, b"[1]", br#"{"name":null}"#] {
         s.client.request("greet", bad, "bad").await;
         let dead = next_reject().await.expect("a bad request is dead-lettered");
         assert_eq!(dead.data, bad);

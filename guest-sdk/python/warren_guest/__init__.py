@@ -19,8 +19,8 @@ this package hides the generated bindings, so a plugin is one function and one e
     WitWorld = warren.WitWorld  # the export componentize-py looks for
 
 A JSON handler gets the parsed body (built into the dataclass its first parameter names,
-when it names one); a body that does not parse, or does not fit the dataclass, is a
-``bad-request``: the host rejects it and never retries it. The return value is serialised
+when it names one; unknown keys are ignored, as serde does); a body that does not parse, or
+lacks a field of the dataclass, is a ``bad-request``: the host rejects it and never retries it. The return value is serialised
 as the JSON response body. For full control, ``@warren.handler`` gets the whole
 :class:`Message` and returns bytes, a string or a :class:`Response`.
 
@@ -224,8 +224,10 @@ def json_handler(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
         if typed:
             if not isinstance(value, dict):
                 raise BadRequest(f"expected a JSON object for {annotation.__name__}")
+            # Like serde: fields the dataclass does not have are ignored, missing ones refused.
+            known = {field.name for field in dataclasses.fields(annotation)}
             try:
-                value = annotation(**value)
+                value = annotation(**{k: v for k, v in value.items() if k in known})
             except TypeError as e:
                 raise BadRequest(f"the body does not fit {annotation.__name__}: {e}") from None
         result = function(value)

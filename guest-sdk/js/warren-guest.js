@@ -102,6 +102,9 @@ function fromWitValue({ tag, val }) {
       return new Date(Number(val) * 1000);
     case "void":
       return null;
+    case "bytes":
+      // The bindings may hand over another typed view: give handlers a plain Uint8Array.
+      return Uint8Array.from(val);
     default:
       return val;
   }
@@ -115,7 +118,9 @@ function toWitValue(value) {
     return Number.isInteger(value) ? { tag: "integer", val: BigInt(value) } : { tag: "float", val: value };
   }
   if (typeof value === "string") return { tag: "text", val: value };
-  if (value instanceof Uint8Array) return { tag: "bytes", val: value };
+  if (ArrayBuffer.isView(value)) {
+    return { tag: "bytes", val: new Uint8Array(value.buffer, value.byteOffset, value.byteLength) };
+  }
   if (value instanceof Date) return { tag: "timestamp", val: BigInt(Math.floor(value.getTime() / 1000)) };
   if (Array.isArray(value)) return { tag: "array", val: JSON.stringify(value) };
   if (typeof value === "object") return { tag: "table", val: JSON.stringify(value) };

@@ -196,35 +196,54 @@ broker_test! {
     }
 }
 
+/// Sends one message carrying every AMQP header type to `plugin` (from `plugins`), which
+/// copies its headers onto its answer, and checks each came back with its type and value.
+async fn every_header_type_round_trips(plugins: &std::path::Path, plugin: &str, body: &[u8]) {
+    let service = unique_service(plugin);
+    let mut s = Scenario::start_in(&service, plugins, &[("headers", plugin)], "", &[]).await;
+    let mut nested = FieldTable::default();
+    nested.insert("n".into(), AMQPValue::LongLongInt(1));
+    nested.insert("s".into(), AMQPValue::LongString(LongString::from("x")));
+    let sent: Vec<(&str, AMQPValue)> = vec![
+        ("text", AMQPValue::LongString(LongString::from("hello"))),
+        ("integer", AMQPValue::LongLongInt(-42)),
+        ("float", AMQPValue::Double(2.5)),
+        ("flag", AMQPValue::Boolean(true)),
+        ("bytes", AMQPValue::ByteArray(vec![0u8, 1, 255].into())),
+        ("when", AMQPValue::Timestamp(1_700_000_000)),
+        ("nothing", AMQPValue::Void),
+        ("table", AMQPValue::FieldTable(nested)),
+        ("array", AMQPValue::FieldArray(vec![AMQPValue::LongLongInt(1), AMQPValue::Boolean(false)].into())),
+    ];
+    let mut headers = FieldTable::default();
+    headers.insert("service".into(), AMQPValue::LongString(LongString::from("go-client")));
+    for (name, value) in &sent {
+        headers.insert((*name).into(), value.clone());
+    }
+    s.client.publish("headers", body, BasicProperties::default().with_headers(headers)).await;
+    let response = s.client.response(DEADLINE).await.expect("answered");
+    let got = response.properties.headers().as_ref().unwrap().inner();
+    for (name, value) in &sent {
+        assert_eq!(got.get(*name), Some(value), "header {name} through {plugin}");
+    }
+    s.finish().await;
+}
+
 broker_test! {
     async fn every_header_type_round_trips_through_a_plugin() {
-        let mut s = Scenario::start("headers", &[("chaos", "chaos")], "", &[]).await;
-        let mut nested = FieldTable::default();
-        nested.insert("n".into(), AMQPValue::LongLongInt(1));
-        nested.insert("s".into(), AMQPValue::LongString(LongString::from("x")));
-        let sent: Vec<(&str, AMQPValue)> = vec![
-            ("text", AMQPValue::LongString(LongString::from("hello"))),
-            ("integer", AMQPValue::LongLongInt(-42)),
-            ("float", AMQPValue::Double(2.5)),
-            ("flag", AMQPValue::Boolean(true)),
-            ("bytes", AMQPValue::ByteArray(vec![0u8, 1, 255].into())),
-            ("when", AMQPValue::Timestamp(1_700_000_000)),
-            ("nothing", AMQPValue::Void),
-            ("table", AMQPValue::FieldTable(nested)),
-            ("array", AMQPValue::FieldArray(vec![AMQPValue::LongLongInt(1), AMQPValue::Boolean(false)].into())),
-        ];
-        let mut headers = FieldTable::default();
-        headers.insert("service".into(), AMQPValue::LongString(LongString::from("go-client")));
-        for (name, value) in &sent {
-            headers.insert((*name).into(), value.clone());
-        }
-        s.client.publish("chaos", b"headers", BasicProperties::default().with_headers(headers)).await;
-        let response = s.client.response(DEADLINE).await.expect("answered");
-        let got = response.properties.headers().as_ref().unwrap().inner();
-        for (name, value) in &sent {
-            assert_eq!(got.get(*name), Some(value), "header {name}");
-        }
-        s.finish().await;
+        every_header_type_round_trips(plugins_dir(), "chaos", b"headers").await;
+    }
+}
+
+broker_test! {
+    async fn every_header_type_round_trips_through_a_python_plugin() {
+        every_header_type_round_trips(fixtures_dir(), "headers-py", b"").await;
+    }
+}
+
+broker_test! {
+    async fn every_header_type_round_trips_through_a_javascript_plugin() {
+        every_header_type_round_trips(fixtures_dir(), "headers-js", b"").await;
     }
 }
 

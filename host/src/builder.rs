@@ -282,7 +282,7 @@ fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf,
     let bundle_dir = work.join(&plugin.name);
     write_file(&bundle_dir.join("wit/handler.wit"), WIT)?;
     let bin = plugin.dir.join("node_modules/.bin");
-    if !bin.join("componentize-js").is_file() || !bin.join("rolldown").is_file() {
+    if !bin.join("componentize-js").is_file() || !bin.join("rolldown").is_file() || packages_changed(plugin) {
         npm_install(plugin)?;
     }
     // Bundle the entry with its imports (the guest SDK among them) into one module; the
@@ -318,10 +318,18 @@ fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf,
     Ok(output)
 }
 
+/// Whether `package.json` or the lock file changed since npm last installed (npm records
+/// its install in `node_modules/.package-lock.json`).
+fn packages_changed(plugin: &PluginSource) -> bool {
+    let modified = |file: &str| std::fs::metadata(plugin.dir.join(file)).and_then(|m| m.modified()).ok();
+    let Some(installed) = modified("node_modules/.package-lock.json") else { return false };
+    ["package.json", "package-lock.json"].into_iter().any(|file| modified(file).is_some_and(|m| m > installed))
+}
+
 /// `npm ci` (with a lock file) or `npm install` in the plugin's folder.
 fn npm_install(plugin: &PluginSource) -> Result<(), BuildError> {
     let verb = if plugin.dir.join("package-lock.json").is_file() { "ci" } else { "install" };
-    info!(plugin = %plugin.name, "installing the plugin's npm packages (npm {verb}; first JavaScript build)");
+    info!(plugin = %plugin.name, "installing the plugin's npm packages (npm {verb}: first build, or package.json changed)");
     let status = Command::new("npm").args([verb, "--no-audit", "--no-fund"]).current_dir(&plugin.dir).status();
     let reason = match status {
         Ok(s) if s.success() => return Ok(()),

@@ -11,12 +11,13 @@
 //! percentiles, CPU per request of this process (host and client together) and of the broker,
 //! and the wasm/native throughput ratio.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
+use common::*;
 use warren::client::Client;
 use warren::config::Config;
 use warren::runtime::{HandlerError, Header, Request, Response};
@@ -24,14 +25,6 @@ use warren::server::Server;
 
 fn native_echo(request: &Request, _headers: &[Header]) -> Result<Response, HandlerError> {
     Ok(Response { body: request.body.clone(), headers: Vec::new() })
-}
-
-/// CPU seconds (user + system) used so far by process `pid`.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum());
-    ticks / 100.0 // USER_HZ
 }
 
 /// The pids of the RabbitMQ server (Erlang's beam) on this machine.
@@ -64,40 +57,19 @@ async fn run(client: &Arc<Client>, key: &'static str, bytes: usize, in_flight: u
     let broker = broker_pids();
     let broker_cpu = || broker.iter().map(|p| cpu_seconds(p)).sum::<f64>();
     let (host_before, broker_before) = (cpu_seconds("self"), broker_cpu());
-    let stop = Arc::new(AtomicBool::new(false));
-    let body = Arc::new(vec![b'x'; bytes]);
-    let started = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
-        let (client, stop, body) = (client.clone(), stop.clone(), body.clone());
-        workers.spawn(async move {
-            let mut latencies = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                client.call(key, &body, Duration::from_secs(60)).await.expect("answered");
-                latencies.push(start.elapsed());
-            }
-            latencies
-        });
-    }
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies: Vec<Duration> = workers.join_all().await.into_iter().flatten().collect();
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let n = latencies.len().max(1);
-    let at = |p: f64| latencies.get(((n as f64 * p) as usize).min(n - 1)).map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    let load = keep_in_flight(client, key, &vec![b'x'; bytes], in_flight, seconds).await;
+    let n = load.latencies.len().max(1) as f64;
     Cell {
         variant: key,
         bytes,
         in_flight,
-        requests: latencies.len(),
-        per_second: latencies.len() as f64 / elapsed,
-        p50_us: at(0.50),
-        p99_us: at(0.99),
-        p999_us: at(0.999),
-        host_cpu_us: (cpu_seconds("self") - host_before) / n as f64 * 1e6,
-        broker_cpu_us: (broker_cpu() - broker_before) / n as f64 * 1e6,
+        requests: load.latencies.len(),
+        per_second: load.per_second(),
+        p50_us: load.percentile_us(0.50),
+        p99_us: load.percentile_us(0.99),
+        p999_us: load.percentile_us(0.999),
+        host_cpu_us: (cpu_seconds("self") - host_before) / n * 1e6,
+        broker_cpu_us: (broker_cpu() - broker_before) / n * 1e6,
     }
 }
 

@@ -11,12 +11,14 @@
 //! in-process without the broker), the peak linear memory of a call, and the round trip
 //! through RabbitMQ at 1 and 100 requests in flight.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::*;
 use warren::client::Client;
 use warren::config::{Config, PluginSettings};
 use warren::runtime::{CallContext, HandlerError, Header, Request, Response, Runtime};
@@ -31,17 +33,6 @@ fn native_greet(request: &Request, _headers: &[Header]) -> Result<Response, Hand
     let name = input["name"].as_str().ok_or_else(|| HandlerError::BadRequest("no name".into()))?;
     let body = serde_json::json!({ "greeting": format!("Hello, {name}!") }).to_string().into_bytes();
     Ok(Response { body, headers: Vec::new() })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let n = sorted.len().max(1);
-    sorted.get(((n as f64 * p) as usize).min(n - 1)).map_or(0.0, |d| d.as_secs_f64() * 1e6)
-}
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()) / 100.0
 }
 
 struct Sandbox {
@@ -90,37 +81,19 @@ async fn sandbox(path: &Path, plugin: &str, calls: usize) -> Sandbox {
         code_kib: loaded.code_size_bytes() / 1024,
         compile_ms,
         cached_load_ms,
-        instantiate_p50_us: percentile(&instantiations, 0.5),
-        message_p50_us: percentile(&times, 0.5),
-        message_p99_us: percentile(&times, 0.99),
+        instantiate_p50_us: micros(percentile(&instantiations, 0.5)),
+        message_p50_us: micros(percentile(&times, 0.5)),
+        message_p99_us: micros(percentile(&times, 0.99)),
         peak_memory_kib: loaded.peak_memory_bytes() / 1024,
     }
 }
 
 /// Requests on `key` with `in_flight` outstanding for `seconds`: (req/s, p50 µs, p99 µs, host CPU µs/req).
 async fn round_trips(client: &Arc<Client>, key: &'static str, in_flight: usize, seconds: f64) -> (f64, f64, f64, f64) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (started, cpu_before) = (Instant::now(), cpu_seconds());
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
-        let (client, stop) = (client.clone(), stop.clone());
-        workers.spawn(async move {
-            let mut latencies = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                client.call(key, BODY, Duration::from_secs(60)).await.expect("answered");
-                latencies.push(start.elapsed());
-            }
-            latencies
-        });
-    }
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies: Vec<Duration> = workers.join_all().await.into_iter().flatten().collect();
-    latencies.sort();
-    let n = latencies.len().max(1) as f64;
-    let cpu_us = (cpu_seconds() - cpu_before) / n * 1e6;
-    (n / started.elapsed().as_secs_f64(), percentile(&latencies, 0.5), percentile(&latencies, 0.99), cpu_us)
+    let cpu_before = cpu_seconds("self");
+    let load = keep_in_flight(client, key, BODY, in_flight, seconds).await;
+    let cpu_us = (cpu_seconds("self") - cpu_before) / load.latencies.len().max(1) as f64 * 1e6;
+    (load.per_second(), load.percentile_us(0.5), load.percentile_us(0.99), cpu_us)
 }
 
 #[tokio::main]

@@ -10,10 +10,13 @@
 //! the throughput of TOTAL (default 20000) requests with IN_FLIGHT (default 100) in flight.
 //! PROFILE is the queue profile, `classic` (default) or `quorum`.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::*;
 use warren::client::Client;
 use warren::config::Config;
 use warren::server::Server;
@@ -22,12 +25,9 @@ fn arg(n: usize, default: usize) -> usize {
     std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(default)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-fn micros(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+/// A duration as whole microseconds.
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", micros(d))
 }
 
 #[tokio::main]
@@ -63,10 +63,10 @@ async fn main() {
     println!("sequential round trips: n={sequential}, body={bytes} B, {profile} queues");
     println!(
         "  p50 {}   p90 {}   p99 {}   max {}",
-        micros(percentile(&latencies, 0.50)),
-        micros(percentile(&latencies, 0.90)),
-        micros(percentile(&latencies, 0.99)),
-        micros(*latencies.last().unwrap())
+        us(percentile(&latencies, 0.50)),
+        us(percentile(&latencies, 0.90)),
+        us(percentile(&latencies, 0.99)),
+        us(*latencies.last().unwrap())
     );
 
     let start = Instant::now();
@@ -89,8 +89,8 @@ async fn main() {
     println!(
         "  {:.0} req/s   p50 {}   p99 {}",
         total as f64 / elapsed.as_secs_f64(),
-        micros(percentile(&latencies, 0.50)),
-        micros(percentile(&latencies, 0.99))
+        us(percentile(&latencies, 0.50)),
+        us(percentile(&latencies, 0.99))
     );
 
     Arc::into_inner(client).expect("all calls done").close().await;

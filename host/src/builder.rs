@@ -33,6 +33,9 @@ const WIT: &str = include_str!("../../wit/handler.wit");
 /// The Python helper package (`guest-sdk/python/warren_guest`), put on Python plugins' path.
 const PYTHON_SDK: &str = include_str!("../../guest-sdk/python/warren_guest/__init__.py");
 
+/// Folders inside a plugin's source that builds and package managers write: never sources.
+pub const GENERATED_FOLDERS: [&str; 3] = ["target", "node_modules", "__pycache__"];
+
 /// A plugin build that failed, and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -169,13 +172,30 @@ pub fn ensure_target() -> Result<(), BuildError> {
 }
 
 /// Builds every plugin under `source` (build files go to `target_dir`) and installs each
-/// component as `<out_dir>/<name>.wasm`.
-pub fn build_plugins(source: &Path, out_dir: &Path, target_dir: &Path) -> Result<Vec<Built>, BuildError> {
+/// component as `<out_dir>/<name>.wasm`. A plugin whose toolchain cannot be had (no Python,
+/// no npm) is skipped with a warning unless `required(name)`, so a Rust-only deployment never
+/// needs them; any other failure stops the build.
+pub fn build_plugins(
+    source: &Path,
+    out_dir: &Path,
+    target_dir: &Path,
+    required: impl Fn(&str) -> bool,
+) -> Result<Vec<Built>, BuildError> {
     let plugins = find_plugins(source)?;
     if plugins.iter().any(|p| p.language == Language::Rust) {
         ensure_target()?;
     }
-    plugins.iter().map(|plugin| build_plugin(plugin, out_dir, target_dir)).collect()
+    let mut built = Vec::new();
+    for plugin in &plugins {
+        match build_plugin(plugin, out_dir, target_dir) {
+            Ok(done) => built.push(done),
+            Err(error @ BuildError::Tool { .. }) if !required(&plugin.name) => {
+                tracing::warn!(%error, "skipped: the config does not serve this plugin");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(built)
 }
 
 /// Builds one plugin and installs `<out_dir>/<name>.wasm`.
@@ -260,18 +280,10 @@ fn componentize_py(plugin: &PluginSource, tools: &Path) -> Result<PathBuf, Build
         fix: "Install Python 3.10 or newer with venv and pip (e.g. `apt install python3-venv`), or set WARREN_PYTHON"
             .into(),
     };
-    let status = Command::new(&python).args(["-m", "venv"]).arg(&venv).status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => return Err(tool_error(format!("`{python} -m venv` exited with {s}"))),
-        Err(e) => return Err(tool_error(e.to_string())),
-    }
-    let status = Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]).status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => return Err(tool_error(format!("pip exited with {s} (is PyPI reachable?)"))),
-        Err(e) => return Err(tool_error(e.to_string())),
-    }
+    succeeds(Command::new(&python).args(["-m", "venv"]).arg(&venv), &format!("`{python} -m venv`"))
+        .map_err(tool_error)?;
+    succeeds(Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]), "pip")
+        .map_err(|reason| tool_error(format!("{reason} (is PyPI reachable?)")))?;
     write_file(&ready, COMPONENTIZE_PY)?;
     Ok(program)
 }
@@ -330,18 +342,24 @@ fn packages_changed(plugin: &PluginSource) -> bool {
 fn npm_install(plugin: &PluginSource) -> Result<(), BuildError> {
     let verb = if plugin.dir.join("package-lock.json").is_file() { "ci" } else { "install" };
     info!(plugin = %plugin.name, "installing the plugin's npm packages (npm {verb}: first build, or package.json changed)");
-    let status = Command::new("npm").args([verb, "--no-audit", "--no-fund"]).current_dir(&plugin.dir).status();
-    let reason = match status {
-        Ok(s) if s.success() => return Ok(()),
-        Ok(s) => format!("`npm {verb}` exited with {s} (is the npm registry reachable?)"),
-        Err(e) => e.to_string(),
-    };
-    Err(BuildError::Tool {
+    let mut npm = Command::new("npm");
+    npm.args([verb, "--no-audit", "--no-fund"]).current_dir(&plugin.dir);
+    succeeds(&mut npm, &format!("`npm {verb}`")).map_err(|reason| BuildError::Tool {
         plugin: plugin.name.clone(),
         tool: "componentize-js and rolldown (installed with npm from package.json)".into(),
-        reason,
+        reason: format!("{reason} (is the npm registry reachable?)"),
         fix: "Install Node.js 20 or newer with npm (https://nodejs.org)".into(),
     })
+}
+
+/// Runs `command` with its output going to the terminal; the reason it failed, if it did
+/// (`what` names it: "`npm ci` exited with exit status: 1").
+fn succeeds(command: &mut Command, what: &str) -> Result<(), String> {
+    match command.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("{what} exited with {status}")),
+        Err(e) => Err(format!("{what} cannot start: {e}")),
+    }
 }
 
 /// Runs one build step, its output going to the terminal.
@@ -361,35 +379,33 @@ fn run(plugin: &PluginSource, step: &str, command: &mut Command) -> Result<(), B
 /// A hash of every file under a plugin's folder, leaving out installed packages, caches
 /// and dotfiles: what a build depends on.
 fn source_hash(dir: &Path) -> String {
-    use sha2::Digest;
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
         for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
             let (path, name) = (entry.path(), entry.file_name().to_string_lossy().to_string());
-            if name.starts_with('.') || ["node_modules", "__pycache__", "target"].contains(&name.as_str()) {
+            if name.starts_with('.') || GENERATED_FOLDERS.contains(&name.as_str()) {
                 continue;
             }
             if path.is_dir() { pending.push(path) } else { files.push(path) }
         }
     }
     files.sort();
-    let mut hasher = sha2::Sha256::new();
-    for file in files {
-        hasher.update(file.to_string_lossy().as_bytes());
-        hasher.update(std::fs::read(&file).unwrap_or_default());
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let named_contents: Vec<Vec<u8>> = files
+        .iter()
+        .flat_map(|file| [file.to_string_lossy().as_bytes().to_vec(), std::fs::read(file).unwrap_or_default()])
+        .collect();
+    inputs_hash(&named_contents)
 }
 
-fn inputs_hash(inputs: &[String]) -> String {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    inputs.iter().for_each(|input| {
-        hasher.update(input.len().to_le_bytes());
-        hasher.update(input.as_bytes());
-    });
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+/// One hash of several inputs, each length-prefixed so that no two lists hash alike.
+fn inputs_hash(inputs: &[impl AsRef<[u8]>]) -> String {
+    let mut bytes = Vec::new();
+    for input in inputs.iter().map(AsRef::as_ref) {
+        bytes.extend_from_slice(&input.len().to_le_bytes());
+        bytes.extend_from_slice(input);
+    }
+    crate::runtime::content_hash(&bytes)
 }
 
 /// Whether `output` was built from exactly these inputs (its stamp file says so).

@@ -232,28 +232,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     })
 }
 
-/// Builds every plugin under `source` into the config's plugins folder. A plugin whose
-/// toolchain cannot be had (no Python, no npm) is skipped with a warning when the config does
-/// not name it, so a Rust-only deployment never needs them; any other failure stops the build.
+/// Builds every plugin under `source` into the config's plugins folder; only the plugins
+/// the config serves need their toolchain.
 async fn build(source: &Path, config: &Config, target_dir: &Path) -> Result<Vec<builder::Built>, CliError> {
     let (source, out, target) = (source.to_path_buf(), config.plugins_dir.clone(), target_dir.to_path_buf());
-    let named = config.plugin_names();
+    let served = config.plugin_names();
     let built = tokio::task::spawn_blocking(move || {
-        let plugins = builder::find_plugins(&source)?;
-        if plugins.iter().any(|p| p.language == builder::Language::Rust) {
-            builder::ensure_target()?;
-        }
-        let mut built = Vec::new();
-        for plugin in &plugins {
-            match builder::build_plugin(plugin, &out, &target) {
-                Ok(done) => built.push(done),
-                Err(error @ BuildError::Tool { .. }) if !named.contains(&plugin.name) => {
-                    tracing::warn!(%error, "skipped: the config does not serve this plugin");
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(built)
+        builder::build_plugins(&source, &out, &target, |name| served.iter().any(|s| s == name))
     });
     Ok(built.await.expect("the build task panicked")?)
 }

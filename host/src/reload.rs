@@ -169,8 +169,8 @@ impl SourceWatcher {
                     };
                     // Build output, installed packages and editor droppings are not source changes.
                     let inside = path.strip_prefix(&plugin.dir).unwrap_or(&path);
-                    let generated = ["target", "node_modules", "__pycache__"];
-                    let is_generated = inside.components().any(|c| generated.iter().any(|g| c.as_os_str() == *g));
+                    let is_generated =
+                        inside.components().any(|c| builder::GENERATED_FOLDERS.iter().any(|g| c.as_os_str() == *g));
                     if !is_generated
                         && plugin_name(&path).is_none()
                         && !touched.iter().any(|(p, _)| p.name == plugin.name)

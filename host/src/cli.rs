@@ -268,7 +268,7 @@ async fn serve(config: &Config) -> Result<(), CliError> {
 async fn check(path: &Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
     // The runtime `run` would use, cache included: a checked plugin starts without compiling.
-    let runtime = Server::runtime_for(&config)?;
+    let runtime = Server::runtime_for(&config, &Topology::for_config(&config))?;
     crate::plugins::Plugins::load_all(&runtime, &config).await.map_err(ServerError::from)?;
     println!("{}: ok ({} plugins: {})", path.display(), config.plugin_names().len(), config.plugin_names().join(", "));
     Ok(())

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::plugins::Plugins;
+use crate::plugins::{PluginStatus, Plugins};
 
 /// Upper bounds (seconds) of the handling-time histogram buckets.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -93,32 +93,32 @@ impl Metrics {
             let _ = writeln!(out, "warren_handle_seconds_count{{plugin=\"{plugin}\"}} {}", c.count);
         }
         drop(all);
-        let _ = writeln!(
-            out,
-            "# HELP warren_plugin_generation Live version of each plugin (1 at start, +1 per swap).\n# TYPE warren_plugin_generation gauge"
-        );
+        // One gauge per live plugin, from the plugin table.
         let table = plugins.table();
-        for status in &table {
-            let _ = writeln!(out, "warren_plugin_generation{{plugin=\"{}\"}} {}", status.name, status.generation);
-        }
-        let _ = writeln!(
-            out,
-            "# HELP warren_plugin_code_bytes Compiled code of each live plugin: its cost while idle.\n# TYPE warren_plugin_code_bytes gauge"
+        let plugin_gauge = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&PluginStatus) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for status in &table {
+                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", status.name, value(status));
+            }
+        };
+        plugin_gauge(
+            &mut out,
+            "warren_plugin_generation",
+            "Live version of each plugin (1 at start, +1 per swap).",
+            &|s| s.generation,
         );
-        for status in &table {
-            let _ = writeln!(out, "warren_plugin_code_bytes{{plugin=\"{}\"}} {}", status.name, status.code_bytes);
-        }
-        let _ = writeln!(
-            out,
-            "# HELP warren_plugin_memory_peak_bytes Largest linear memory one call of the live version used: the cost of one message in flight.\n# TYPE warren_plugin_memory_peak_bytes gauge"
+        plugin_gauge(
+            &mut out,
+            "warren_plugin_code_bytes",
+            "Compiled code of each live plugin: its cost while idle.",
+            &|s| s.code_bytes as u64,
         );
-        for status in &table {
-            let _ = writeln!(
-                out,
-                "warren_plugin_memory_peak_bytes{{plugin=\"{}\"}} {}",
-                status.name, status.peak_memory_bytes
-            );
-        }
+        plugin_gauge(
+            &mut out,
+            "warren_plugin_memory_peak_bytes",
+            "Largest linear memory one call of the live version used: the cost of one message in flight.",
+            &|s| s.peak_memory_bytes as u64,
+        );
         let _ = writeln!(
             out,
             "# HELP warren_reload_refusals_total New plugin versions refused by hot reload.\n# TYPE warren_reload_refusals_total counter"

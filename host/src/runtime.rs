@@ -618,7 +618,29 @@ impl Plugin {
         let Code::Wasm(pre) = &self.code else { return Ok(()) };
         let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
         let mut store = self.new_store(output.clone(), CallContext::default()).map_err(|e| self.fault(e, &output))?;
-        pre.instantiate_async(&mut store).await.map(drop).map_err(|e| self.fault(e, &output))
+        self.instance(pre, &mut store, &output).await.map(drop)
+    }
+
+    /// A fresh instance in `store`. A full instance pool is the host's limit, not the
+    /// message's fault: wait for a call to finish and free its slots, until the deadline.
+    async fn instance(
+        &self,
+        pre: &bindings::HandlerPre<CallState>,
+        store: &mut Store<CallState>,
+        output: &MemoryOutputPipe,
+    ) -> Result<bindings::Handler, PluginFault> {
+        loop {
+            match pre.instantiate_async(&mut *store).await {
+                Ok(handler) => return Ok(handler),
+                Err(e) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                    if Instant::now() >= store.data().deadline {
+                        return Err(PluginFault::Busy(e.to_string()));
+                    }
+                    tokio::time::sleep(EPOCH_TICK).await;
+                }
+                Err(e) => return Err(self.fault(e, output)),
+            }
+        }
     }
 
     /// Calls `handle` on a fresh instance. `Ok` carries the handler's own answer; `Err` a
@@ -639,20 +661,7 @@ impl Plugin {
         };
         let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
         let mut store = self.new_store(output.clone(), context.clone()).map_err(|e| self.fault(e, &output))?;
-        // A full instance pool is the host's limit, not the message's fault: wait for a
-        // call to finish and free its slots, until the call's own deadline.
-        let handler = loop {
-            match pre.instantiate_async(&mut store).await {
-                Ok(handler) => break handler,
-                Err(e) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
-                    if Instant::now() >= store.data().deadline {
-                        return Err(PluginFault::Busy(e.to_string()));
-                    }
-                    tokio::time::sleep(EPOCH_TICK).await;
-                }
-                Err(e) => return Err(self.fault(e, &output)),
-            }
-        };
+        let handler = self.instance(pre, &mut store, &output).await?;
         let result = async {
             // The fuel limit budgets the handler's own work, not the language runtime's
             // start-up (instantiation stays bounded by the deadline).

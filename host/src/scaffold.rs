@@ -17,7 +17,10 @@ pub enum ScaffoldError {
 }
 
 /// Where the guest SDK of this build lives, for plugins created outside this workspace.
-const GUEST_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
+fn guest_sdk() -> PathBuf {
+    const GUEST_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
+    Path::new(GUEST_SDK).canonicalize().unwrap_or_else(|_| PathBuf::from(GUEST_SDK))
+}
 
 /// Creates `<plugins>/<name>/` in `language`: a JSON handler and its unit test.
 ///
@@ -40,7 +43,7 @@ pub fn new_plugin(plugins: &Path, name: &str, language: Language) -> Result<Path
         .as_ref()
         .and_then(|manifest| std::fs::read_to_string(manifest).ok())
         .filter(|text| text.contains("[workspace.dependencies]") && text.contains("warren-guest"));
-    let sdk = Path::new(GUEST_SDK).canonicalize().unwrap_or_else(|_| PathBuf::from(GUEST_SDK));
+    let sdk = guest_sdk();
     let write = |path: PathBuf, text: &str| {
         std::fs::create_dir_all(path.parent().expect("a file in a folder"))
             .and_then(|()| std::fs::write(&path, text))
@@ -82,7 +85,7 @@ pub fn new_plugin(plugins: &Path, name: &str, language: Language) -> Result<Path
 
 /// How to run the unit test of a plugin created by [`new_plugin`].
 pub fn test_command(dir: &Path, language: Language) -> String {
-    let sdk = Path::new(GUEST_SDK).canonicalize().unwrap_or_else(|_| PathBuf::from(GUEST_SDK));
+    let sdk = guest_sdk();
     match language {
         Language::Rust => format!("cargo test --manifest-path {}", dir.join("Cargo.toml").display()),
         Language::Python => {

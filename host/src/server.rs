@@ -99,13 +99,12 @@ impl Server {
     /// The WebAssembly runtime `config` needs: an instance pool sized by the consumers and
     /// their prefetch, the largest memory limit, fuel counting if any plugin has a budget, and
     /// the compiled-code cache in the plugins folder (`warren check` fills it for `run`).
-    pub fn runtime_for(config: &Config) -> Result<Arc<Runtime>, ServerError> {
-        let max_instances = instances_needed(config, &Topology::for_config(config));
+    pub fn runtime_for(config: &Config, topology: &Topology) -> Result<Arc<Runtime>, ServerError> {
         let cache = config.plugins_dir.join(CACHE_DIR);
         let settings: Vec<_> = config.plugin_names().iter().map(|name| config.settings_for(name)).collect();
-        let max_memory = settings.iter().map(|s| s.limits.memory_bytes).max().unwrap_or(config.limits.memory_bytes);
+        let max_memory = settings.iter().map(|s| s.limits.memory_bytes).fold(config.limits.memory_bytes, usize::max);
         let fuel = settings.iter().any(|s| s.limits.fuel.is_some());
-        Ok(Runtime::new(max_instances, max_memory.max(config.limits.memory_bytes), fuel, Some(cache))?)
+        Ok(Runtime::new(instances_needed(config, topology), max_memory, fuel, Some(cache))?)
     }
 
     /// Like [`Server::start`], with some plugin names served by Rust functions linked into
@@ -117,7 +116,7 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let topology = Topology::for_config(config);
         let max_instances = instances_needed(config, &topology);
-        let runtime = Server::runtime_for(config)?;
+        let runtime = Server::runtime_for(config, &topology)?;
         let plugins = Arc::new(Plugins::load_all_with_natives(&runtime, config, natives).await?);
         let watcher = PluginWatcher::start(&config.plugins_dir, plugins.clone())?;
 

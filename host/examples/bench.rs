@@ -18,10 +18,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use warren::client::Client;
+use warren::amqp::client::Client;
 use warren::config::Config;
-use warren::runtime::{HandlerError, Header, Request, Response};
 use warren::server::Server;
+use warren::wasm::{HandlerError, Header, Request, Response};
 
 fn native_echo(request: &Request, _headers: &[Header]) -> Result<Response, HandlerError> {
     Ok(Response { body: request.body.clone(), headers: Vec::new() })
@@ -85,7 +85,7 @@ async fn main() {
         plugins.display()
     );
     let config = Config::parse(Path::new("bench.toml"), &text, std::env::var("WARREN_BROKER_URL").ok()).unwrap();
-    let natives = BTreeMap::from([("native-echo".to_string(), native_echo as warren::runtime::NativeHandler)]);
+    let natives = BTreeMap::from([("native-echo".to_string(), native_echo as warren::wasm::NativeHandler)]);
     let server = Server::start_with_natives(&config, natives).await.unwrap_or_else(|e| panic!("{e}"));
     let client = Arc::new(
         Client::connect(&config.broker_url, "warren-bench-compare", "bench-client", &["native", "wasm"]).await.unwrap(),

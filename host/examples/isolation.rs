@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use warren::client::Client;
+use warren::amqp::client::Client;
 use warren::config::Config;
-use warren::runtime::{Request, Runtime};
 use warren::server::Server;
+use warren::wasm::{Request, Runtime};
 
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(default)

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::*;
-use warren::client::Client;
+use warren::amqp::client::Client;
 use warren::config::{Config, PluginSettings};
-use warren::runtime::{CallContext, HandlerError, Header, Request, Response, Runtime};
 use warren::server::Server;
+use warren::wasm::{CallContext, HandlerError, Header, Request, Response, Runtime};
 
 const LANGUAGES: [(&str, &str); 3] = [("rust", "greet"), ("python", "greet-py"), ("javascript", "greet-js")];
 const BODY: &[u8] = br#"{"name":"Ada"}"#;
@@ -131,7 +131,7 @@ async fn main() {
         text += &format!("[[request]]\nrouting_key = \"{language}\"\nplugin = \"{plugin}\"\n");
     }
     let config = Config::parse(Path::new("bench.toml"), &text, std::env::var("WARREN_BROKER_URL").ok()).unwrap();
-    let natives = BTreeMap::from([("native-greet".to_string(), native_greet as warren::runtime::NativeHandler)]);
+    let natives = BTreeMap::from([("native-greet".to_string(), native_greet as warren::wasm::NativeHandler)]);
     let server = Server::start_with_natives(&config, natives).await.unwrap_or_else(|e| panic!("{e}"));
     let keys = ["native", "rust", "python", "javascript"];
     let client = Arc::new(Client::connect(&config.broker_url, &config.service, "bench-client", &keys).await.unwrap());

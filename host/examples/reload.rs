@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
-use warren::client::Client;
+use warren::amqp::client::Client;
 use warren::config::Config;
 use warren::server::Server;
 

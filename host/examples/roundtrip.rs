@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use warren::client::Client;
+use warren::amqp::client::Client;
 use warren::config::Config;
 use warren::server::Server;
 

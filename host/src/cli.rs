@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::builder::{self, BuildError};
-use crate::client::{self, Call, ClientError, DEFAULT_CLIENT_NAME};
+use crate::amqp::client::{self, Call, ClientError, DEFAULT_CLIENT_NAME};
+use crate::amqp::topology::Topology;
 use crate::config::{self, Config, ConfigError};
-use crate::reload::SourceWatcher;
 use crate::server::{Server, ServerError};
 use crate::shutdown;
-use crate::topology::Topology;
+use crate::tooling::builder::{self, BuildError};
+use crate::tooling::dev::SourceWatcher;
 
 /// Run message handlers as WebAssembly components on RabbitMQ, wire-compatible with goamqp.
 ///
@@ -149,7 +149,7 @@ pub enum CliError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
-    Scaffold(#[from] crate::scaffold::ScaffoldError),
+    Scaffold(#[from] crate::tooling::scaffold::ScaffoldError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -189,9 +189,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Run { config } => serve(&Config::load(&config)?).await,
             Command::Check { config } => check(&config).await,
             Command::New { name, source, lang } => {
-                let dir = crate::scaffold::new_plugin(&source, &name, lang.into())?;
+                let dir = crate::tooling::scaffold::new_plugin(&source, &name, lang.into())?;
                 println!("created {}", dir.display());
-                println!("test it: {}", crate::scaffold::test_command(&dir, lang.into()));
+                println!("test it: {}", crate::tooling::scaffold::test_command(&dir, lang.into()));
                 println!("next: add it to warren.toml, then `warren build` (or keep `warren dev` running):");
                 println!("  [[request]]\n  routing_key = \"{name}\"\n  plugin = \"{name}\"");
                 Ok(())
@@ -269,7 +269,7 @@ async fn check(path: &Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
     // The runtime `run` would use, cache included: a checked plugin starts without compiling.
     let runtime = Server::runtime_for(&config, &Topology::for_config(&config))?;
-    crate::plugins::Plugins::load_all(&runtime, &config).await.map_err(ServerError::from)?;
+    crate::wasm::plugins::Plugins::load_all(&runtime, &config).await.map_err(ServerError::from)?;
     println!("{}: ok ({} plugins: {})", path.display(), config.plugin_names().len(), config.plugin_names().join(", "));
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::naming::DEFAULT_STREAM;
+use crate::amqp::naming::DEFAULT_STREAM;
 
 /// The environment variable that overrides `broker.url`.
 pub const BROKER_URL_ENV: &str = "WARREN_BROKER_URL";
@@ -285,6 +285,20 @@ struct RawLimits {
 }
 
 impl RawLimits {
+    /// The grant keys set in this table, with where they stand (grants are per plugin).
+    fn grant_keys(&self) -> Vec<(&'static str, std::ops::Range<usize>)> {
+        let spans = [
+            ("env", self.env.as_ref().map(Spanned::span)),
+            ("dir", self.dir.as_ref().map(Spanned::span)),
+            ("dir_as", self.dir_as.as_ref().map(Spanned::span)),
+            ("publish", self.publish.as_ref().map(Spanned::span)),
+            ("request", self.request.as_ref().map(Spanned::span)),
+            ("queues", self.queues.as_ref().map(Spanned::span)),
+            ("log", self.log.as_ref().map(Spanned::span)),
+        ];
+        spans.into_iter().filter_map(|(key, span)| span.map(|s| (key, s))).collect()
+    }
+
     /// These limits over `base`; `at_key` prefixes keys in errors (`limits`, `plugin.x`).
     fn resolve(&self, at: &Locator, at_key: &str, base: &Limits) -> Result<Limits, ConfigError> {
         let positive = |value: &Spanned<u64>, key: &str| {
@@ -383,166 +397,26 @@ fn check_plugin(at: &Locator, value: &Spanned<String>, key: &str) -> Result<Stri
 }
 
 impl RawConfig {
+    /// Resolution, step by step: names and folders, the broker, default limits, then each
+    /// kind of handler, then per-plugin settings (which need to know the handlers).
     fn resolve(self, at: &Locator, broker_url: Option<String>) -> Result<Config, ConfigError> {
         let service = check_name(at, &self.service.name, "service.name")?;
         let base = at.path.parent().unwrap_or(Path::new("."));
         let plugins_dir = base.join(self.service.plugins.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR));
         let broker_url = broker_url.or(self.broker.url).unwrap_or_else(|| DEFAULT_BROKER_URL.to_string());
-
-        let prefetch = match self.broker.prefetch {
-            Some(p) if *p.get_ref() == 0 => {
-                return Err(at.at(&p, "broker.prefetch", "must be at least 1 (0 would mean unlimited)"));
-            }
-            Some(p) => p.into_inner(),
-            None => 100,
-        };
-
-        let limits = self.limits.resolve(at, "limits", &Limits::default())?;
-        let grant = self.limits.env.as_ref().map(Spanned::span).or(self.limits.dir.as_ref().map(Spanned::span));
-        if let Some(grant) = grant {
-            return Err(at.error(
-                grant.start,
-                "limits",
-                "grants (env, dir) are per plugin: move them to [plugin.<name>]",
-            ));
-        }
-        let mut requests = Vec::new();
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, raw) in self.request.iter().enumerate() {
-            let key = format!("request[{i}].routing_key");
-            let routing_key = check_routing_key(at, &raw.routing_key, &key)?;
-            if let Some(first) = seen.insert(routing_key.clone(), i) {
-                return Err(at.at(
-                    &raw.routing_key,
-                    &key,
-                    format!("'{routing_key}' is already served by request[{first}]; each request routing key has one handler"),
-                ));
-            }
-            let plugin = check_plugin(at, &raw.plugin, &format!("request[{i}].plugin"))?;
-            let dead_letter_exchange = dead_letter(at, &raw.dead_letter_exchange, &format!("request[{i}]"))?;
-            requests.push(RequestHandler { routing_key, plugin, dead_letter_exchange });
-        }
-
-        let mut events = Vec::new();
-        for (i, raw) in self.event.iter().enumerate() {
-            let stream = match &raw.stream {
-                Some(s) => check_name(at, s, &format!("event[{i}].stream"))?,
-                None => DEFAULT_STREAM.to_string(),
-            };
-            let queue_suffix = match &raw.queue_suffix {
-                Some(s) if raw.transient => {
-                    return Err(at.at(
-                        s,
-                        &format!("event[{i}].queue_suffix"),
-                        "a transient consumer gets a fresh UUID suffix; remove queue_suffix or set transient = false",
-                    ));
-                }
-                Some(s) => Some(check_name(at, s, &format!("event[{i}].queue_suffix"))?),
-                None => None,
-            };
-            events.push(EventHandler {
-                stream,
-                routing_key: check_routing_key(at, &raw.routing_key, &format!("event[{i}].routing_key"))?,
-                plugin: check_plugin(at, &raw.plugin, &format!("event[{i}].plugin"))?,
-                transient: raw.transient,
-                queue_suffix,
-                dead_letter_exchange: dead_letter(at, &raw.dead_letter_exchange, &format!("event[{i}]"))?,
-            });
-        }
-
-        // Handlers sharing a queue must not overlap: a delivery could not pick one.
-        for (i, later) in events.iter().enumerate() {
-            let same_queue = |e: &EventHandler| {
-                e.stream == later.stream && e.transient == later.transient && e.queue_suffix == later.queue_suffix
-            };
-            if let Some((j, first)) = events[..i]
-                .iter()
-                .enumerate()
-                .find(|(_, e)| same_queue(e) && crate::routing::patterns_overlap(&e.routing_key, &later.routing_key))
-            {
-                return Err(at.at(
-                    &self.event[i].routing_key,
-                    &format!("event[{i}].routing_key"),
-                    format!(
-                        "'{}' overlaps event[{j}]'s '{}' on the same queue, so a delivery could match both; \
-                         goamqp refuses this too: make the patterns disjoint, or give one its own queue_suffix",
-                        later.routing_key, first.routing_key
-                    ),
-                ));
-            }
-        }
-
-        let mut responses = Vec::new();
-        for (i, raw) in self.response.iter().enumerate() {
-            responses.push(ResponseHandler {
-                service: check_name(at, &raw.service, &format!("response[{i}].service"))?,
-                routing_key: check_routing_key(at, &raw.routing_key, &format!("response[{i}].routing_key"))?,
-                plugin: check_plugin(at, &raw.plugin, &format!("response[{i}].plugin"))?,
-                dead_letter_exchange: dead_letter(at, &raw.dead_letter_exchange, &format!("response[{i}]"))?,
-            });
-        }
-
+        let prefetch = resolve_prefetch(at, self.broker.prefetch)?;
+        let limits = resolve_default_limits(at, &self.limits)?;
+        let requests = resolve_requests(at, &self.request)?;
+        let events = resolve_events(at, &self.event)?;
+        let responses = resolve_responses(at, &self.response)?;
         let used: Vec<&String> = requests
             .iter()
             .map(|h| &h.plugin)
             .chain(events.iter().map(|h| &h.plugin))
             .chain(responses.iter().map(|h| &h.plugin))
             .collect();
-        let mut plugins = BTreeMap::new();
-        for (name, raw) in &self.plugin {
-            let key = format!("plugin.{name}");
-            if !used.contains(&name) {
-                return Err(at.at(
-                    raw,
-                    &key,
-                    format!("no [[request]], [[event]] or [[response]] uses plugin '{name}': a typo?"),
-                ));
-            }
-            let raw = raw.get_ref();
-            let limits = raw.resolve(at, &key, &limits)?;
-            let dir = raw.dir.as_ref().map(|d| {
-                let guest = raw.dir_as.as_ref().map_or("/data".to_string(), |g| g.get_ref().clone());
-                (base.join(d.get_ref()), guest)
-            });
-            if let Some(dir_as) = &raw.dir_as {
-                if raw.dir.is_none() {
-                    return Err(at.at(dir_as, &format!("{key}.dir_as"), "needs `dir`, the host folder to grant"));
-                }
-                if !dir_as.get_ref().starts_with('/') {
-                    let why = "must be an absolute guest path like \"/data\"";
-                    return Err(at.at(dir_as, &format!("{key}.dir_as"), why));
-                }
-            }
-            let list = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default();
-            for (field, names) in [("publish", &raw.publish), ("request", &raw.request), ("queues", &raw.queues)] {
-                for entry in names.iter() {
-                    for value in entry.get_ref() {
-                        check_name(at, &Spanned::new(entry.span(), value.clone()), &format!("{key}.{field}"))?;
-                    }
-                }
-            }
-            let grants = Grants {
-                env: list(&raw.env),
-                dir,
-                publish: list(&raw.publish),
-                request: list(&raw.request),
-                queues: list(&raw.queues),
-                log: raw.log.as_ref().is_none_or(|l| *l.get_ref()),
-            };
-            plugins.insert(name.clone(), PluginSettings { limits, grants });
-        }
-
-        let metrics = match &self.service.metrics {
-            Some(addr) => Some(addr.get_ref().parse().map_err(|_| {
-                at.at(
-                    addr,
-                    "service.metrics",
-                    format!("'{}' is not an address like \"127.0.0.1:9090\"", addr.get_ref()),
-                )
-            })?),
-            None => None,
-        };
-
+        let plugins = resolve_plugins(at, base, &self.plugin, &limits, &used)?;
+        let metrics = resolve_metrics(at, self.service.metrics.as_ref())?;
         Ok(Config {
             source: at.path.to_path_buf(),
             metrics,
@@ -559,6 +433,193 @@ impl RawConfig {
             responses,
         })
     }
+}
+
+/// `broker.prefetch`: at least 1; 100 when not set (measured: see the README).
+fn resolve_prefetch(at: &Locator, prefetch: Option<Spanned<u16>>) -> Result<u16, ConfigError> {
+    match prefetch {
+        Some(p) if *p.get_ref() == 0 => {
+            Err(at.at(&p, "broker.prefetch", "must be at least 1 (0 would mean unlimited)"))
+        }
+        Some(p) => Ok(p.into_inner()),
+        None => Ok(100),
+    }
+}
+
+/// `[limits]`: the defaults every plugin inherits. Grants are per plugin, never defaults.
+fn resolve_default_limits(at: &Locator, raw: &RawLimits) -> Result<Limits, ConfigError> {
+    if let Some((key, span)) = raw.grant_keys().into_iter().next() {
+        return Err(at.error(
+            span.start,
+            &format!("limits.{key}"),
+            format!("`{key}` is a grant, and grants are per plugin: move it to [plugin.<name>]"),
+        ));
+    }
+    raw.resolve(at, "limits", &Limits::default())
+}
+
+/// `[[request]]`: one handler per routing key.
+fn resolve_requests(at: &Locator, raw: &[RawRequest]) -> Result<Vec<RequestHandler>, ConfigError> {
+    let mut requests = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, raw) in raw.iter().enumerate() {
+        let key = format!("request[{i}].routing_key");
+        let routing_key = check_routing_key(at, &raw.routing_key, &key)?;
+        if let Some(first) = seen.insert(routing_key.clone(), i) {
+            return Err(at.at(
+                &raw.routing_key,
+                &key,
+                format!(
+                    "'{routing_key}' is already served by request[{first}]; each request routing key has one handler"
+                ),
+            ));
+        }
+        let plugin = check_plugin(at, &raw.plugin, &format!("request[{i}].plugin"))?;
+        let dead_letter_exchange = dead_letter(at, &raw.dead_letter_exchange, &format!("request[{i}]"))?;
+        requests.push(RequestHandler { routing_key, plugin, dead_letter_exchange });
+    }
+    Ok(requests)
+}
+
+/// `[[event]]`: stream, queue suffix and pattern; handlers sharing a queue must not overlap.
+fn resolve_events(at: &Locator, raw: &[RawEvent]) -> Result<Vec<EventHandler>, ConfigError> {
+    let mut events = Vec::new();
+    for (i, raw) in raw.iter().enumerate() {
+        let stream = match &raw.stream {
+            Some(s) => check_name(at, s, &format!("event[{i}].stream"))?,
+            None => DEFAULT_STREAM.to_string(),
+        };
+        let queue_suffix = match &raw.queue_suffix {
+            Some(s) if raw.transient => {
+                return Err(at.at(
+                    s,
+                    &format!("event[{i}].queue_suffix"),
+                    "a transient consumer gets a fresh UUID suffix; remove queue_suffix or set transient = false",
+                ));
+            }
+            Some(s) => Some(check_name(at, s, &format!("event[{i}].queue_suffix"))?),
+            None => None,
+        };
+        events.push(EventHandler {
+            stream,
+            routing_key: check_routing_key(at, &raw.routing_key, &format!("event[{i}].routing_key"))?,
+            plugin: check_plugin(at, &raw.plugin, &format!("event[{i}].plugin"))?,
+            transient: raw.transient,
+            queue_suffix,
+            dead_letter_exchange: dead_letter(at, &raw.dead_letter_exchange, &format!("event[{i}]"))?,
+        });
+    }
+    check_event_overlaps(at, raw, &events)?;
+    Ok(events)
+}
+
+/// Handlers sharing a queue must not overlap: a delivery could not pick one.
+fn check_event_overlaps(at: &Locator, raw: &[RawEvent], events: &[EventHandler]) -> Result<(), ConfigError> {
+    for (i, later) in events.iter().enumerate() {
+        let same_queue = |e: &EventHandler| {
+            e.stream == later.stream && e.transient == later.transient && e.queue_suffix == later.queue_suffix
+        };
+        if let Some((j, first)) = events[..i]
+            .iter()
+            .enumerate()
+            .find(|(_, e)| same_queue(e) && crate::amqp::routing::patterns_overlap(&e.routing_key, &later.routing_key))
+        {
+            return Err(at.at(
+                &raw[i].routing_key,
+                &format!("event[{i}].routing_key"),
+                format!(
+                    "'{}' overlaps event[{j}]'s '{}' on the same queue, so a delivery could match both; \
+                     goamqp refuses this too: make the patterns disjoint, or give one its own queue_suffix",
+                    later.routing_key, first.routing_key
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[[response]]`: responses from another service to our requests.
+fn resolve_responses(at: &Locator, raw: &[RawResponse]) -> Result<Vec<ResponseHandler>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            Ok(ResponseHandler {
+                service: check_name(at, &raw.service, &format!("response[{i}].service"))?,
+                routing_key: check_routing_key(at, &raw.routing_key, &format!("response[{i}].routing_key"))?,
+                plugin: check_plugin(at, &raw.plugin, &format!("response[{i}].plugin"))?,
+                dead_letter_exchange: dead_letter(at, &raw.dead_letter_exchange, &format!("response[{i}]"))?,
+            })
+        })
+        .collect()
+}
+
+/// `[plugin.<name>]`: limits over the defaults, and grants; only for plugins a handler uses.
+fn resolve_plugins(
+    at: &Locator,
+    base: &Path,
+    raw: &BTreeMap<String, Spanned<RawLimits>>,
+    defaults: &Limits,
+    used: &[&String],
+) -> Result<BTreeMap<String, PluginSettings>, ConfigError> {
+    let mut plugins = BTreeMap::new();
+    for (name, spanned) in raw {
+        let key = format!("plugin.{name}");
+        if !used.contains(&name) {
+            return Err(at.at(
+                spanned,
+                &key,
+                format!("no [[request]], [[event]] or [[response]] uses plugin '{name}': a typo?"),
+            ));
+        }
+        let raw = spanned.get_ref();
+        let limits = raw.resolve(at, &key, defaults)?;
+        let grants = resolve_grants(at, base, &key, raw)?;
+        plugins.insert(name.clone(), PluginSettings { limits, grants });
+    }
+    Ok(plugins)
+}
+
+/// One plugin's grants: env, a read-only folder, where it may send, whether it may log.
+fn resolve_grants(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Result<Grants, ConfigError> {
+    let dir = raw.dir.as_ref().map(|d| {
+        let guest = raw.dir_as.as_ref().map_or("/data".to_string(), |g| g.get_ref().clone());
+        (base.join(d.get_ref()), guest)
+    });
+    if let Some(dir_as) = &raw.dir_as {
+        if raw.dir.is_none() {
+            return Err(at.at(dir_as, &format!("{key}.dir_as"), "needs `dir`, the host folder to grant"));
+        }
+        if !dir_as.get_ref().starts_with('/') {
+            return Err(at.at(dir_as, &format!("{key}.dir_as"), "must be an absolute guest path like \"/data\""));
+        }
+    }
+    for (field, names) in [("publish", &raw.publish), ("request", &raw.request), ("queues", &raw.queues)] {
+        for entry in names.iter() {
+            for value in entry.get_ref() {
+                check_name(at, &Spanned::new(entry.span(), value.clone()), &format!("{key}.{field}"))?;
+            }
+        }
+    }
+    let list = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default();
+    Ok(Grants {
+        env: list(&raw.env),
+        dir,
+        publish: list(&raw.publish),
+        request: list(&raw.request),
+        queues: list(&raw.queues),
+        log: raw.log.as_ref().is_none_or(|l| *l.get_ref()),
+    })
+}
+
+/// `service.metrics`: the address of the metrics endpoint, when set.
+fn resolve_metrics(
+    at: &Locator,
+    metrics: Option<&Spanned<String>>,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let Some(addr) = metrics else { return Ok(None) };
+    addr.get_ref().parse().map(Some).map_err(|_| {
+        at.at(addr, "service.metrics", format!("'{}' is not an address like \"127.0.0.1:9090\"", addr.get_ref()))
+    })
 }
 
 #[cfg(test)]
@@ -706,5 +767,17 @@ mod tests {
     fn a_plugin_named_with_its_extension_is_refused() {
         let message = error("[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"echo.wasm\"\n");
         assert!(message.contains("request[0].plugin: name the plugin without '.wasm'"), "{message}");
+    }
+
+    #[test]
+    fn grants_in_limits_are_refused_not_ignored() {
+        for grant in
+            ["publish = [\"events\"]", "request = [\"billing\"]", "queues = [\"q\"]", "log = false", "dir_as = \"/x\""]
+        {
+            let message = error(&format!("[service]\nname = \"d\"\n[limits]\n{grant}\n"));
+            let key = grant.split(' ').next().unwrap();
+            assert!(message.contains(&format!("limits.{key}: `{key}` is a grant")), "{message}");
+            assert!(message.starts_with("conf/warren.toml:4:"), "{message}");
+        }
     }
 }

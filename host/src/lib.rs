@@ -1,40 +1,48 @@
 //! Warren: run message handlers as WebAssembly components on RabbitMQ, wire-compatible with
 //! services built on goamqp.
 //!
-//! Data flows one way, one module per step:
+//! Warren joins two worlds, and each has a wing of its own (ARCHITECTURE.md maps them):
+//!
+//! - [`amqp`]: the goamqp wire — names, topology, the broker connection, consumers,
+//!   headers, what plugins send, and a goamqp-style client.
+//! - [`wasm`]: the sandbox — the engine, a plugin and one call's state with the host imports
+//!   a guest sees, the live plugin set and hot reload. It knows nothing of AMQP.
+//! - [`tooling`]: `warren build`, `warren new` and `warren dev`'s source watcher.
+//!
+//! What wires them together stays at the top:
 //!
 //! - [`config`]: the TOML config, resolved and checked before anything starts.
-//! - [`naming`]: goamqp's exchange and queue names (the wire contract, SPEC §1).
-//! - [`topology`]: what a config declares — exchanges, queues, bindings, routes.
-//! - [`broker`]: the RabbitMQ connection: declare, confirmed publish.
-//! - [`consumer`]: one queue's deliveries → handler → outcome (ack, reject, respond).
-//! - [`routing`]: which handler a routing key goes to (exact or topic patterns).
-//! - [`runtime`]: wasmtime: compile, check and call plugin components, sandboxed.
-//! - [`outbox`]: what plugins send (events, requests, queue messages), confirmed.
-//! - [`plugins`]: the live plugin of each name, swappable; [`reload`] swaps them when
-//!   their files change.
-//! - [`headers`]: AMQP headers ↔ the plugin's typed headers.
-//! - [`server`]: wires the above into a running host; [`shutdown`] stops it;
-//!   [`metrics`]: counters and the `/metrics`, `/healthz`, `/readyz` endpoint.
-//! - [`client`]: a goamqp-style client (`warren request`); [`builder`]: `warren build`;
-//!   [`scaffold`]: `warren new`.
+//! - [`server`]: config → plugins → topology → consumers, until shutdown; reconnects and
+//!   config reloads. [`shutdown`] stops it.
+//! - [`metrics`]: counters and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - [`watch`]: debounced file watching (plugins folder, config file, plugin sources).
 //! - [`cli`]: the `warren` command line.
 
-pub mod broker;
-pub mod builder;
+pub mod amqp;
 pub mod cli;
-pub mod client;
 pub mod config;
-pub mod consumer;
-pub mod headers;
 pub mod metrics;
-pub mod naming;
-pub mod outbox;
-pub mod plugins;
-pub mod reload;
-pub mod routing;
-pub mod runtime;
-pub mod scaffold;
 pub mod server;
 pub mod shutdown;
-pub mod topology;
+pub mod tooling;
+pub mod wasm;
+pub mod watch;
+
+#[cfg(test)]
+mod layout {
+    /// ARCHITECTURE.md's rule: the Wasm wing knows nothing of AMQP.
+    #[test]
+    fn the_wasm_wing_never_imports_the_amqp_wing() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/wasm");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for forbidden in ["crate::amqp", "lapin::", "use lapin"] {
+                assert!(!text.contains(forbidden), "{} mentions {forbidden}", path.display());
+            }
+            checked += 1;
+        }
+        assert!(checked >= 5, "expected the wasm wing's files in {}", dir.display());
+    }
+}

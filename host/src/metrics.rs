@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::plugins::{PluginStatus, Plugins};
+use crate::wasm::plugins::{PluginStatus, Plugins};
 
 /// Upper bounds (seconds) of the handling-time histogram buckets.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];

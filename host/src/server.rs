@@ -11,17 +11,18 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::broker::{self, BrokerError, Publisher};
+use crate::amqp::broker::{self, BrokerError, Publisher};
+use crate::amqp::consumer::{Handler, QueueConsumer, Routing};
+use crate::amqp::outbox::BrokerOutbox;
+use crate::amqp::routing::RouteTable;
+use crate::amqp::topology::{ConsumerSpec, Topology};
 use crate::config::{Config, ConfigError};
-use crate::consumer::{Handler, QueueConsumer, Routing};
 use crate::metrics::{Metrics, MetricsError, MetricsServer};
-use crate::outbox::BrokerOutbox;
-use crate::plugins::{LoadErrors, PluginStatus, Plugins};
-use crate::reload::{ConfigWatcher, PluginWatcher, WatchError};
-use crate::routing::RouteTable;
-use crate::runtime::{Runtime, RuntimeError};
 use crate::shutdown::{self, ShutdownTrigger};
-use crate::topology::{ConsumerSpec, Topology};
+use crate::wasm::plugins::{LoadErrors, PluginStatus, Plugins};
+use crate::wasm::reload::PluginWatcher;
+use crate::wasm::{Runtime, RuntimeError};
+use crate::watch::{ConfigWatcher, WatchError};
 
 /// First and longest wait between reconnect attempts.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -112,7 +113,7 @@ impl Server {
     /// consume and publish path.
     pub async fn start_with_natives(
         config: &Config,
-        natives: BTreeMap<String, crate::runtime::NativeHandler>,
+        natives: BTreeMap<String, crate::wasm::NativeHandler>,
     ) -> Result<Server, ServerError> {
         let topology = Topology::for_config(config);
         let max_instances = instances_needed(config, &topology);

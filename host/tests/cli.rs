@@ -331,7 +331,7 @@ fn new_scaffolds_python_and_javascript_plugins_that_pass_their_tests_build_and_c
 /// Sends `n` requests of `body` at once; returns how many were answered, counting them live
 /// in `answered` so the caller can act mid-stream.
 async fn burst(
-    client: &std::sync::Arc<warren::client::Client>,
+    client: &std::sync::Arc<warren::amqp::client::Client>,
     n: usize,
     body: &'static [u8],
     answered: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -368,8 +368,9 @@ fn two_hosts_share_a_queue_and_nothing_is_lost_when_one_is_killed_or_stopped() {
     let second = Host::start(&dir);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let url = warren::config::DEFAULT_BROKER_URL;
-    let client =
-        Arc::new(runtime.block_on(warren::client::Client::connect(url, &service, "pair-client", &["slow"])).unwrap());
+    let client = Arc::new(
+        runtime.block_on(warren::amqp::client::Client::connect(url, &service, "pair-client", &["slow"])).unwrap(),
+    );
 
     // SIGKILL one host mid-stream: its unacked requests go back to the queue, the other answers.
     let answered = Arc::new(AtomicUsize::new(0));

@@ -16,7 +16,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::mpsc;
 
-pub use warren::broker::bounded_close;
+pub use warren::amqp::broker::bounded_close;
 pub use warren::config::Config;
 pub use warren::server::Server;
 
@@ -43,7 +43,7 @@ fn built_once(cell: &'static OnceLock<PathBuf>, source: &str, out: &str) -> &'st
         let root = workspace();
         let out = root.join("target").join(out);
         // Every plugin is required: a missing toolchain fails the tests, it is not skipped.
-        warren::builder::build_plugins(&root.join(source), &out, &root.join("target/plugin-build"), |_| true)
+        warren::tooling::builder::build_plugins(&root.join(source), &out, &root.join("target/plugin-build"), |_| true)
             .unwrap_or_else(|e| panic!("building {source}: {e}"));
         out
     })

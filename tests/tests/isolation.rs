@@ -130,7 +130,7 @@ broker_test! {
 async fn a_call_that_finds_the_instance_pool_full_waits_for_a_free_slot() {
     use std::sync::Arc;
     use warren::config::PluginSettings;
-    use warren::runtime::{CallContext, Request, Runtime};
+    use warren::wasm::{CallContext, Request, Runtime};
 
     let runtime = Runtime::new(1, 64 << 20, false, None).unwrap();
     let chaos = runtime.load("chaos", &plugins_dir().join("chaos.wasm"), PluginSettings::default(), 1).unwrap();

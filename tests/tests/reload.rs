@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use warren::runtime::CodeSource;
+use warren::wasm::CodeSource;
 use warren_tests::*;
 
 const ECHO_ANSWER: &[u8] = br#"{"name":"Ada"}"#;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use warren::client::Client;
+use warren::amqp::client::Client;
 
 /// The `p` quantile (0..=1) of `sorted` latencies; zero when there are none.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -16,33 +16,18 @@ use lapin::{BasicProperties, Channel};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::broker::{self, BrokerError, Delivered, Publisher};
-use crate::headers::{self, SERVICE_HEADER};
+use super::broker::{self, BrokerError, Delivered, Publisher};
+use super::headers::{
+    self, ORIGINAL_KEY_HEADER, QUEUE_HEADER, QUORUM_DELIVERY_COUNT, REASON_HEADER, RETRIES_HEADER, SERVICE_HEADER,
+    TRACEPARENT_HEADER, new_traceparent,
+};
+use super::naming;
+use super::routing::RouteTable;
+use super::topology::ConsumerKind;
 use crate::metrics::Metrics;
-use crate::naming;
-use crate::plugins::PluginSlot;
-use crate::routing::RouteTable;
-use crate::runtime::{CallContext, HandlerError, Outbox, PluginFault, Request, Response};
 use crate::shutdown::Shutdown;
-use crate::topology::ConsumerKind;
-
-/// Header counting how often a `retry` has requeued a message (classic queues have no
-/// delivery count of their own).
-pub const RETRIES_HEADER: &str = "x-warren-retries";
-/// Header keeping a retried message's original routing key (a retry is republished through
-/// the default exchange straight to the queue, which replaces the routing key).
-pub const ORIGINAL_KEY_HEADER: &str = "x-warren-routing-key";
-/// The delivery count RabbitMQ's quorum queues put on redelivered messages.
-pub const QUORUM_DELIVERY_COUNT: &str = "x-delivery-count";
-/// W3C trace context, copied from a request to its response.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
-
-/// A new W3C `traceparent` (version 00, random trace and span ids, sampled).
-pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
-}
+use crate::wasm::plugins::PluginSlot;
+use crate::wasm::{CallContext, HandlerError, Outbox, PluginFault, Request, Response};
 
 /// Everything a queue's consumer needs to handle its deliveries.
 pub struct QueueConsumer {
@@ -78,11 +63,6 @@ pub struct Handler {
     /// Where this handler's rejected messages are dead-lettered.
     pub dead_letter_exchange: Option<String>,
 }
-
-/// Header naming why Warren dead-lettered a message.
-pub const REASON_HEADER: &str = "x-warren-reason";
-/// Header naming the queue a dead-lettered message was taken from.
-pub const QUEUE_HEADER: &str = "x-warren-queue";
 
 /// How a delivery was settled (logged, and counted by tests and metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]

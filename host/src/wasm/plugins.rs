@@ -11,8 +11,8 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use super::{CodeSource, NativeHandler, Plugin, PluginError, Runtime, content_hash, read_plugin};
 use crate::config::{Config, PluginSettings};
-use crate::runtime::{self, CodeSource, NativeHandler, Plugin, PluginError, Runtime};
 
 /// A plugin that can be replaced while messages flow.
 pub type PluginSlot = Arc<ArcSwap<Plugin>>;
@@ -194,8 +194,8 @@ impl Plugins {
         let Some((path, slot, settings)) = self.tried(name, |_| true) else {
             return Ok(Reloaded::Unchanged);
         };
-        let bytes = runtime::read_plugin(name, &path)?;
-        let hash = runtime::content_hash(&bytes);
+        let bytes = read_plugin(name, &path)?;
+        let hash = content_hash(&bytes);
         if self.tried(name, |entry| std::mem::replace(&mut entry.last_tried, hash.clone()) != hash).is_none() {
             return Ok(Reloaded::Unchanged);
         }

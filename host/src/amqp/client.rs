@@ -10,9 +10,9 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 
-use crate::broker::{self, BrokerError, Delivered, Publisher};
-use crate::naming;
-use crate::topology::{ArgValue, Binding, Exchange, ExchangeKind, QUEUE_EXPIRES_MS, Queue, Topology};
+use super::broker::{self, BrokerError, Delivered, Publisher};
+use super::naming;
+use super::topology::{ArgValue, Binding, Exchange, ExchangeKind, QUEUE_EXPIRES_MS, Queue, Topology};
 
 /// The client's own service name when none is given.
 pub const DEFAULT_CLIENT_NAME: &str = "warren-cli";

@@ -6,14 +6,10 @@ use std::pin::Pin;
 
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 
-use crate::broker::{self, Delivered, Publisher};
-use crate::consumer::TRACEPARENT_HEADER;
-use crate::headers::{self, SERVICE_HEADER};
-use crate::naming;
-use crate::runtime::{Destination, Header, Outbox};
-
-/// goamqp's queue publisher names its target queue in this header.
-pub const CC_HEADER: &str = "CC";
+use super::broker::{self, Delivered, Publisher};
+use super::headers::{self, CC_HEADER, SERVICE_HEADER, TRACEPARENT_HEADER};
+use super::naming;
+use crate::wasm::{Destination, Header, Outbox};
 
 /// Publishes plugins' messages as service `service`.
 pub struct BrokerOutbox {

@@ -28,10 +28,10 @@ pub const WASM_TARGET: &str = "wasm32-wasip2";
 pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
 /// The WIT package the host implements, given to the Python and JavaScript toolchains.
-const WIT: &str = include_str!("../../wit/handler.wit");
+const WIT: &str = include_str!("../../../wit/handler.wit");
 
 /// The Python helper package (`guest-sdk/python/warren_guest`), put on Python plugins' path.
-const PYTHON_SDK: &str = include_str!("../../guest-sdk/python/warren_guest/__init__.py");
+const PYTHON_SDK: &str = include_str!("../../../guest-sdk/python/warren_guest/__init__.py");
 
 /// Folders inside a plugin's source that builds and package managers write: never sources.
 pub const GENERATED_FOLDERS: [&str; 3] = ["target", "node_modules", "__pycache__"];
@@ -405,7 +405,7 @@ fn inputs_hash(inputs: &[impl AsRef<[u8]>]) -> String {
         bytes.extend_from_slice(&input.len().to_le_bytes());
         bytes.extend_from_slice(input);
     }
-    crate::runtime::content_hash(&bytes)
+    crate::wasm::content_hash(&bytes)
 }
 
 /// Whether `output` was built from exactly these inputs (its stamp file says so).

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::builder::Language;
+use crate::tooling::builder::Language;
 
 /// A plugin crate that could not be created.
 #[derive(Debug, thiserror::Error)]

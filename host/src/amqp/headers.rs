@@ -5,7 +5,33 @@
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::Value as Json;
 
-use crate::runtime::{Header, HeaderValue};
+use crate::wasm::{Header, HeaderValue};
+
+/// Header counting how often a `retry` has requeued a message (classic queues have no
+/// delivery count of their own).
+pub const RETRIES_HEADER: &str = "x-warren-retries";
+/// Header keeping a retried message's original routing key (a retry is republished through
+/// the default exchange straight to the queue, which replaces the routing key).
+pub const ORIGINAL_KEY_HEADER: &str = "x-warren-routing-key";
+/// The delivery count RabbitMQ's quorum queues put on redelivered messages.
+pub const QUORUM_DELIVERY_COUNT: &str = "x-delivery-count";
+/// W3C trace context, copied from a request to its response.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// A new W3C `traceparent` (version 00, random trace and span ids, sampled).
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+/// Header naming why Warren dead-lettered a message.
+pub const REASON_HEADER: &str = "x-warren-reason";
+/// Header naming the queue a dead-lettered message was taken from.
+pub const QUEUE_HEADER: &str = "x-warren-queue";
+
+/// goamqp's queue publisher names its target queue in this header.
+pub const CC_HEADER: &str = "CC";
 
 /// The header goamqp adds to every delivery it hands a handler.
 pub const ROUTING_KEY_HEADER: &str = "routing-key";

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::naming;
+use super::routing::KeyMatch;
 use crate::config::{Config, QueueProfile};
-use crate::naming;
-use crate::routing::KeyMatch;
 
 /// `x-expires` on every queue Warren declares: 5 days in ms, as goamqp sets it.
 pub const QUEUE_EXPIRES_MS: i64 = 432_000_000;

@@ -7,7 +7,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind as LapinKind};
 
-use crate::topology::{ArgValue, ExchangeKind, Topology};
+use super::topology::{ArgValue, ExchangeKind, Topology};
 
 /// Content type of everything Warren publishes (goamqp bodies are JSON).
 pub const CONTENT_TYPE: &str = "application/json";
@@ -218,7 +218,7 @@ impl Publisher {
 
 /// Properties goamqp gives every message: JSON, persistent, `service` = the sender.
 pub fn message_properties(sender: &str, mut headers: FieldTable) -> BasicProperties {
-    headers.insert(crate::headers::SERVICE_HEADER.into(), AMQPValue::LongString(LongString::from(sender)));
+    headers.insert(super::headers::SERVICE_HEADER.into(), AMQPValue::LongString(LongString::from(sender)));
     BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
         .with_delivery_mode(PERSISTENT)

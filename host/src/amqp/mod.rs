@@ -1,0 +1,24 @@
+//! The AMQP wing: everything Warren says on the goamqp wire, and nothing about running wasm
+//! beyond handing a delivery to a plugin and reading its answer.
+//!
+//! - [`naming`]: goamqp's exchange and queue names (SPEC §1), each rule with its example.
+//! - [`topology`]: what a config declares — exchanges, queues, bindings, who consumes what.
+//! - [`broker`]: the RabbitMQ connection: connect, declare, confirmed publish.
+//! - [`consumer`]: one queue's deliveries → handler → outcome (ack, reject, respond, retry).
+//! - [`routing`]: which handler a routing key goes to (exact or topic patterns).
+//! - [`headers`]: AMQP headers ↔ the plugin's typed headers, and the header names Warren uses.
+//! - [`outbox`]: what plugins send (events, requests, queue messages), published the goamqp
+//!   way and confirmed.
+//! - [`client`]: a goamqp-style client (`warren request`).
+//!
+//! This wing may use the plugin contract's types and call a [`crate::wasm::Plugin`]; the Wasm
+//! wing never imports this one.
+
+pub mod broker;
+pub mod client;
+pub mod consumer;
+pub mod headers;
+pub mod naming;
+pub mod outbox;
+pub mod routing;
+pub mod topology;

@@ -1,0 +1,10 @@
+//! The build tooling behind `warren build`, `warren new` and `warren dev`: it turns plugin
+//! sources (Rust, Python, JavaScript) into components and never touches a broker.
+//!
+//! - [`builder`]: `warren build` — tells a plugin's language by its manifest and builds it.
+//! - [`scaffold`]: `warren new` — a plugin that builds and answers at once, with its test.
+//! - [`dev`]: `warren dev`'s source watcher, rebuilding a plugin when its sources change.
+
+pub mod builder;
+pub mod dev;
+pub mod scaffold;

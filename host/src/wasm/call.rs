@@ -1,0 +1,186 @@
+//! One call's state: the store data a guest's instance lives in — its WASI context, memory
+//! limit and deadline — and the host imports the guest sees (`warren:plugin/host`): grant
+//! checks, then hand-off to the [`Outbox`] the host wired in. Outbound HTTP joins here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings;
+use super::{Header, LogLevel, SendError};
+use crate::config::Grants;
+
+/// How often the epoch advances: the granularity of deadlines and of guest yields
+/// (1 ms: a deadline is met within about a millisecond; see the README's isolation figures).
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How much of a guest's stdout/stderr is kept to explain a failure.
+pub(super) const GUEST_OUTPUT_CAPACITY: usize = 16 * 1024;
+
+/// Where a plugin's outgoing message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An event on stream `X` (exchange `X.topic.exchange`).
+    Event(String),
+    /// A request to service `T` (exchange `T.direct.exchange.request`).
+    Request(String),
+    /// Straight to a queue, as goamqp's queue publisher does.
+    Queue(String),
+}
+
+/// The host's way out for plugins: publishes with broker confirms. Implemented next to the
+/// publisher, in the AMQP wing; this wing only checks grants and forwards.
+pub trait Outbox: Send + Sync {
+    /// Publishes one message and resolves once the broker confirmed it.
+    fn send<'a>(
+        &'a self,
+        to: Destination,
+        routing_key: &'a str,
+        body: &'a [u8],
+        headers: &'a [Header],
+        traceparent: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// What one call may send out, beside its answer.
+#[derive(Clone, Default)]
+pub struct CallContext {
+    /// Where outgoing messages go; without one, every send fails.
+    pub outbox: Option<Arc<dyn Outbox>>,
+    /// The W3C trace context of the message being handled, carried into what it sends.
+    pub traceparent: Option<String>,
+}
+
+/// The state of one call's store: a WASI context that grants nothing, the call's limits,
+/// and what it may send out.
+pub struct CallState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: MemoryLimiter,
+    pub(super) deadline: Instant,
+    pub(super) plugin: Arc<str>,
+    pub(super) grants: Arc<Grants>,
+    pub(super) context: CallContext,
+}
+
+/// The store's memory limit, remembering the largest linear memory the call asked for.
+pub(super) struct MemoryLimiter {
+    pub(super) limits: StoreLimits,
+    pub(super) peak: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak = self.peak.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+}
+
+impl CallState {
+    /// Checks the grant and sends through the outbox. The future owns what it needs: the
+    /// store's state is not `Sync` and must not be borrowed across the broker's confirm.
+    fn send(
+        &self,
+        to: Destination,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> impl std::future::Future<Output = Result<(), SendError>> + Send + 'static {
+        let (plugin, grants, context) = (self.plugin.clone(), self.grants.clone(), self.context.clone());
+        async move {
+            let (granted, what, key) = match &to {
+                Destination::Event(stream) => (
+                    grants.publish.contains(stream),
+                    format!("publish to stream '{stream}'"),
+                    format!("publish = [\"{stream}\"]"),
+                ),
+                Destination::Request(service) => (
+                    grants.request.contains(service),
+                    format!("send requests to service '{service}'"),
+                    format!("request = [\"{service}\"]"),
+                ),
+                Destination::Queue(queue) => (
+                    grants.queues.contains(queue),
+                    format!("publish to queue '{queue}'"),
+                    format!("queues = [\"{queue}\"]"),
+                ),
+            };
+            if !granted {
+                let refusal = format!("plugin '{plugin}' may not {what}: grant it with {key} in [plugin.{plugin}]");
+                tracing::warn!(plugin = %plugin, "{refusal}");
+                return Err(SendError::Denied(refusal));
+            }
+            let Some(outbox) = &context.outbox else {
+                return Err(SendError::Failed("this host has no broker connection to send with".to_string()));
+            };
+            outbox
+                .send(to, &routing_key, &body, &headers, context.traceparent.as_deref())
+                .await
+                .map_err(SendError::Failed)
+        }
+    }
+}
+
+impl bindings::warren::plugin::types::Host for CallState {}
+
+impl bindings::warren::plugin::host::Host for CallState {
+    async fn publish_event(
+        &mut self,
+        stream: String,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), SendError>> {
+        Ok(self.send(Destination::Event(stream), routing_key, body, headers).await)
+    }
+
+    async fn send_request(
+        &mut self,
+        service: String,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), SendError>> {
+        Ok(self.send(Destination::Request(service), routing_key, body, headers).await)
+    }
+
+    async fn send_to_queue(
+        &mut self,
+        queue: String,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), SendError>> {
+        Ok(self.send(Destination::Queue(queue), routing_key, body, headers).await)
+    }
+
+    async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        if self.grants.log {
+            let plugin = &*self.plugin;
+            match level {
+                LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+                LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+                LogLevel::Info => tracing::info!(plugin, "{message}"),
+                LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+                LogLevel::Error => tracing::error!(plugin, "{message}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}

@@ -1,0 +1,320 @@
+//! The WebAssembly engine: one wasmtime [`Engine`] and linker for the host, its instance
+//! pool and epoch ticker, and turning a `.wasm` file into a checked [`Plugin`] — compiled
+//! or loaded from the code cache, checked against the `warren:plugin/handler` world, and
+//! instantiated once as a smoke test.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::WORLD;
+use super::bindings;
+use super::call::{CallContext, CallState, EPOCH_TICK, GUEST_OUTPUT_CAPACITY};
+use super::plugin::{Code, CodeSource, NativeHandler, Plugin};
+use crate::config::PluginSettings;
+
+/// The engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "cannot create the WebAssembly engine: {0}. The pooling allocator reserves virtual memory per instance; lower broker.prefetch or check `ulimit -v`"
+    )]
+    Engine(String),
+}
+
+/// A plugin file that cannot be served, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error(
+        "plugin '{plugin}': cannot read {path}: {reason}. Run `warren build`, or copy {plugin}.wasm into the plugins folder"
+    )]
+    Read { plugin: String, path: PathBuf, reason: String },
+    #[error(
+        "plugin '{plugin}': {path} is {what}, not a WebAssembly component. Build the plugin with `cargo build --release --target wasm32-wasip2` (or `warren build`)"
+    )]
+    NotAComponent { plugin: String, path: PathBuf, what: String },
+    #[error(
+        "plugin '{plugin}': {path} is not a valid component: {reason}. Rebuild it; if it was copied, the copy may be incomplete"
+    )]
+    Invalid { plugin: String, path: PathBuf, reason: String },
+    #[error("plugin '{plugin}': {path} does not fit the {world} world: {reason}. Rebuild it against this host's guest-sdk (wit/)", world = WORLD)]
+    WrongWorld { plugin: String, path: PathBuf, reason: String },
+    #[error("plugin '{plugin}': {path} failed its first instantiation: {reason}")]
+    Smoke { plugin: String, path: PathBuf, reason: String },
+    #[error("plugin '{plugin}': {reason}")]
+    Grant { plugin: String, reason: String },
+}
+
+/// The values of the environment variables granted to a plugin, read once at load.
+fn resolve_env(plugin: &str, names: &[String]) -> Result<Vec<(String, String)>, PluginError> {
+    names
+        .iter()
+        .map(|name| match std::env::var(name) {
+            Ok(value) => Ok((name.clone(), value)),
+            Err(_) => Err(PluginError::Grant {
+                plugin: plugin.to_string(),
+                reason: format!("the config grants environment variable {name}, but the host has no such variable: set it or remove it from env"),
+            }),
+        })
+        .collect()
+}
+
+/// Core instances the pool keeps per concurrent call. One component instance is made of
+/// several core ones: 3 for a Rust plugin, 4 for componentize-js, 14 for componentize-py
+/// (measured with the pooling allocator's metrics). A call that finds the pool full waits.
+const CORE_INSTANCES_PER_CALL: u32 = 16;
+
+/// The shared WebAssembly engine and linker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    cache_dir: Option<PathBuf>,
+    /// Identifies the engine's code format in cache keys: other versions or settings miss.
+    engine_key: String,
+    /// Whether the engine counts fuel.
+    fuel: bool,
+}
+
+impl Runtime {
+    /// Creates the engine, sized for at most `max_instances` concurrent calls whose memory
+    /// is at most `max_memory` bytes, and starts its epoch ticker. Compiled plugins are kept
+    /// in `cache_dir` when given.
+    /// `fuel` turns on instruction counting (needed by any plugin with a fuel limit).
+    pub fn new(
+        max_instances: u32,
+        max_memory: usize,
+        fuel: bool,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Arc<Runtime>, RuntimeError> {
+        let instances = max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * CORE_INSTANCES_PER_CALL)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_memory_size(max_memory)
+            // Keeping the first pages resident avoids a madvise (and TLB shootdown) per call.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(fuel)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        spawn_epoch_ticker(&engine);
+        let engine_key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            env!("CARGO_PKG_VERSION").hash(&mut hasher);
+            format!("{:016x}", hasher.finish())
+        };
+        Ok(Arc::new(Runtime { engine, linker, cache_dir, engine_key, fuel }))
+    }
+
+    /// Compiles the plugin at `path`, checks that it exports the handler world and needs no
+    /// import the host does not give, and instantiates it once as a smoke test.
+    ///
+    /// This is CPU-heavy (tens of ms): call it off the async threads.
+    pub fn load(
+        &self,
+        plugin: &str,
+        path: &Path,
+        settings: PluginSettings,
+        generation: u64,
+    ) -> Result<Plugin, PluginError> {
+        let bytes = read_plugin(plugin, path)?;
+        self.load_bytes(plugin, path, &bytes, settings, generation)
+    }
+
+    /// Like [`Runtime::load`], for bytes already read from `path`.
+    pub fn load_bytes(
+        &self,
+        plugin: &str,
+        path: &Path,
+        bytes: &[u8],
+        settings: PluginSettings,
+        generation: u64,
+    ) -> Result<Plugin, PluginError> {
+        let (name, file) = (plugin.to_string(), path.to_path_buf());
+        if let Some(what) = not_a_component(bytes) {
+            return Err(PluginError::NotAComponent { plugin: name, path: file, what });
+        }
+        if settings.limits.fuel.is_some() && !self.fuel {
+            return Err(PluginError::Grant {
+                plugin: name,
+                reason: "a fuel limit needs fuel counting, which is chosen at start: restart the host".into(),
+            });
+        }
+        let env = resolve_env(&name, &settings.grants.env)?;
+        let hash = content_hash(bytes);
+        let (component, source) = self.component(plugin, bytes, &hash).map_err(|e| PluginError::Invalid {
+            plugin: name.clone(),
+            path: file.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            plugin: name.clone(),
+            path: file.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = bindings::HandlerPre::new(instance_pre).map_err(wrong_world)?;
+        let plugin = Plugin {
+            name: name.clone(),
+            path: file.clone(),
+            hash,
+            generation,
+            source,
+            code: Code::Wasm(pre.clone()),
+            permits: settings.limits.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
+            grants: Arc::new(settings.grants.clone()),
+            env,
+            settings,
+            fuel_counting: self.fuel,
+            engine: self.engine.clone(),
+            peak_memory: Arc::default(),
+            code_size: {
+                let image = component.image_range();
+                image.end as usize - image.start as usize
+            },
+        };
+
+        // Instantiate once now, so a plugin that cannot start is refused at load time.
+        let smoke = |e: wasmtime::Error| PluginError::Smoke {
+            plugin: name.clone(),
+            path: file.clone(),
+            reason: format!("{e:#}"),
+        };
+        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
+        let mut store = plugin.new_store(output, CallContext::default()).map_err(smoke)?;
+        // Instantiation awaits nothing from the host, so a local executor is enough.
+        futures_lite::future::block_on(pre.instantiate_async(&mut store)).map_err(smoke)?;
+        Ok(plugin)
+    }
+
+    /// A plugin whose code is `handler`, a Rust function of the host's own, run with no
+    /// sandbox: the native baseline of the benchmark.
+    pub fn native(&self, name: &str, handler: NativeHandler) -> Plugin {
+        let settings = PluginSettings::default();
+        Plugin {
+            name: name.to_string(),
+            path: PathBuf::from(format!("native:{name}")),
+            hash: "0".repeat(64),
+            generation: 1,
+            source: CodeSource::Native,
+            code: Code::Native(handler),
+            permits: None,
+            grants: Arc::new(settings.grants.clone()),
+            env: Vec::new(),
+            settings,
+            fuel_counting: self.fuel,
+            engine: self.engine.clone(),
+            peak_memory: Arc::default(),
+            code_size: 0,
+        }
+    }
+}
+
+impl Runtime {
+    /// The compiled component for `bytes`: from the cache when this host already compiled
+    /// the same bytes with the same engine, else compiled now (and cached).
+    fn component(&self, plugin: &str, bytes: &[u8], hash: &str) -> Result<(Component, CodeSource), wasmtime::Error> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::new(&self.engine, bytes)?, CodeSource::Compiled));
+        };
+        let cached = dir.join(format!("{plugin}-{}-{}.cwasm", &hash[..32], self.engine_key));
+        if cached.is_file() {
+            // SAFETY: the file is named by the SHA-256 of the very bytes we were given and by
+            // this engine's compatibility hash, and only this function writes such names (in
+            // a folder that must be writable only by the host's user, like the plugins folder).
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(component) => return Ok((component, CodeSource::Cache)),
+                Err(error) => tracing::warn!(file = %cached.display(), %error, "unusable cache entry; compiling again"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        if let Err(error) = write_cache(dir, &cached, &component) {
+            tracing::warn!(file = %cached.display(), %error, "could not write the compiled plugin to the cache");
+        }
+        Ok((component, CodeSource::Compiled))
+    }
+}
+
+/// Writes a compiled component through a temp file and a rename (never a partial entry).
+fn write_cache(dir: &Path, file: &Path, component: &Component) -> Result<(), wasmtime::Error> {
+    std::fs::create_dir_all(dir)?;
+    let temp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temp, component.serialize()?)?;
+    std::fs::rename(&temp, file)?;
+    Ok(())
+}
+
+/// Reads a plugin file, naming the plugin and the file when it cannot.
+pub fn read_plugin(plugin: &str, path: &Path) -> Result<Vec<u8>, PluginError> {
+    std::fs::read(path).map_err(|e| PluginError::Read {
+        plugin: plugin.to_string(),
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// The SHA-256 of a plugin file, as hex: its identity for reloads and the cache.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the first bytes of a file say it is, when it is not a component.
+fn not_a_component(bytes: &[u8]) -> Option<String> {
+    match bytes {
+        [0, b'a', b's', b'm', 1, 0, 0, 0, ..] => Some("a core WebAssembly module".to_string()),
+        [0, b'a', b's', b'm', _, _, 1, 0, ..] => None,
+        [] => Some("an empty file".to_string()),
+        _ if bytes.len() < 8 => Some(format!("a {}-byte file (truncated?)", bytes.len())),
+        _ => Some("not WebAssembly at all (no \\0asm header)".to_string()),
+    }
+}
+
+fn spawn_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("warren-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_that_are_not_components_are_named_for_what_they_are() {
+        assert_eq!(not_a_component(b""), Some("an empty file".into()));
+        assert_eq!(not_a_component(b"\0asm\x01\0\0\0rest"), Some("a core WebAssembly module".into()));
+        assert!(not_a_component(b"\0asm\x0d\0\x01\0rest").is_none());
+        assert!(not_a_component(b"#!/bin/sh\necho hi\n").unwrap().contains("no \\0asm header"));
+        assert!(not_a_component(b"\0as").unwrap().contains("truncated"));
+    }
+}

@@ -1,0 +1,40 @@
+//! The Wasm wing: everything about running plugins in the sandbox, and nothing about AMQP.
+//!
+//! - [`engine`]: the wasmtime engine, instance pool, epoch ticker and compiled-code cache;
+//!   turns a `.wasm` file into a checked [`Plugin`].
+//! - [`plugin`]: a loaded plugin and one message's call on a fresh instance; the faults that
+//!   end a call ([`PluginFault`]).
+//! - [`call`]: one call's store state and the host imports a guest sees (grant checks, then
+//!   the [`Outbox`] the host wired in).
+//! - [`plugins`]: the live plugin set, one swappable slot per name.
+//! - [`reload`]: hot reload — watches the plugins folder and swaps a changed plugin.
+//!
+//! The plugin contract's types (WIT `warren:plugin`) are re-exported here: they are what the
+//! AMQP wing converts deliveries to and from. This wing never imports the AMQP wing.
+
+pub mod call;
+pub mod engine;
+pub mod plugin;
+pub mod plugins;
+pub mod reload;
+
+/// Host-side bindings of the WIT world in `wit/`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use bindings::warren::plugin::host::{LogLevel, SendError};
+pub use bindings::warren::plugin::types::{HandlerError, Header, HeaderValue, Request, Response};
+pub use call::{CallContext, Destination, Outbox};
+pub use engine::{PluginError, Runtime, RuntimeError, content_hash, read_plugin};
+pub use plugin::{CodeSource, NativeHandler, Plugin, PluginFault};
+pub use plugins::{LoadErrors, PluginSlot, PluginStatus, Plugins};
+
+/// The WIT world every plugin must export, as plugin authors see it.
+pub const WORLD: &str = "warren:plugin/handler@0.1.0";

@@ -1,0 +1,257 @@
+//! A loaded plugin: its compiled code, settings and grants, and how one message is handled —
+//! a fresh instance per call, under the call's limits — and the faults that end a call.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::bindings;
+use super::call::{CallContext, CallState, EPOCH_TICK, GUEST_OUTPUT_CAPACITY, MemoryLimiter};
+use super::{HandlerError, Header, Request, Response};
+use crate::config::{Grants, Limits, PluginSettings};
+
+/// Why a call did not return: the instance is discarded, the message rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginFault {
+    /// The call ran past its deadline and was interrupted.
+    Deadline(Duration),
+    /// The guest trapped (a panic, `unreachable`, a memory-limit hit, …).
+    Trap(String),
+    /// No instance could be made before the deadline: the host's instance pool stayed full.
+    /// The message is not at fault.
+    Busy(String),
+}
+
+impl std::fmt::Display for PluginFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginFault::Deadline(limit) => write!(f, "deadline of {} ms exceeded", limit.as_millis()),
+            PluginFault::Trap(reason) => write!(f, "trap: {reason}"),
+            PluginFault::Busy(reason) => write!(f, "could not start: {reason} until the deadline"),
+        }
+    }
+}
+
+/// Where a plugin's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeSource {
+    /// Compiled from the `.wasm` by Cranelift (and written to the cache).
+    Compiled,
+    /// Loaded from a `.cwasm` this host wrote earlier for the same bytes and engine.
+    Cache,
+    /// Not WebAssembly: a Rust function linked into the host (the benchmark's baseline).
+    Native,
+}
+
+/// A handler written in Rust and linked into the host: the native baseline the benchmark
+/// compares components with, served through exactly the same consume and publish path.
+pub type NativeHandler = fn(&Request, &[Header]) -> Result<Response, HandlerError>;
+
+/// What runs when a plugin handles a message.
+pub(super) enum Code {
+    /// A checked component, instantiated fresh for each call.
+    Wasm(bindings::HandlerPre<CallState>),
+    /// A function of the host's own (benchmarks).
+    Native(NativeHandler),
+}
+
+/// A compiled, checked plugin, ready to handle messages.
+pub struct Plugin {
+    pub(super) name: String,
+    pub(super) path: PathBuf,
+    pub(super) hash: String,
+    pub(super) generation: u64,
+    pub(super) source: CodeSource,
+    pub(super) code: Code,
+    pub(super) settings: PluginSettings,
+    /// Granted environment variables with their values.
+    pub(super) env: Vec<(String, String)>,
+    /// Bounds concurrent calls when `max_concurrency` is set.
+    pub(super) permits: Option<Arc<Semaphore>>,
+    /// What calls may send out (shared by every call's store).
+    pub(super) grants: Arc<Grants>,
+    /// Whether the engine counts fuel (then every store needs some).
+    pub(super) fuel_counting: bool,
+    pub(super) engine: Engine,
+    /// The largest linear memory (bytes) any call of this version has used.
+    pub(super) peak_memory: Arc<std::sync::atomic::AtomicUsize>,
+    /// The size of the compiled code (bytes), which stays mapped while the plugin is loaded.
+    pub(super) code_size: usize,
+}
+
+impl Plugin {
+    /// The largest linear memory, in bytes, that a call of this version has used so far
+    /// (a fresh instance per call: this is the memory one in-flight message costs).
+    pub fn peak_memory_bytes(&self) -> usize {
+        self.peak_memory.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The size in bytes of this version's compiled code: what the plugin costs while idle.
+    pub fn code_size_bytes(&self) -> usize {
+        self.code_size
+    }
+
+    /// SHA-256 of the `.wasm` this version was loaded from.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// 1 for the version loaded at start, +1 for each version swapped in since.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether this version was compiled or loaded from the cache.
+    pub fn source(&self) -> CodeSource {
+        self.source
+    }
+
+    /// The limits every call of this version runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.settings.limits
+    }
+
+    /// The plugin's name in the config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes a fresh instance and drops it without calling it: what every message pays
+    /// before `handle` runs (the benchmark's instantiate time). Native plugins cost nothing.
+    pub async fn instantiate(&self) -> Result<(), PluginFault> {
+        let Code::Wasm(pre) = &self.code else { return Ok(()) };
+        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
+        let mut store = self.new_store(output.clone(), CallContext::default()).map_err(|e| self.fault(e, &output))?;
+        self.instance(pre, &mut store, &output).await.map(drop)
+    }
+
+    /// A fresh instance in `store`. A full instance pool is the host's limit, not the
+    /// message's fault: wait for a call to finish and free its slots, until the deadline.
+    async fn instance(
+        &self,
+        pre: &bindings::HandlerPre<CallState>,
+        store: &mut Store<CallState>,
+        output: &MemoryOutputPipe,
+    ) -> Result<bindings::Handler, PluginFault> {
+        loop {
+            match pre.instantiate_async(&mut *store).await {
+                Ok(handler) => return Ok(handler),
+                Err(e) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                    if Instant::now() >= store.data().deadline {
+                        return Err(PluginFault::Busy(e.to_string()));
+                    }
+                    tokio::time::sleep(EPOCH_TICK).await;
+                }
+                Err(e) => return Err(self.fault(e, output)),
+            }
+        }
+    }
+
+    /// Calls `handle` on a fresh instance. `Ok` carries the handler's own answer; `Err` a
+    /// fault after which the instance is gone.
+    pub async fn handle(
+        &self,
+        request: &Request,
+        headers: &[Header],
+        context: &CallContext,
+    ) -> Result<Result<Response, HandlerError>, PluginFault> {
+        let _permit = match &self.permits {
+            Some(permits) => Some(permits.acquire().await.expect("the semaphore is never closed")),
+            None => None,
+        };
+        let pre = match &self.code {
+            Code::Native(handler) => return Ok(handler(request, headers)),
+            Code::Wasm(pre) => pre,
+        };
+        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
+        let mut store = self.new_store(output.clone(), context.clone()).map_err(|e| self.fault(e, &output))?;
+        let handler = self.instance(pre, &mut store, &output).await?;
+        let result = async {
+            // The fuel limit budgets the handler's own work, not the language runtime's
+            // start-up (instantiation stays bounded by the deadline).
+            if let Some(fuel) = self.limits().fuel.filter(|_| self.fuel_counting) {
+                store.set_fuel(fuel)?;
+            }
+            handler.call_handle(&mut store, request, headers).await
+        }
+        .await;
+        self.peak_memory.fetch_max(store.data().limits.peak, std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Ok(answer) => {
+                let said = output.contents();
+                if !said.is_empty() {
+                    let said = String::from_utf8_lossy(&said);
+                    tracing::info!(plugin = %self.name, output = %said.trim_end(), "plugin wrote to stdout/stderr");
+                }
+                Ok(answer)
+            }
+            Err(error) => Err(self.fault(error, &output)),
+        }
+    }
+
+    pub(super) fn new_store(
+        &self,
+        output: MemoryOutputPipe,
+        context: CallContext,
+    ) -> Result<Store<CallState>, wasmtime::Error> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(output.clone()).stderr(output).envs(&self.env);
+        if let Some((host, guest)) = &self.settings.grants.dir {
+            wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)?;
+        }
+        let limits = self.limits();
+        let state = CallState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: MemoryLimiter {
+                limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+                peak: 0,
+            },
+            deadline: Instant::now() + limits.timeout,
+            plugin: self.name.as_str().into(),
+            grants: self.grants.clone(),
+            context,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        if self.fuel_counting {
+            store.set_fuel(u64::MAX)?;
+        }
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        Ok(store)
+    }
+
+    fn fault(&self, error: wasmtime::Error, output: &MemoryOutputPipe) -> PluginFault {
+        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            return PluginFault::Deadline(self.limits().timeout);
+        }
+        let mut reason = match error.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => error.root_cause().to_string(),
+        };
+        let said = String::from_utf8_lossy(&output.contents()).trim().to_string();
+        if !said.is_empty() {
+            reason = format!("{reason}; the plugin wrote: {}", said.replace('\n', " | "));
+        }
+        PluginFault::Trap(reason)
+    }
+}

@@ -56,6 +56,13 @@ pub struct Limits {
     pub max_concurrency: Option<u32>,
     /// Largest message body handed to a plugin; larger ones are rejected before wasm.
     pub max_body_bytes: usize,
+    /// Messages one call may send (events, requests, queue messages); past it a send fails.
+    pub max_sends: u32,
+    /// Largest body one send or one response may carry.
+    pub max_send_bytes: usize,
+    /// Delays before each redelivery of a `retry` (then reject); empty: redeliver at once,
+    /// up to `max_retries` times.
+    pub retry_delays: Vec<Duration>,
 }
 
 impl Default for Limits {
@@ -67,6 +74,9 @@ impl Default for Limits {
             fuel: None,
             max_concurrency: None,
             max_body_bytes: 16 << 20,
+            max_sends: 100,
+            max_send_bytes: 16 << 20,
+            retry_delays: Vec::new(),
         }
     }
 }
@@ -136,6 +146,8 @@ pub struct RequestHandler {
     pub plugin: String,
     /// Where this handler's rejected messages go (else `broker.dead_letter_exchange`).
     pub dead_letter_exchange: Option<String>,
+    /// This handler's own `retry_delays_ms`, over its plugin's limits.
+    pub retry_delays: Option<Vec<Duration>>,
 }
 
 /// `[[event]]`: consume events matching `routing_key` (`*`, `#` allowed) from a stream.
@@ -147,6 +159,8 @@ pub struct EventHandler {
     pub transient: bool,
     pub queue_suffix: Option<String>,
     pub dead_letter_exchange: Option<String>,
+    /// This handler's own `retry_delays_ms`, over its plugin's limits.
+    pub retry_delays: Option<Vec<Duration>>,
 }
 
 /// `[[response]]`: consume responses from service `service` to our requests.
@@ -156,6 +170,8 @@ pub struct ResponseHandler {
     pub routing_key: String,
     pub plugin: String,
     pub dead_letter_exchange: Option<String>,
+    /// This handler's own `retry_delays_ms`, over its plugin's limits.
+    pub retry_delays: Option<Vec<Duration>>,
 }
 
 impl Config {
@@ -195,6 +211,12 @@ impl Config {
             .get(plugin)
             .cloned()
             .unwrap_or_else(|| PluginSettings { limits: self.limits.clone(), grants: Grants::default() })
+    }
+
+    /// The delays before each redelivery of a `retry` from `plugin` in a handler that names
+    /// `own` delays or none: the handler's own, else the plugin's limits (else `[limits]`).
+    pub fn retry_delays(&self, own: Option<&Vec<Duration>>, plugin: &str) -> Vec<Duration> {
+        own.cloned().unwrap_or_else(|| self.settings_for(plugin).limits.retry_delays)
     }
 
     /// The file a plugin is loaded from: `<plugins>/<name>.wasm`.
@@ -275,6 +297,9 @@ struct RawLimits {
     fuel: Option<Spanned<u64>>,
     max_concurrency: Option<Spanned<u32>>,
     max_body_kib: Option<Spanned<u32>>,
+    max_sends: Option<Spanned<u32>>,
+    max_send_kib: Option<Spanned<u32>>,
+    retry_delays_ms: Option<Spanned<Vec<u64>>>,
     env: Option<Spanned<Vec<String>>>,
     dir: Option<Spanned<String>>,
     dir_as: Option<Spanned<String>>,
@@ -331,6 +356,15 @@ impl RawLimits {
         if let Some(b) = widen(&self.max_body_kib) {
             limits.max_body_bytes = (positive(&b, "max_body_kib")? as usize) << 10;
         }
+        if let Some(n) = widen(&self.max_sends) {
+            limits.max_sends = positive(&n, "max_sends")? as u32;
+        }
+        if let Some(b) = widen(&self.max_send_kib) {
+            limits.max_send_bytes = (positive(&b, "max_send_kib")? as usize) << 10;
+        }
+        if let Some(delays) = &self.retry_delays_ms {
+            limits.retry_delays = retry_delays(at, delays, &format!("{at_key}.retry_delays_ms"))?;
+        }
         Ok(limits)
     }
 }
@@ -341,6 +375,7 @@ struct RawRequest {
     routing_key: Spanned<String>,
     plugin: Spanned<String>,
     dead_letter_exchange: Option<Spanned<String>>,
+    retry_delays_ms: Option<Spanned<Vec<u64>>>,
 }
 
 #[derive(Deserialize)]
@@ -353,6 +388,7 @@ struct RawEvent {
     transient: bool,
     queue_suffix: Option<Spanned<String>>,
     dead_letter_exchange: Option<Spanned<String>>,
+    retry_delays_ms: Option<Spanned<Vec<u64>>>,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +398,7 @@ struct RawResponse {
     routing_key: Spanned<String>,
     plugin: Spanned<String>,
     dead_letter_exchange: Option<Spanned<String>>,
+    retry_delays_ms: Option<Spanned<Vec<u64>>>,
 }
 
 /// Characters goamqp's names and AMQP's short strings can carry safely in a name segment.
@@ -374,6 +411,31 @@ fn check_name(at: &Locator, value: &Spanned<String>, key: &str) -> Result<String
         return Err(at.at(value, key, format!("'{name}' contains '{bad}'; use letters, digits, '-', '_' or '.'")));
     }
     Ok(name.clone())
+}
+
+/// Longest delay `retry_delays_ms` accepts: one day.
+const MAX_RETRY_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Most entries `retry_delays_ms` accepts (each is a queue on the broker).
+const MAX_RETRY_DELAYS: usize = 10;
+
+/// `retry_delays_ms`: 1 to 10 delays, each from 1 ms to a day.
+fn retry_delays(at: &Locator, value: &Spanned<Vec<u64>>, key: &str) -> Result<Vec<Duration>, ConfigError> {
+    let delays = value.get_ref();
+    if delays.is_empty() || delays.len() > MAX_RETRY_DELAYS {
+        return Err(at.at(value, key, format!("give 1 to {MAX_RETRY_DELAYS} delays in ms, like [100, 1000, 10000]")));
+    }
+    if let Some(bad) = delays.iter().find(|&&ms| ms == 0 || ms > MAX_RETRY_DELAY_MS) {
+        return Err(at.at(value, key, format!("{bad} is not a delay from 1 ms to one day ({MAX_RETRY_DELAY_MS} ms)")));
+    }
+    Ok(delays.iter().map(|&ms| Duration::from_millis(ms)).collect())
+}
+
+fn handler_retry_delays(
+    at: &Locator,
+    value: &Option<Spanned<Vec<u64>>>,
+    table: &str,
+) -> Result<Option<Vec<Duration>>, ConfigError> {
+    value.as_ref().map(|v| retry_delays(at, v, &format!("{table}.retry_delays_ms"))).transpose()
 }
 
 fn dead_letter(at: &Locator, value: &Option<Spanned<String>>, table: &str) -> Result<Option<String>, ConfigError> {
@@ -476,7 +538,8 @@ fn resolve_requests(at: &Locator, raw: &[RawRequest]) -> Result<Vec<RequestHandl
         }
         let plugin = check_plugin(at, &raw.plugin, &format!("request[{i}].plugin"))?;
         let dead_letter_exchange = dead_letter(at, &raw.dead_letter_exchange, &format!("request[{i}]"))?;
-        requests.push(RequestHandler { routing_key, plugin, dead_letter_exchange });
+        let retry_delays = handler_retry_delays(at, &raw.retry_delays_ms, &format!("request[{i}]"))?;
+        requests.push(RequestHandler { routing_key, plugin, dead_letter_exchange, retry_delays });
     }
     Ok(requests)
 }
@@ -507,6 +570,7 @@ fn resolve_events(at: &Locator, raw: &[RawEvent]) -> Result<Vec<EventHandler>, C
             transient: raw.transient,
             queue_suffix,
             dead_letter_exchange: dead_letter(at, &raw.dead_letter_exchange, &format!("event[{i}]"))?,
+            retry_delays: handler_retry_delays(at, &raw.retry_delays_ms, &format!("event[{i}]"))?,
         });
     }
     check_event_overlaps(at, raw, &events)?;
@@ -548,6 +612,7 @@ fn resolve_responses(at: &Locator, raw: &[RawResponse]) -> Result<Vec<ResponseHa
                 routing_key: check_routing_key(at, &raw.routing_key, &format!("response[{i}].routing_key"))?,
                 plugin: check_plugin(at, &raw.plugin, &format!("response[{i}].plugin"))?,
                 dead_letter_exchange: dead_letter(at, &raw.dead_letter_exchange, &format!("response[{i}]"))?,
+                retry_delays: handler_retry_delays(at, &raw.retry_delays_ms, &format!("response[{i}]"))?,
             })
         })
         .collect()
@@ -668,7 +733,12 @@ mod tests {
         assert_eq!(config.queue_profile, QueueProfile::Classic);
         assert_eq!(
             config.requests,
-            vec![RequestHandler { routing_key: "echo".into(), plugin: "echo".into(), dead_letter_exchange: None }]
+            vec![RequestHandler {
+                routing_key: "echo".into(),
+                plugin: "echo".into(),
+                dead_letter_exchange: None,
+                retry_delays: None
+            }]
         );
         assert_eq!(config.events[0].stream, "events");
         assert_eq!(config.responses[0].service, "billing");
@@ -779,5 +849,23 @@ mod tests {
             assert!(message.contains(&format!("limits.{key}: `{key}` is a grant")), "{message}");
             assert!(message.starts_with("conf/warren.toml:4:"), "{message}");
         }
+    }
+
+    #[test]
+    fn retry_delays_come_from_the_handler_else_the_limits() {
+        let config = parse(
+            "[service]\nname = \"d\"\n[limits]\nretry_delays_ms = [100, 1000]\n\
+             [[request]]\nrouting_key = \"a\"\nplugin = \"x\"\nretry_delays_ms = [5]\n\
+             [[request]]\nrouting_key = \"b\"\nplugin = \"y\"\n",
+        )
+        .unwrap();
+        let ms = |d: Vec<Duration>| d.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>();
+        assert_eq!(ms(config.retry_delays(config.requests[0].retry_delays.as_ref(), "x")), vec![5]);
+        assert_eq!(ms(config.retry_delays(config.requests[1].retry_delays.as_ref(), "y")), vec![100, 1000]);
+        let zero =
+            error("[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"x\"\nretry_delays_ms = [0]\n");
+        assert!(zero.contains("request[0].retry_delays_ms: 0 is not a delay"), "{zero}");
+        let empty = error("[service]\nname = \"d\"\n[limits]\nretry_delays_ms = []\n");
+        assert!(empty.contains("limits.retry_delays_ms: give 1 to 10 delays"), "{empty}");
     }
 }

@@ -24,11 +24,23 @@ struct Counters {
     sum: f64,
 }
 
+/// What went wrong on the broker's side of the host.
+#[derive(Default)]
+struct BrokerCounters {
+    /// Connections re-established after a loss.
+    reconnects: u64,
+    /// Publish channels reopened after the broker closed them.
+    channel_reopens: u64,
+    /// Publishes that did not land, by exchange and why (`returned`, `refused`).
+    failed_publishes: BTreeMap<(String, &'static str), u64>,
+}
+
 /// The host's counters. Cheap to update from every message task.
 #[derive(Default)]
 pub struct Metrics {
     /// By plugin name (`-` for messages no handler took).
     by_plugin: Mutex<BTreeMap<String, Counters>>,
+    broker: Mutex<BrokerCounters>,
     /// Connected to the broker and consuming.
     pub ready: AtomicBool,
 }
@@ -39,13 +51,32 @@ impl Metrics {
         update(all.entry(plugin.to_string()).or_default());
     }
 
-    /// A message started being handled by `plugin`.
-    pub fn started(&self, plugin: &str) {
+    /// A message started being handled by `plugin`: it counts as in flight until the
+    /// returned guard is finished or dropped (an aborted task still leaves the gauge).
+    pub fn started<'a>(&'a self, plugin: &str) -> InFlight<'a> {
         self.with(plugin, |c| c.in_flight += 1);
+        InFlight { metrics: self, plugin: plugin.to_string(), done: false }
+    }
+
+    /// The connection to the broker was re-established.
+    pub fn reconnected(&self) {
+        self.broker.lock().expect("metrics lock").reconnects += 1;
+    }
+
+    /// A publish channel the broker closed was reopened.
+    pub fn channel_reopened(&self) {
+        self.broker.lock().expect("metrics lock").channel_reopens += 1;
+    }
+
+    /// A publish to `exchange` did not land: `returned` (no queue bound) or `refused` (the
+    /// broker nacked it or closed the channel).
+    pub fn publish_failed(&self, exchange: &str, why: &'static str) {
+        *self.broker.lock().expect("metrics lock").failed_publishes.entry((exchange.to_string(), why)).or_default() +=
+            1;
     }
 
     /// A message `started` earlier was settled with `outcome` after `took`.
-    pub fn finished(&self, plugin: &str, outcome: &'static str, took: Duration) {
+    fn finished(&self, plugin: &str, outcome: &'static str, took: Duration) {
         self.with(plugin, |c| {
             c.in_flight -= 1;
             *c.outcomes.entry(outcome).or_default() += 1;
@@ -93,6 +124,25 @@ impl Metrics {
             let _ = writeln!(out, "warren_handle_seconds_count{{plugin=\"{plugin}\"}} {}", c.count);
         }
         drop(all);
+        let broker = self.broker.lock().expect("metrics lock");
+        let _ = writeln!(
+            out,
+            "# HELP warren_reconnects_total Broker connections re-established after a loss.\n# TYPE warren_reconnects_total counter\nwarren_reconnects_total {}",
+            broker.reconnects
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warren_channel_reopens_total Publish channels reopened after the broker closed them.\n# TYPE warren_channel_reopens_total counter\nwarren_channel_reopens_total {}",
+            broker.channel_reopens
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warren_publish_failures_total Publishes that did not land, by exchange and reason (returned: no queue bound; refused: nacked or channel closed).\n# TYPE warren_publish_failures_total counter"
+        );
+        for ((exchange, why), n) in &broker.failed_publishes {
+            let _ = writeln!(out, "warren_publish_failures_total{{exchange=\"{exchange}\",reason=\"{why}\"}} {n}");
+        }
+        drop(broker);
         // One gauge per live plugin, from the plugin table.
         let table = plugins.table();
         let plugin_gauge = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&PluginStatus) -> u64| {
@@ -125,6 +175,30 @@ impl Metrics {
         );
         let _ = writeln!(out, "warren_reload_refusals_total {}", plugins.refusals().len());
         out
+    }
+}
+
+/// A message in flight: settle it with [`InFlight::finish`]; dropped unsettled (its task
+/// aborted or panicked), it still leaves the in-flight gauge, counted as `abandoned`.
+pub struct InFlight<'a> {
+    metrics: &'a Metrics,
+    plugin: String,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    /// The message was settled with `outcome` after `took`.
+    pub fn finish(mut self, outcome: &'static str, took: Duration) {
+        self.done = true;
+        self.metrics.finished(&self.plugin, outcome, took);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.finished(&self.plugin, "abandoned", Duration::ZERO);
+        }
     }
 }
 

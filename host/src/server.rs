@@ -82,7 +82,7 @@ pub struct Server {
     max_instances: u32,
     plugins: Arc<Plugins>,
     _watcher: PluginWatcher,
-    connection: lapin::Connection,
+    connection: Arc<lapin::Connection>,
     publisher: Publisher,
     consumers: BTreeMap<String, RunningConsumer>,
     failures: (mpsc::UnboundedSender<BrokerError>, mpsc::UnboundedReceiver<BrokerError>),
@@ -121,7 +121,7 @@ impl Server {
         let plugins = Arc::new(Plugins::load_all_with_natives(&runtime, config, natives).await?);
         let watcher = PluginWatcher::start(&config.plugins_dir, plugins.clone())?;
 
-        let connection = broker::connect(&config.broker_url, &config.service).await?;
+        let connection = Arc::new(broker::connect(&config.broker_url, &config.service).await?);
         info!(service = %config.service, broker = %broker::redact(&config.broker_url), "connected");
         broker::declare(&connection, &topology).await?;
         info!(
@@ -130,8 +130,8 @@ impl Server {
             bindings = topology.bindings.len(),
             "topology declared"
         );
-        let publisher = Publisher::open(&connection).await?;
         let metrics = Arc::new(Metrics::default());
+        let publisher = Publisher::open(&connection).await?.with_metrics(metrics.clone());
         let metrics_server = match config.metrics {
             Some(addr) => Some(MetricsServer::start(addr, metrics.clone(), plugins.clone())?),
             None => None,
@@ -164,7 +164,11 @@ impl Server {
             let plugin = self.plugins.slot(&route.plugin).expect("every routed plugin was loaded");
             routes.add(
                 route.routing_key.clone(),
-                Handler { plugin, dead_letter_exchange: route.dead_letter_exchange.clone() },
+                Handler {
+                    plugin,
+                    dead_letter_exchange: route.dead_letter_exchange.clone(),
+                    retry_delays: route.retry_delays_ms.iter().map(|&ms| Duration::from_millis(ms)).collect(),
+                },
             );
         }
         Routing { routes, max_retries, dead_letter_exchange: spec.dead_letter_exchange.clone() }
@@ -177,11 +181,12 @@ impl Server {
             routing: ArcSwap::from_pointee(self.routing(spec, self.config.limits.max_retries)),
             service: self.config.service.clone(),
             publisher: self.publisher.clone(),
-            outbox: Arc::new(BrokerOutbox { publisher: self.publisher.clone(), service: self.config.service.clone() }),
+            outbox: Arc::new(BrokerOutbox::new(self.publisher.clone(), self.config.service.clone())),
             prefetch: self.config.prefetch,
             quorum: self.config.queue_profile == crate::config::QueueProfile::Quorum
                 && self.topology.queues.iter().any(|q| q.name == spec.queue && q.durable),
             metrics: self.metrics.clone(),
+            host_failures: Default::default(),
         });
         let channel = broker::open_channel(&self.connection).await?;
         let (stop, stopped) = shutdown::channel();
@@ -361,6 +366,7 @@ impl Server {
             match self.reconnect().await {
                 Ok(()) => {
                     self.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.reconnected();
                     info!(
                         attempt,
                         ms = started.elapsed().as_millis() as u64,
@@ -391,9 +397,9 @@ impl Server {
         for (_, running) in std::mem::take(&mut self.consumers) {
             running.task.abort();
         }
-        self.connection = broker::connect(&self.config.broker_url, &self.config.service).await?;
+        self.connection = Arc::new(broker::connect(&self.config.broker_url, &self.config.service).await?);
         broker::declare(&self.connection, &self.topology).await?;
-        self.publisher = Publisher::open(&self.connection).await?;
+        self.publisher = Publisher::open(&self.connection).await?.with_metrics(self.metrics.clone());
         for spec in self.topology.consumers.clone() {
             self.start_consumer(&spec).await?;
         }

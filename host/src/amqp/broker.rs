@@ -8,6 +8,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind as LapinKind};
 
 use super::topology::{ArgValue, ExchangeKind, Topology};
+use crate::metrics::Metrics;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 /// Content type of everything Warren publishes (goamqp bodies are JSON).
 pub const CONTENT_TYPE: &str = "application/json";
@@ -55,7 +59,11 @@ pub fn field_table(arguments: &std::collections::BTreeMap<String, ArgValue>) -> 
     let mut table = FieldTable::default();
     for (name, value) in arguments {
         let value = match value {
-            ArgValue::Int(i) => AMQPValue::LongLongInt(*i),
+            // goamqp sends Go ints as AMQP's signed 32-bit `I` (x-expires, x-message-ttl).
+            ArgValue::Int(i) => match i32::try_from(*i) {
+                Ok(small) => AMQPValue::LongInt(small),
+                Err(_) => AMQPValue::LongLongInt(*i),
+            },
             ArgValue::Text(s) => AMQPValue::LongString(LongString::from(s.as_str())),
         };
         table.insert(ShortString::from(name.as_str()), value);
@@ -169,25 +177,105 @@ pub enum Delivered {
     Unroutable,
 }
 
-/// A channel in confirm mode: every publish waits for the broker's ack.
+/// A channel in confirm mode: every publish waits for the broker's ack. When the broker
+/// closes the channel (a publish to a deleted exchange, a frame it refuses), the next publish
+/// opens a fresh one: one bad publish never turns into every later one failing.
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
+    connection: Arc<Connection>,
+    channel: Arc<ArcSwap<Channel>>,
+    /// Held while a closed channel is replaced, so concurrent publishes open one, not many.
+    reopening: Arc<tokio::sync::Mutex<()>>,
+    metrics: Option<Arc<Metrics>>,
+    /// The largest header table a message may carry: the negotiated frame size, less room
+    /// for the other properties (RabbitMQ closes the connection on a larger frame).
+    max_header_bytes: usize,
 }
+
+/// Room left in a content-header frame for the properties beside the header table.
+const PROPERTIES_RESERVE: usize = 4096;
 
 impl Publisher {
     /// Opens a channel on `connection` and turns publisher confirms on.
-    pub async fn open(connection: &Connection) -> Result<Publisher, BrokerError> {
-        let channel = open_channel(connection).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|source| BrokerError::Channel { doing: "enabling publisher confirms".into(), source })?;
-        Ok(Publisher { channel })
+    pub async fn open(connection: &Arc<Connection>) -> Result<Publisher, BrokerError> {
+        let channel = confirm_channel(connection).await?;
+        let frame_max = connection.configuration().frame_max() as usize;
+        Ok(Publisher {
+            connection: connection.clone(),
+            channel: Arc::new(ArcSwap::from_pointee(channel)),
+            reopening: Arc::default(),
+            metrics: None,
+            max_header_bytes: frame_max.saturating_sub(PROPERTIES_RESERVE).max(PROPERTIES_RESERVE),
+        })
+    }
+
+    /// Counts reopened channels and failed publishes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Publisher {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The largest header table, in encoded bytes, that one message may carry.
+    pub fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+    }
+
+    /// Whether a queue named `name` exists, asked passively on a channel of its own (the
+    /// broker closes a channel on which a passive declare finds nothing).
+    pub async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        let channel = open_channel(&self.connection).await?;
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let exists = match channel.queue_declare(name.into(), options, FieldTable::default()).await {
+            Ok(_) => true,
+            Err(error) if error.to_string().contains("NOT_FOUND") => false,
+            Err(source) => return Err(BrokerError::Channel { doing: format!("checking for queue '{name}'"), source }),
+        };
+        if channel.status().connected() {
+            bounded_close(channel.close(200, "checked".into())).await;
+        }
+        Ok(exists)
+    }
+
+    /// The live channel, reopened first if the broker closed it.
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let current = self.channel.load_full();
+        if current.status().connected() {
+            return Ok((*current).clone());
+        }
+        let _one_at_a_time = self.reopening.lock().await;
+        let current = self.channel.load_full();
+        if current.status().connected() {
+            return Ok((*current).clone());
+        }
+        let fresh = confirm_channel(&self.connection).await?;
+        tracing::warn!("the broker closed the publish channel; opened a new one");
+        if let Some(metrics) = &self.metrics {
+            metrics.channel_reopened();
+        }
+        self.channel.store(Arc::new(fresh.clone()));
+        Ok(fresh)
     }
 
     /// Publishes `body` as mandatory and waits until the broker confirms it.
     pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Delivered, BrokerError> {
+        let result = self.publish_once(exchange, routing_key, body, properties).await;
+        if let Some(metrics) = &self.metrics {
+            match &result {
+                Ok(Delivered::Unroutable) => metrics.publish_failed(exchange, "returned"),
+                Err(_) => metrics.publish_failed(exchange, "refused"),
+                Ok(Delivered::Routed) => {}
+            }
+        }
+        result
+    }
+
+    async fn publish_once(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -199,9 +287,18 @@ impl Publisher {
             routing_key: routing_key.to_string(),
             reason,
         };
+        if let Some(table) = properties.headers() {
+            let size = super::headers::encoded_len(table);
+            if size > self.max_header_bytes {
+                return Err(not_confirmed(format!(
+                    "its header table is {size} bytes, over the {} bytes one frame can carry; not sent",
+                    self.max_header_bytes
+                )));
+            }
+        }
+        let channel = self.channel().await?;
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let confirm = self
-            .channel
+        let confirm = channel
             .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
             .await
             .map_err(|e| not_confirmed(e.to_string()))?
@@ -214,6 +311,16 @@ impl Publisher {
             Confirmation::NotRequested => Err(not_confirmed("confirms are not on for this channel".into())),
         }
     }
+}
+
+/// A new channel with publisher confirms on.
+async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = open_channel(connection).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|source| BrokerError::Channel { doing: "enabling publisher confirms".into(), source })?;
+    Ok(channel)
 }
 
 /// Properties goamqp gives every message: JSON, persistent, `service` = the sender.

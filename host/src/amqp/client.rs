@@ -82,7 +82,7 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
 /// A connected goamqp client of one service: declares its response queue once, then sends
 /// any number of requests, concurrently; responses are matched by correlation id.
 pub struct Client {
-    connection: lapin::Connection,
+    connection: Arc<lapin::Connection>,
     publisher: Publisher,
     service: String,
     name: String,
@@ -97,7 +97,7 @@ impl Client {
         name: &str,
         routing_keys: &[&str],
     ) -> Result<Client, ClientError> {
-        let connection = broker::connect(broker_url, name).await?;
+        let connection = Arc::new(broker::connect(broker_url, name).await?);
         let mut topology = client_topology(service, name, routing_keys.first().copied().unwrap_or_default());
         for key in routing_keys.iter().skip(1) {
             let mut binding = topology.bindings[0].clone();

@@ -2,11 +2,12 @@
 //! own task, and settled by the outcome table of SPEC §1. Nothing is acked before its outcome
 //! is safe: a request is acked only after its response is confirmed by the broker.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures_lite::StreamExt;
+use futures_lite::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
@@ -24,6 +25,7 @@ use super::headers::{
 use super::naming;
 use super::routing::RouteTable;
 use super::topology::ConsumerKind;
+use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::wasm::plugins::PluginSlot;
@@ -45,6 +47,8 @@ pub struct QueueConsumer {
     /// A quorum queue counts deliveries itself (`x-delivery-count`): a retry is a requeue.
     pub quorum: bool,
     pub metrics: Arc<Metrics>,
+    /// Host-side failures per message (by [`message_key`]), to bound their requeues.
+    pub host_failures: Mutex<HashMap<u64, u32>>,
 }
 
 /// The part of a consumer a config reload may change. A delivery reads it once.
@@ -62,6 +66,9 @@ pub struct Handler {
     pub plugin: PluginSlot,
     /// Where this handler's rejected messages are dead-lettered.
     pub dead_letter_exchange: Option<String>,
+    /// Delays before each redelivery of a `retry` (through the queue's retry queues);
+    /// empty: requeued at once, `max_retries` times.
+    pub retry_delays: Vec<Duration>,
 }
 
 /// How a delivery was settled (logged, and counted by tests and metrics).
@@ -76,8 +83,30 @@ pub enum Outcome {
     /// The plugin trapped, ran out of time or memory: rejected, its instance discarded.
     Faulted(String),
     /// The handler asked for a retry: a copy with a higher retry count was confirmed on the
-    /// queue, and this delivery is acked.
+    /// queue (or its retry queue), and this delivery is acked.
     Retried(u32),
+    /// The host could not finish the message (a publish failed, the instance pool stayed
+    /// full, a dead-letter did not land, the host panicked): not the message's fault. It goes
+    /// back to the queue after a backoff, at most [`HOST_RETRIES`] times, then is rejected.
+    Deferred(String),
+}
+
+/// How often a message whose handling failed on the host's side is requeued (with a
+/// growing backoff) before it is rejected to the broker's own policy.
+pub const HOST_RETRIES: u32 = 6;
+/// The first backoff before a host-side failure's requeue; doubled each time, up to
+/// [`HOST_BACKOFF_MAX`].
+pub const HOST_BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub const HOST_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What became of a dead-letter publish.
+enum DeadLetter {
+    /// No dead-letter exchange is configured for the message.
+    NotConfigured,
+    /// The broker confirmed the copy and routed it to a queue.
+    Landed(String),
+    /// It did not land (refused, or no queue bound to the exchange): keep the original.
+    Failed(String),
 }
 
 impl QueueConsumer {
@@ -146,7 +175,8 @@ impl QueueConsumer {
         Ok(())
     }
 
-    /// Handles one delivery end to end and settles it.
+    /// Handles one delivery end to end and settles it. A panic while deciding is caught and
+    /// settled as a host-side failure: no delivery is left unsettled.
     pub async fn handle(&self, delivery: Delivery) -> Outcome {
         let props = &delivery.properties;
         let table = props.headers().as_ref();
@@ -154,7 +184,6 @@ impl QueueConsumer {
             ("", Some(original)) => original,
             _ => delivery.routing_key.to_string(),
         };
-        let message_id = props.message_id().as_ref().map_or("-".to_string(), |id| id.to_string());
         let (plugin, generation) = match self.routing.load().routes.find(&routing_key) {
             Some(handler) => {
                 let live = handler.plugin.load();
@@ -163,38 +192,14 @@ impl QueueConsumer {
             None => ("-".to_string(), 0),
         };
         let started = std::time::Instant::now();
-        self.metrics.started(&plugin);
-        let outcome = self.decide(&delivery, &routing_key).await;
-        let mut label = match &outcome {
-            Outcome::Acked => "acked",
-            Outcome::Retried(_) => "retried",
-            Outcome::Requeued(_) => "requeued",
-            Outcome::Rejected(_) => "rejected",
-            Outcome::Faulted(_) => "faulted",
+        let in_flight = self.metrics.started(&plugin);
+        let outcome = match std::panic::AssertUnwindSafe(self.decide(&delivery, &routing_key)).catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(panic) => Outcome::Deferred(format!("the host panicked while handling it: {}", panic_text(&*panic))),
         };
-        let result = match &outcome {
-            Outcome::Acked | Outcome::Retried(_) => delivery.ack(BasicAckOptions::default()).await,
-            Outcome::Rejected(reason) | Outcome::Faulted(reason) => {
-                match self.dead_letter(&delivery, &routing_key, reason).await {
-                    Some(exchange) => {
-                        if label == "rejected" {
-                            label = "dead_lettered";
-                        }
-                        warn!(service = %self.service, plugin = %plugin, generation, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, dead_letter_exchange = %exchange, "message rejected and dead-lettered");
-                        delivery.ack(BasicAckOptions::default()).await
-                    }
-                    None => {
-                        warn!(service = %self.service, plugin = %plugin, generation, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message rejected");
-                        delivery.reject(BasicRejectOptions { requeue: false }).await
-                    }
-                }
-            }
-            Outcome::Requeued(reason) => {
-                info!(service = %self.service, plugin = %plugin, generation, queue = %self.queue, routing_key = %routing_key, message_id = %message_id, reason = %reason, "message requeued");
-                delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
-            }
-        };
-        self.metrics.finished(&plugin, label, started.elapsed());
+        let seen = Seen { plugin: &plugin, generation, routing_key: &routing_key };
+        let (label, result) = self.settle(&delivery, &seen, &outcome).await;
+        in_flight.finish(label, started.elapsed());
         if let Err(error) = result {
             // The channel is gone: RabbitMQ redelivers the message, nothing is lost.
             warn!(queue = %self.queue, routing_key = %routing_key, %error, "could not settle the message; the broker will redeliver it");
@@ -202,30 +207,117 @@ impl QueueConsumer {
         outcome
     }
 
-    /// Publishes a rejected message to its dead-letter exchange with the reason in headers;
-    /// returns the exchange once the broker confirmed it (then the original is acked).
-    async fn dead_letter(&self, delivery: &Delivery, routing_key: &str, reason: &str) -> Option<String> {
+    /// Acks, rejects or requeues `delivery` by `outcome`, logging it; returns the metrics
+    /// label and the broker's answer.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        seen: &Seen<'_>,
+        outcome: &Outcome,
+    ) -> (&'static str, lapin::Result<bool>) {
+        let Seen { plugin, generation, routing_key } = *seen;
+        let message_id = delivery.properties.message_id().as_ref().map_or("-".to_string(), |id| id.to_string());
+        let log = |level: tracing::Level, reason: &str, what: &str| match level {
+            tracing::Level::WARN => {
+                warn!(service = %self.service, plugin, generation, queue = %self.queue, routing_key, message_id = %message_id, reason, "{what}")
+            }
+            _ => {
+                info!(service = %self.service, plugin, generation, queue = %self.queue, routing_key, message_id = %message_id, reason, "{what}")
+            }
+        };
+        let reason = match outcome {
+            Outcome::Acked | Outcome::Retried(_) => {
+                self.forget_host_failures(delivery, routing_key);
+                let label = if matches!(outcome, Outcome::Acked) { "acked" } else { "retried" };
+                return (label, delivery.ack(BasicAckOptions::default()).await);
+            }
+            Outcome::Requeued(reason) => {
+                log(tracing::Level::INFO, reason, "message requeued");
+                return ("requeued", delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await);
+            }
+            Outcome::Rejected(reason) | Outcome::Faulted(reason) => {
+                let label = if matches!(outcome, Outcome::Faulted(_)) { "faulted" } else { "rejected" };
+                match self.dead_letter(delivery, routing_key, reason).await {
+                    DeadLetter::NotConfigured => {
+                        self.forget_host_failures(delivery, routing_key);
+                        log(tracing::Level::WARN, reason, "message rejected");
+                        return (label, delivery.reject(BasicRejectOptions { requeue: false }).await);
+                    }
+                    DeadLetter::Landed(exchange) => {
+                        self.forget_host_failures(delivery, routing_key);
+                        let what = format!("message rejected and dead-lettered to '{exchange}'");
+                        log(tracing::Level::WARN, reason, &what);
+                        let label = if label == "rejected" { "dead_lettered" } else { label };
+                        return (label, delivery.ack(BasicAckOptions::default()).await);
+                    }
+                    DeadLetter::Failed(why) => format!("{reason}; and it could not be dead-lettered: {why}"),
+                }
+            }
+            Outcome::Deferred(reason) => reason.clone(),
+        };
+        // A host-side failure: requeue after a backoff, a bounded number of times.
+        let failures = self.count_host_failure(delivery, routing_key);
+        if failures > HOST_RETRIES {
+            self.forget_host_failures(delivery, routing_key);
+            let what = format!(
+                "message rejected after {HOST_RETRIES} host-side failures (the broker's own dead-letter policy applies, if any)"
+            );
+            log(tracing::Level::WARN, &reason, &what);
+            return ("rejected_host_failure", delivery.reject(BasicRejectOptions { requeue: false }).await);
+        }
+        let backoff = HOST_BACKOFF_MIN.saturating_mul(1 << (failures - 1).min(16)).min(HOST_BACKOFF_MAX);
+        let what = format!(
+            "host-side failure {failures} of at most {HOST_RETRIES}: message requeued after {} ms",
+            backoff.as_millis()
+        );
+        log(tracing::Level::WARN, &reason, &what);
+        tokio::time::sleep(backoff).await;
+        ("requeued_host_failure", delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await)
+    }
+
+    /// Counts one more host-side failure of this message; returns how many it has had.
+    fn count_host_failure(&self, delivery: &Delivery, routing_key: &str) -> u32 {
+        let mut failures = self.host_failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() > 10_000 {
+            failures.clear();
+        }
+        let count = failures.entry(message_key(delivery, routing_key)).or_default();
+        *count += 1;
+        *count
+    }
+
+    fn forget_host_failures(&self, delivery: &Delivery, routing_key: &str) {
+        let mut failures = self.host_failures.lock().unwrap_or_else(|e| e.into_inner());
+        if !failures.is_empty() {
+            failures.remove(&message_key(delivery, routing_key));
+        }
+    }
+
+    /// Publishes a rejected message to its dead-letter exchange with the reason in headers,
+    /// as mandatory: only a copy the broker confirmed and routed to a queue counts.
+    async fn dead_letter(&self, delivery: &Delivery, routing_key: &str, reason: &str) -> DeadLetter {
         let routing = self.routing.load();
         let exchange = match routing.routes.find(routing_key) {
             Some(handler) => handler.dead_letter_exchange.clone(),
             None => routing.dead_letter_exchange.clone(),
-        }?;
+        };
+        let Some(exchange) = exchange else { return DeadLetter::NotConfigured };
         let mut table = delivery.properties.headers().clone().unwrap_or_default();
         table.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
         table.insert(QUEUE_HEADER.into(), AMQPValue::LongString(LongString::from(self.queue.as_str())));
         let properties = delivery.properties.clone().with_headers(table);
         match self.publisher.publish(&exchange, routing_key, &delivery.data, properties).await {
-            Ok(_) => Some(exchange),
-            Err(error) => {
-                warn!(queue = %self.queue, %error, "could not dead-letter; rejecting instead");
-                None
-            }
+            Ok(Delivered::Routed) => DeadLetter::Landed(exchange),
+            Ok(Delivered::Unroutable) => DeadLetter::Failed(format!(
+                "no queue is bound to dead-letter exchange '{exchange}', so RabbitMQ would drop the copy; bind one"
+            )),
+            Err(error) => DeadLetter::Failed(error.to_string()),
         }
     }
 
     async fn decide(&self, delivery: &Delivery, routing_key: &str) -> Outcome {
         let routing = self.routing.load();
-        let Some(Handler { plugin: slot, .. }) = routing.routes.find(routing_key) else {
+        let Some(Handler { plugin: slot, retry_delays, .. }) = routing.routes.find(routing_key) else {
             return Outcome::Rejected(format!("no handler for routing key '{routing_key}' on this queue"));
         };
         let props = &delivery.properties;
@@ -255,26 +347,31 @@ impl QueueConsumer {
         let traceparent = headers::text(table, TRACEPARENT_HEADER).unwrap_or_else(new_traceparent);
         let context = CallContext { outbox: Some(self.outbox.clone()), traceparent: Some(traceparent.clone()) };
         match plugin.handle(&request, &plugin_headers, &context).await {
-            Err(fault @ PluginFault::Busy(_)) => Outcome::Requeued(format!(
+            Err(fault @ PluginFault::Busy(_)) => Outcome::Deferred(format!(
                 "plugin '{}' {fault}: the host is at its instance limit (lower broker.prefetch or raise the plugin's limits.timeout_ms)",
                 plugin.name()
             )),
+            Err(fault @ PluginFault::Host(_)) => Outcome::Deferred(format!("plugin '{}': {fault}", plugin.name())),
             Err(fault) => Outcome::Faulted(format!("plugin '{}' {fault}; instance discarded", plugin.name())),
             Ok(Err(HandlerError::BadRequest(why))) => {
                 Outcome::Rejected(format!("bad-request from '{}': {why}", plugin.name()))
             }
             Ok(Err(HandlerError::Failed(why))) => Outcome::Rejected(format!("failed in '{}': {why}", plugin.name())),
-            Ok(Err(HandlerError::Retry(why))) => self.retry(delivery, routing_key, &why, routing.max_retries).await,
+            Ok(Err(HandlerError::Retry(why))) => {
+                self.retry(delivery, routing_key, &why, routing.max_retries, retry_delays).await
+            }
             Ok(Ok(response)) => match (self.kind, requester) {
                 (ConsumerKind::Request, Some(requester)) => {
-                    self.respond(delivery, routing_key, &requester, response, &traceparent).await
+                    self.respond(delivery, routing_key, &requester, response, &traceparent, plugin.limits()).await
                 }
                 _ => Outcome::Acked,
             },
         }
     }
 
-    /// Publishes the response to the requester and waits for the broker's confirm.
+    /// Publishes the response to the requester and waits for the broker's confirm. A
+    /// response the broker could not take (too large a header table or body, a header that
+    /// would route it elsewhere) is the plugin's fault: the request is rejected.
     async fn respond(
         &self,
         delivery: &Delivery,
@@ -282,14 +379,26 @@ impl QueueConsumer {
         requester: &str,
         response: Response,
         traceparent: &str,
+        limits: &Limits,
     ) -> Outcome {
-        let mut table = FieldTable::default();
-        for header in &response.headers {
-            if header.name != SERVICE_HEADER {
-                table.insert(header.name.as_str().into(), headers::from_plugin_value(&header.value));
-            }
-        }
+        let mut table = match headers::from_plugin(&response.headers) {
+            Ok(table) => table,
+            Err(why) => return Outcome::Rejected(format!("the plugin's response was refused: {why}")),
+        };
         table.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent)));
+        let (size, max) = (headers::encoded_len(&table), self.publisher.max_header_bytes());
+        if size > max {
+            return Outcome::Rejected(format!(
+                "the plugin's response headers take {size} bytes, over the {max} one frame can carry"
+            ));
+        }
+        if response.body.len() > limits.max_send_bytes {
+            return Outcome::Rejected(format!(
+                "the plugin's response body of {} bytes is over limits.max_send_kib ({} bytes)",
+                response.body.len(),
+                limits.max_send_bytes
+            ));
+        }
         // The response's `service` header names the requester: its queue is bound on it.
         let mut properties = broker::message_properties(requester, table);
         if let Some(id) = delivery.properties.correlation_id() {
@@ -302,44 +411,89 @@ impl QueueConsumer {
                 warn!(exchange = %exchange, routing_key, requester, "response unroutable: no queue of '{requester}' is bound for it; the request is acked");
                 Outcome::Acked
             }
-            Err(error) => {
-                Outcome::Requeued(format!("response not confirmed ({error}); the request will be handled again"))
-            }
+            Err(error) => Outcome::Deferred(format!("its response was not confirmed ({error})")),
         }
     }
 
-    /// `retry` from a handler: republish the message to this queue with a retry count, or
-    /// reject it once the count reaches `max_retries`.
-    async fn retry(&self, delivery: &Delivery, routing_key: &str, why: &str, max_retries: u32) -> Outcome {
+    /// `retry` from a handler. With delays: a copy (its retry count in a header) waits in
+    /// the queue's retry queue for the next delay, then RabbitMQ dead-letters it back; after
+    /// the last delay the message is rejected. Without: requeued at once (quorum queues count
+    /// deliveries themselves) or republished to the queue, `max_retries` times.
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        routing_key: &str,
+        why: &str,
+        max_retries: u32,
+        delays: &[Duration],
+    ) -> Outcome {
         let props = &delivery.properties;
-        let count_header = if self.quorum { QUORUM_DELIVERY_COUNT } else { RETRIES_HEADER };
+        let delayed = !delays.is_empty();
+        let count_header = if self.quorum && !delayed { QUORUM_DELIVERY_COUNT } else { RETRIES_HEADER };
         let retries = match props.headers().as_ref().and_then(|t| t.inner().get(count_header)) {
             Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
             Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
             _ => 0,
         };
+        let max_retries = if delayed { delays.len() as u32 } else { max_retries };
         if retries >= max_retries {
+            let key = if delayed { "retry_delays_ms" } else { "limits.max_retries" };
             return Outcome::Rejected(format!(
-                "retry asked ({why}) but the message was already retried {retries} times (limits.max_retries)"
+                "retry asked ({why}) but the message was already retried {retries} times ({key})"
             ));
         }
-        if self.quorum {
+        if self.quorum && !delayed {
             return Outcome::Requeued(format!(
                 "retry asked ({why}); delivery {} of at most {}",
                 retries + 1,
                 max_retries + 1
             ));
         }
+        let target = match delays.get(retries as usize) {
+            Some(delay) => naming::retry_queue(&self.queue, delay.as_millis() as u64),
+            None => self.queue.clone(),
+        };
         let mut table = props.headers().clone().unwrap_or_default();
         table.insert(ShortString::from(RETRIES_HEADER), AMQPValue::LongLongInt(i64::from(retries) + 1));
         table.insert(ShortString::from(ORIGINAL_KEY_HEADER), AMQPValue::LongString(LongString::from(routing_key)));
         let properties: BasicProperties = props.clone().with_headers(table);
-        match self.publisher.publish("", &self.queue, &delivery.data, properties).await {
-            Ok(_) => {
-                info!(queue = %self.queue, routing_key, retry = retries + 1, max = max_retries, reason = why, "retry requested; message requeued");
+        match self.publisher.publish("", &target, &delivery.data, properties).await {
+            Ok(Delivered::Routed) => {
+                info!(queue = %self.queue, routing_key, retry = retries + 1, max = max_retries, via = %target, reason = why, "retry requested; message requeued");
                 Outcome::Retried(retries + 1)
             }
-            Err(error) => Outcome::Requeued(format!("retry asked ({why}); republish failed ({error})")),
+            Ok(Delivered::Unroutable) => Outcome::Deferred(format!(
+                "retry asked ({why}); queue '{target}' is gone (deleted by hand?), so the copy was dropped"
+            )),
+            Err(error) => Outcome::Deferred(format!("retry asked ({why}); republish failed ({error})")),
         }
+    }
+}
+
+/// Where a settled message came from, for its log line.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    plugin: &'a str,
+    generation: u64,
+    routing_key: &'a str,
+}
+
+/// A message's identity across redeliveries, for counting its host-side failures (goamqp
+/// sends no message id): its routing key, message id and body.
+fn message_key(delivery: &Delivery, routing_key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    routing_key.hash(&mut hasher);
+    delivery.properties.message_id().as_ref().map(|id| id.to_string()).hash(&mut hasher);
+    delivery.data.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A panic's message, when it has one.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text.to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "no message".to_string(),
     }
 }

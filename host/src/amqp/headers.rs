@@ -30,8 +30,12 @@ pub const REASON_HEADER: &str = "x-warren-reason";
 /// Header naming the queue a dead-lettered message was taken from.
 pub const QUEUE_HEADER: &str = "x-warren-queue";
 
-/// goamqp's queue publisher names its target queue in this header.
+/// goamqp's queue publisher names its target queue in this header. RabbitMQ also routes a
+/// message to every queue named in `CC` and `BCC` (sender-selected distribution), so only
+/// the host may set them.
 pub const CC_HEADER: &str = "CC";
+/// Like `CC`, but removed by the broker before delivery.
+pub const BCC_HEADER: &str = "BCC";
 
 /// The header goamqp adds to every delivery it hands a handler.
 pub const ROUTING_KEY_HEADER: &str = "routing-key";
@@ -57,6 +61,47 @@ pub fn text(table: Option<&FieldTable>, name: &str) -> Option<String> {
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_string),
         AMQPValue::ShortString(s) => Some(s.to_string()),
         _ => None,
+    }
+}
+
+/// The AMQP header table for headers a plugin set on a message it sends or answers with.
+/// `service` is the host's to set and is dropped; `CC` and `BCC` would route the message to
+/// queues the plugin was never granted, so a message carrying them is refused.
+pub fn from_plugin(headers: &[Header]) -> Result<FieldTable, String> {
+    let mut table = FieldTable::default();
+    for header in headers {
+        if header.name.eq_ignore_ascii_case(CC_HEADER) || header.name.eq_ignore_ascii_case(BCC_HEADER) {
+            return Err(format!(
+                "header '{}' is reserved: it would route the message to queues not granted to the plugin",
+                header.name
+            ));
+        }
+        if header.name != SERVICE_HEADER {
+            table.insert(header.name.as_str().into(), from_plugin_value(&header.value));
+        }
+    }
+    Ok(table)
+}
+
+/// The size of `table` as AMQP encodes it on the wire (a content-header frame must hold it).
+pub fn encoded_len(table: &FieldTable) -> usize {
+    4 + table.inner().iter().map(|(name, value)| 1 + name.as_str().len() + value_len(value)).sum::<usize>()
+}
+
+/// One field value's encoded size: its type tag and payload.
+fn value_len(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(value_len).sum::<usize>(),
+        AMQPValue::FieldTable(t) => encoded_len(t),
+        AMQPValue::Void => 0,
     }
 }
 
@@ -233,5 +278,28 @@ mod tests {
         assert_eq!(text(Some(&t), "service").as_deref(), Some("orders"));
         assert_eq!(text(Some(&t), "n"), None);
         assert_eq!(text(None, "service"), None);
+    }
+
+    #[test]
+    fn plugins_cannot_set_routing_headers() {
+        let header = |name: &str| Header { name: name.into(), value: HeaderValue::Array(r#"["victim-q"]"#.into()) };
+        for name in ["CC", "BCC", "cc"] {
+            let refused = from_plugin(&[header(name)]).unwrap_err();
+            assert!(refused.contains("reserved"), "{refused}");
+        }
+        let service = Header { name: "service".into(), value: HeaderValue::Text("spoofed".into()) };
+        let kept = Header { name: "x-tenant".into(), value: HeaderValue::Integer(7) };
+        let table = from_plugin(&[service, kept]).unwrap();
+        assert_eq!(table.inner().len(), 1);
+        assert_eq!(table.inner()["x-tenant"], AMQPValue::LongLongInt(7));
+    }
+
+    #[test]
+    fn encoded_length_counts_what_goes_on_the_wire() {
+        assert_eq!(encoded_len(&FieldTable::default()), 4);
+        // name "s" (1 + 1) + tag (1) + long string (4 + 3)
+        assert_eq!(encoded_len(&table(&[("s", AMQPValue::LongString("abc".into()))])), 4 + 2 + 1 + 7);
+        let nested = table(&[("t", AMQPValue::FieldTable(table(&[("i", AMQPValue::LongInt(1))])))]);
+        assert_eq!(encoded_len(&nested), 4 + 2 + 1 + (4 + 2 + 1 + 4));
     }
 }

@@ -45,6 +45,12 @@ pub fn transient_event_queue(stream: &str, service: &str) -> String {
     event_queue_with_suffix(stream, service, &uuid::Uuid::new_v4().to_string())
 }
 
+/// `<queue>.retry-<ms>ms`: where Warren parks a retried message of `queue` for `delay_ms`
+/// before RabbitMQ dead-letters it back (Warren's own addition beside goamqp's names).
+pub fn retry_queue(queue: &str, delay_ms: u64) -> String {
+    format!("{queue}.retry-{delay_ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +98,13 @@ mod tests {
         let parsed = uuid::Uuid::parse_str(uuid).expect(uuid);
         assert_eq!(parsed.get_version_num(), 4);
         assert_ne!(name, transient_event_queue("events", "orders"), "each transient queue is new");
+    }
+
+    #[test]
+    fn retry_queue_is_the_queue_with_its_delay() {
+        assert_eq!(
+            retry_queue("billing.direct.exchange.request.queue", 1000),
+            "billing.direct.exchange.request.queue.retry-1000ms"
+        );
     }
 }

@@ -1,20 +1,54 @@
 //! What plugins send (events, requests, queue messages), published the goamqp way and
 //! confirmed by the broker before the plugin's call returns.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldArray, LongString};
 
 use super::broker::{self, Delivered, Publisher};
-use super::headers::{self, CC_HEADER, SERVICE_HEADER, TRACEPARENT_HEADER};
+use super::headers::{self, CC_HEADER, TRACEPARENT_HEADER};
 use super::naming;
-use crate::wasm::{Destination, Header, Outbox};
+use crate::wasm::{Destination, Header, Outbox, SendError};
 
 /// Publishes plugins' messages as service `service`.
 pub struct BrokerOutbox {
     pub publisher: Publisher,
     pub service: String,
+    /// Which routing keys name a queue on the broker, as last checked (see [`BrokerOutbox::names_a_queue`]).
+    known_queues: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+/// How long a check that a routing key names (or does not name) a queue is trusted.
+const QUEUE_CHECK_TTL: Duration = Duration::from_secs(5);
+
+impl BrokerOutbox {
+    pub fn new(publisher: Publisher, service: String) -> BrokerOutbox {
+        BrokerOutbox { publisher, service, known_queues: Mutex::default() }
+    }
+
+    /// A queue publish goes to the default exchange, which also delivers it to the queue
+    /// named by its routing key: a plugin granted one queue could reach any other by naming
+    /// it as the key. Whether `routing_key` names a queue is asked of the broker (passively)
+    /// and remembered for a few seconds.
+    async fn names_a_queue(&self, routing_key: &str) -> Result<bool, SendError> {
+        let now = Instant::now();
+        if let Some((exists, at)) = self.known_queues.lock().expect("queue checks lock").get(routing_key)
+            && now.duration_since(*at) < QUEUE_CHECK_TTL
+        {
+            return Ok(*exists);
+        }
+        let exists = self.publisher.queue_exists(routing_key).await.map_err(|e| SendError::Failed(e.to_string()))?;
+        let mut known = self.known_queues.lock().expect("queue checks lock");
+        if known.len() > 1024 {
+            known.clear();
+        }
+        known.insert(routing_key.to_string(), (exists, now));
+        Ok(exists)
+    }
 }
 
 impl Outbox for BrokerOutbox {
@@ -25,12 +59,9 @@ impl Outbox for BrokerOutbox {
         body: &'a [u8],
         plugin_headers: &'a [Header],
         traceparent: Option<&'a str>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>> {
         Box::pin(async move {
-            let mut table = FieldTable::default();
-            for header in plugin_headers.iter().filter(|h| h.name != SERVICE_HEADER) {
-                table.insert(header.name.as_str().into(), headers::from_plugin_value(&header.value));
-            }
+            let mut table = headers::from_plugin(plugin_headers).map_err(SendError::Denied)?;
             if let Some(traceparent) = traceparent.filter(|_| !table.contains_key(TRACEPARENT_HEADER)) {
                 table.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent)));
             }
@@ -38,6 +69,12 @@ impl Outbox for BrokerOutbox {
                 Destination::Event(stream) => naming::event_exchange(stream),
                 Destination::Request(service) => naming::request_exchange(service),
                 Destination::Queue(queue) => {
+                    if routing_key != queue && self.names_a_queue(routing_key).await? {
+                        return Err(SendError::Denied(format!(
+                            "routing key '{routing_key}' names another queue, which a queue publish would also reach; \
+                             only queue '{queue}' is granted: use another routing key"
+                        )));
+                    }
                     let cc = FieldArray::from(vec![AMQPValue::LongString(LongString::from(queue.as_str()))]);
                     table.insert(CC_HEADER.into(), AMQPValue::FieldArray(cc));
                     String::new()
@@ -48,10 +85,10 @@ impl Outbox for BrokerOutbox {
                 Ok(Delivered::Routed) => Ok(()),
                 // Nobody subscribed to this event (yet): that is not the publisher's problem.
                 Ok(Delivered::Unroutable) if matches!(to, Destination::Event(_)) => Ok(()),
-                Ok(Delivered::Unroutable) => Err(format!(
+                Ok(Delivered::Unroutable) => Err(SendError::Failed(format!(
                     "no queue takes '{routing_key}' on exchange '{exchange}': is the receiving service running?"
-                )),
-                Err(error) => Err(error.to_string()),
+                ))),
+                Err(error) => Err(SendError::Failed(error.to_string())),
             }
         })
     }

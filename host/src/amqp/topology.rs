@@ -75,6 +75,9 @@ pub struct Route {
     pub plugin: String,
     /// Where this handler's rejected messages go.
     pub dead_letter_exchange: Option<String>,
+    /// Delays before each redelivery of a `retry`, through this queue's retry queues
+    /// (empty: redelivered at once, `limits.max_retries` times).
+    pub retry_delays_ms: Vec<u64>,
 }
 
 /// One consumer: a queue, what its messages are, and who handles each routing key.
@@ -117,14 +120,8 @@ impl Topology {
             for handler in &config.requests {
                 topology.bind(&queue, &exchange, &handler.routing_key, BTreeMap::new());
                 let dlx = handler.dead_letter_exchange.as_ref().or(config.dead_letter_exchange.as_ref());
-                topology.route(
-                    &queue,
-                    ConsumerKind::Request,
-                    KeyMatch::Exact,
-                    &handler.routing_key,
-                    &handler.plugin,
-                    dlx,
-                );
+                let route = Route::new(config, &handler.routing_key, &handler.plugin, dlx, &handler.retry_delays);
+                topology.route(&queue, ConsumerKind::Request, KeyMatch::Exact, route, profile);
             }
         }
 
@@ -136,7 +133,8 @@ impl Topology {
             let arguments = BTreeMap::from([("service".to_string(), ArgValue::Text(service.clone()))]);
             topology.bind(&queue, &exchange, &handler.routing_key, arguments);
             let dlx = handler.dead_letter_exchange.as_ref().or(config.dead_letter_exchange.as_ref());
-            topology.route(&queue, ConsumerKind::Event, KeyMatch::Exact, &handler.routing_key, &handler.plugin, dlx);
+            let route = Route::new(config, &handler.routing_key, &handler.plugin, dlx, &handler.retry_delays);
+            topology.route(&queue, ConsumerKind::Event, KeyMatch::Exact, route, profile);
         }
 
         // What plugins are granted to publish to exists before their first publish.
@@ -167,7 +165,8 @@ impl Topology {
             topology.add_queue(&queue, !handler.transient, profile);
             topology.bind(&queue, &exchange, &handler.routing_key, BTreeMap::new());
             let dlx = handler.dead_letter_exchange.as_ref().or(config.dead_letter_exchange.as_ref());
-            topology.route(&queue, ConsumerKind::Event, KeyMatch::Topic, &handler.routing_key, &handler.plugin, dlx);
+            let route = Route::new(config, &handler.routing_key, &handler.plugin, dlx, &handler.retry_delays);
+            topology.route(&queue, ConsumerKind::Event, KeyMatch::Topic, route, profile);
         }
         for consumer in &mut topology.consumers {
             consumer.dead_letter_exchange = config.dead_letter_exchange.clone();
@@ -262,20 +261,16 @@ impl Topology {
         }
     }
 
-    fn route(
-        &mut self,
-        queue: &str,
-        kind: ConsumerKind,
-        matching: KeyMatch,
-        key: &str,
-        plugin: &str,
-        dlx: Option<&String>,
-    ) {
-        if let Some(dlx) = dlx {
+    /// Adds `route` to the consumer of `queue`, with its dead-letter exchange and the retry
+    /// queues its delays need.
+    fn route(&mut self, queue: &str, kind: ConsumerKind, matching: KeyMatch, route: Route, profile: QueueProfile) {
+        if let Some(dlx) = &route.dead_letter_exchange {
             self.add_exchange(dlx, ExchangeKind::Fanout);
         }
-        let route =
-            Route { routing_key: key.to_string(), plugin: plugin.to_string(), dead_letter_exchange: dlx.cloned() };
+        let durable = self.queues.iter().find(|q| q.name == queue).is_none_or(|q| q.durable);
+        for &delay in &route.retry_delays_ms {
+            self.add_retry_queue(queue, delay, durable, profile);
+        }
         match self.consumers.iter_mut().find(|c| c.queue == queue) {
             Some(consumer) => consumer.routes.push(route),
             None => {
@@ -289,6 +284,39 @@ impl Topology {
                     routes,
                 })
             }
+        }
+    }
+
+    /// A queue where a retried message of `queue` waits `delay_ms`, then is dead-lettered by
+    /// RabbitMQ straight back to `queue` (default exchange, routing key = `queue`).
+    fn add_retry_queue(&mut self, queue: &str, delay_ms: u64, durable: bool, profile: QueueProfile) {
+        let name = naming::retry_queue(queue, delay_ms);
+        self.add_queue(&name, durable, profile);
+        let retry = self.queues.iter_mut().find(|q| q.name == name).expect("just added");
+        retry.arguments.extend([
+            ("x-message-ttl".to_string(), ArgValue::Int(delay_ms as i64)),
+            ("x-dead-letter-exchange".to_string(), ArgValue::Text(String::new())),
+            ("x-dead-letter-routing-key".to_string(), ArgValue::Text(queue.to_string())),
+        ]);
+    }
+}
+
+impl Route {
+    /// The route of a handler: its key, plugin, dead-letter exchange and retry delays (its
+    /// own, else its plugin's limits).
+    fn new(
+        config: &Config,
+        routing_key: &str,
+        plugin: &str,
+        dlx: Option<&String>,
+        own_delays: &Option<Vec<std::time::Duration>>,
+    ) -> Route {
+        let delays = config.retry_delays(own_delays.as_ref(), plugin);
+        Route {
+            routing_key: routing_key.to_string(),
+            plugin: plugin.to_string(),
+            dead_letter_exchange: dlx.cloned(),
+            retry_delays_ms: delays.iter().map(|d| d.as_millis() as u64).collect(),
         }
     }
 }

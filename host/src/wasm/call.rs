@@ -10,15 +10,13 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings;
+use super::output::sanitize;
 use super::{Header, LogLevel, SendError};
 use crate::config::Grants;
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields
 /// (1 ms: a deadline is met within about a millisecond; see the README's isolation figures).
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// How much of a guest's stdout/stderr is kept to explain a failure.
-pub(super) const GUEST_OUTPUT_CAPACITY: usize = 16 * 1024;
 
 /// Where a plugin's outgoing message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +40,7 @@ pub trait Outbox: Send + Sync {
         body: &'a [u8],
         headers: &'a [Header],
         traceparent: Option<&'a str>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SendError>> + Send + 'a>>;
 }
 
 /// What one call may send out, beside its answer.
@@ -64,7 +62,19 @@ pub struct CallState {
     pub(super) plugin: Arc<str>,
     pub(super) grants: Arc<Grants>,
     pub(super) context: CallContext,
+    /// Messages this call has asked to send so far, and the caps on them.
+    pub(super) sends: SendBudget,
 }
+
+/// What one call may send: how many messages, and how large each body.
+pub(super) struct SendBudget {
+    pub(super) sent: u32,
+    pub(super) max_sends: u32,
+    pub(super) max_body_bytes: usize,
+}
+
+/// Longest log line a plugin may write through the host; longer ones are cut with a note.
+pub const MAX_LOG_LINE: usize = 4 * 1024;
 
 /// The store's memory limit, remembering the largest linear memory the call asked for.
 pub(super) struct MemoryLimiter {
@@ -90,14 +100,19 @@ impl CallState {
     /// Checks the grant and sends through the outbox. The future owns what it needs: the
     /// store's state is not `Sync` and must not be borrowed across the broker's confirm.
     fn send(
-        &self,
+        &mut self,
         to: Destination,
         routing_key: String,
         body: Vec<u8>,
         headers: Vec<Header>,
     ) -> impl std::future::Future<Output = Result<(), SendError>> + Send + 'static {
         let (plugin, grants, context) = (self.plugin.clone(), self.grants.clone(), self.context.clone());
+        let over_budget = self.sends.refuse(body.len());
         async move {
+            if let Some(reason) = over_budget {
+                tracing::warn!(plugin = %plugin, "{reason}");
+                return Err(SendError::Failed(reason));
+            }
             let (granted, what, key) = match &to {
                 Destination::Event(stream) => (
                     grants.publish.contains(stream),
@@ -123,11 +138,27 @@ impl CallState {
             let Some(outbox) = &context.outbox else {
                 return Err(SendError::Failed("this host has no broker connection to send with".to_string()));
             };
-            outbox
-                .send(to, &routing_key, &body, &headers, context.traceparent.as_deref())
-                .await
-                .map_err(SendError::Failed)
+            outbox.send(to, &routing_key, &body, &headers, context.traceparent.as_deref()).await
         }
+    }
+}
+
+impl SendBudget {
+    /// Counts one more send of a `body_len`-byte body; says why when it is over a cap.
+    fn refuse(&mut self, body_len: usize) -> Option<String> {
+        self.sent += 1;
+        if self.sent > self.max_sends {
+            return Some(format!(
+                "more than {} sends in one call (limits.max_sends): this one was not sent",
+                self.max_sends
+            ));
+        }
+        (body_len > self.max_body_bytes).then(|| {
+            format!(
+                "a body of {body_len} bytes is over the {} bytes one send may carry (limits.max_send_kib): not sent",
+                self.max_body_bytes
+            )
+        })
     }
 }
 
@@ -167,6 +198,12 @@ impl bindings::warren::plugin::host::Host for CallState {
     async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
         if self.grants.log {
             let plugin = &*self.plugin;
+            let cut = message.len() > MAX_LOG_LINE;
+            let mut end = message.len().min(MAX_LOG_LINE);
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            let message = format!("{}{}", sanitize(&message[..end]), if cut { " […line cut]" } else { "" });
             match level {
                 LogLevel::Trace => tracing::trace!(plugin, "{message}"),
                 LogLevel::Debug => tracing::debug!(plugin, "{message}"),

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::WORLD;
 use super::bindings;
-use super::call::{CallContext, CallState, EPOCH_TICK, GUEST_OUTPUT_CAPACITY};
+use super::call::{CallContext, CallState, EPOCH_TICK};
+use super::output::GuestOutput;
 use super::plugin::{Code, CodeSource, NativeHandler, Plugin};
 use crate::config::PluginSettings;
 
@@ -201,10 +201,24 @@ impl Runtime {
             path: file.clone(),
             reason: format!("{e:#}"),
         };
-        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
-        let mut store = plugin.new_store(output, CallContext::default()).map_err(smoke)?;
-        // Instantiation awaits nothing from the host, so a local executor is enough.
-        futures_lite::future::block_on(pre.instantiate_async(&mut store)).map_err(smoke)?;
+        let output = GuestOutput::new(name.as_str().into());
+        let timeout = plugin.limits().timeout;
+        let mut store =
+            plugin.new_store(&output, CallContext::default(), std::time::Instant::now() + timeout).map_err(smoke)?;
+        // Bounded like a call: epoch interruption stops a spinning start, and a timer one that
+        // waits in a host call (a WASI sleep), so a hanging plugin never blocks a reload.
+        let started = smoke_within(timeout, pre.instantiate_async(&mut store));
+        output.finish();
+        match started {
+            Some(result) => result.map_err(smoke)?,
+            None => {
+                return Err(PluginError::Smoke {
+                    plugin: name,
+                    path: file,
+                    reason: format!("it did not start within its timeout_ms ({} ms)", timeout.as_millis()),
+                });
+            }
+        };
         Ok(plugin)
     }
 
@@ -253,6 +267,19 @@ impl Runtime {
             tracing::warn!(file = %cached.display(), %error, "could not write the compiled plugin to the cache");
         }
         Ok((component, CodeSource::Compiled))
+    }
+}
+
+/// Runs a smoke instantiation to completion on this (blocking) thread, giving up after
+/// `timeout`; `None` when it did not finish in time. Instantiation awaits nothing from the
+/// host but WASI's own timers, which need the tokio runtime when one is running.
+fn smoke_within<T>(timeout: std::time::Duration, start: impl std::future::Future<Output = T>) -> Option<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            let _entered = handle.enter();
+            futures_lite::future::block_on(async { tokio::time::timeout(timeout, start).await.ok() })
+        }
+        Err(_) => Some(futures_lite::future::block_on(start)),
     }
 }
 

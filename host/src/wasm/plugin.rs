@@ -9,10 +9,10 @@ use tokio::sync::Semaphore;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::bindings;
-use super::call::{CallContext, CallState, EPOCH_TICK, GUEST_OUTPUT_CAPACITY, MemoryLimiter};
+use super::call::{CallContext, CallState, EPOCH_TICK, MemoryLimiter, SendBudget};
+use super::output::GuestOutput;
 use super::{HandlerError, Header, Request, Response};
 use crate::config::{Grants, Limits, PluginSettings};
 
@@ -26,6 +26,9 @@ pub enum PluginFault {
     /// No instance could be made before the deadline: the host's instance pool stayed full.
     /// The message is not at fault.
     Busy(String),
+    /// The host failed to set up the call (a granted folder cannot be opened, …). The
+    /// message is not at fault.
+    Host(String),
 }
 
 impl std::fmt::Display for PluginFault {
@@ -34,6 +37,7 @@ impl std::fmt::Display for PluginFault {
             PluginFault::Deadline(limit) => write!(f, "deadline of {} ms exceeded", limit.as_millis()),
             PluginFault::Trap(reason) => write!(f, "trap: {reason}"),
             PluginFault::Busy(reason) => write!(f, "could not start: {reason} until the deadline"),
+            PluginFault::Host(reason) => write!(f, "{reason}"),
         }
     }
 }
@@ -132,8 +136,9 @@ impl Plugin {
     /// before `handle` runs (the benchmark's instantiate time). Native plugins cost nothing.
     pub async fn instantiate(&self) -> Result<(), PluginFault> {
         let Code::Wasm(pre) = &self.code else { return Ok(()) };
-        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
-        let mut store = self.new_store(output.clone(), CallContext::default()).map_err(|e| self.fault(e, &output))?;
+        let output = GuestOutput::new(self.name.as_str().into());
+        let deadline = Instant::now() + self.limits().timeout;
+        let mut store = self.new_store(&output, CallContext::default(), deadline).map_err(host_fault)?;
         self.instance(pre, &mut store, &output).await.map(drop)
     }
 
@@ -143,7 +148,7 @@ impl Plugin {
         &self,
         pre: &bindings::HandlerPre<CallState>,
         store: &mut Store<CallState>,
-        output: &MemoryOutputPipe,
+        output: &GuestOutput,
     ) -> Result<bindings::Handler, PluginFault> {
         loop {
             match pre.instantiate_async(&mut *store).await {
@@ -161,23 +166,58 @@ impl Plugin {
 
     /// Calls `handle` on a fresh instance. `Ok` carries the handler's own answer; `Err` a
     /// fault after which the instance is gone.
+    ///
+    /// The whole call — waiting for a `max_concurrency` permit, instantiating, running, and
+    /// every host call the guest makes (a WASI sleep, a publish awaiting its confirm) — ends
+    /// at the deadline: epoch interruption stops running wasm, and a timer drops the call
+    /// wherever it waits.
     pub async fn handle(
         &self,
         request: &Request,
         headers: &[Header],
         context: &CallContext,
     ) -> Result<Result<Response, HandlerError>, PluginFault> {
+        let timeout = self.limits().timeout;
+        let deadline = Instant::now() + timeout;
         let _permit = match &self.permits {
-            Some(permits) => Some(permits.acquire().await.expect("the semaphore is never closed")),
+            Some(permits) => match tokio::time::timeout_at(deadline.into(), permits.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_closed)) => return Err(PluginFault::Busy("its max_concurrency permits are closed".into())),
+                Err(_) => {
+                    return Err(PluginFault::Busy(format!(
+                        "all {} max_concurrency permits stayed taken",
+                        self.limits().max_concurrency.unwrap_or_default()
+                    )));
+                }
+            },
             None => None,
         };
         let pre = match &self.code {
             Code::Native(handler) => return Ok(handler(request, headers)),
             Code::Wasm(pre) => pre,
         };
-        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAPACITY);
-        let mut store = self.new_store(output.clone(), context.clone()).map_err(|e| self.fault(e, &output))?;
-        let handler = self.instance(pre, &mut store, &output).await?;
+        let output = GuestOutput::new(self.name.as_str().into());
+        let call = self.call(pre, request, headers, context, deadline, &output);
+        let result = match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(result) => result,
+            Err(_) => Err(PluginFault::Deadline(timeout)),
+        };
+        output.finish();
+        result
+    }
+
+    /// One call on a fresh instance, unbounded in time: [`Plugin::handle`] bounds it.
+    async fn call(
+        &self,
+        pre: &bindings::HandlerPre<CallState>,
+        request: &Request,
+        headers: &[Header],
+        context: &CallContext,
+        deadline: Instant,
+        output: &GuestOutput,
+    ) -> Result<Result<Response, HandlerError>, PluginFault> {
+        let mut store = self.new_store(output, context.clone(), deadline).map_err(host_fault)?;
+        let handler = self.instance(pre, &mut store, output).await?;
         let result = async {
             // The fuel limit budgets the handler's own work, not the language runtime's
             // start-up (instantiation stays bounded by the deadline).
@@ -188,26 +228,19 @@ impl Plugin {
         }
         .await;
         self.peak_memory.fetch_max(store.data().limits.peak, std::sync::atomic::Ordering::Relaxed);
-        match result {
-            Ok(answer) => {
-                let said = output.contents();
-                if !said.is_empty() {
-                    let said = String::from_utf8_lossy(&said);
-                    tracing::info!(plugin = %self.name, output = %said.trim_end(), "plugin wrote to stdout/stderr");
-                }
-                Ok(answer)
-            }
-            Err(error) => Err(self.fault(error, &output)),
-        }
+        result.map_err(|error| self.fault(error, output))
     }
 
+    /// A store for one call: WASI granting only what the config grants, the memory limit,
+    /// and an epoch callback that yields every tick and interrupts at `deadline`.
     pub(super) fn new_store(
         &self,
-        output: MemoryOutputPipe,
+        output: &GuestOutput,
         context: CallContext,
+        deadline: Instant,
     ) -> Result<Store<CallState>, wasmtime::Error> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(output.clone()).stderr(output).envs(&self.env);
+        wasi.stdout(output.clone()).stderr(output.stderr()).envs(&self.env);
         if let Some((host, guest)) = &self.settings.grants.dir {
             wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)?;
         }
@@ -219,10 +252,11 @@ impl Plugin {
                 limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
                 peak: 0,
             },
-            deadline: Instant::now() + limits.timeout,
+            deadline,
             plugin: self.name.as_str().into(),
             grants: self.grants.clone(),
             context,
+            sends: SendBudget { sent: 0, max_sends: limits.max_sends, max_body_bytes: limits.max_send_bytes },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -240,7 +274,7 @@ impl Plugin {
         Ok(store)
     }
 
-    fn fault(&self, error: wasmtime::Error, output: &MemoryOutputPipe) -> PluginFault {
+    fn fault(&self, error: wasmtime::Error, output: &GuestOutput) -> PluginFault {
         if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
             return PluginFault::Deadline(self.limits().timeout);
         }
@@ -248,10 +282,16 @@ impl Plugin {
             Some(trap) => trap.to_string(),
             None => error.root_cause().to_string(),
         };
-        let said = String::from_utf8_lossy(&output.contents()).trim().to_string();
+        let said = output.tail();
         if !said.is_empty() {
-            reason = format!("{reason}; the plugin wrote: {}", said.replace('\n', " | "));
+            reason = format!("{reason}; the plugin wrote: {said}");
         }
         PluginFault::Trap(reason)
     }
+}
+
+/// The host could not set up a call's sandbox (e.g. a granted folder cannot be opened): not
+/// the message's fault.
+fn host_fault(error: wasmtime::Error) -> PluginFault {
+    PluginFault::Host(format!("could not set up the sandbox: {:#}", error))
 }

@@ -80,6 +80,10 @@ pub enum Command {
     Run {
         #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
         config: PathBuf,
+        /// Exit at once when no broker answers, instead of waiting for one with the
+        /// reconnect backoff (for scripts).
+        #[arg(long)]
+        fail_fast: bool,
     },
     /// Build, then run, rebuilding a plugin whenever its source under --source changes.
     Dev(BuildArgs),
@@ -132,10 +136,11 @@ pub enum Command {
     },
 }
 
-/// Info and above, without two lapin targets that Warren reports better itself: lapin logs an
-/// error for every channel on a clean `connection.close()`, and a debug dump for each
-/// returned (unroutable) message, which the publisher already turns into one warning.
-pub const DEFAULT_LOG_FILTER: &str = "info,lapin::channels=off,lapin::returned_messages=off";
+/// Info and above, without lapin's own lines: Warren reports every broker failure itself, in
+/// words (lapin logs an error for every channel on a clean `connection.close()`, its own
+/// ERROR before Warren's explanation of a refused login, and a dump of each returned message).
+/// `RUST_LOG=info,lapin=debug` shows them again.
+pub const DEFAULT_LOG_FILTER: &str = "info,lapin=off";
 
 /// A command that failed; each variant's message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -184,9 +189,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 build(&source, &config, &target_dir).await?;
                 let _sources =
                     SourceWatcher::start(&source, config.plugins_dir.clone(), target_dir).map_err(ServerError::from)?;
-                serve(&config).await
+                serve(&config, false).await
             }
-            Command::Run { config } => serve(&Config::load(&config)?).await,
+            Command::Run { config, fail_fast } => serve(&Config::load(&config)?, fail_fast).await,
             Command::Check { config } => check(&config).await,
             Command::New { name, source, lang } => {
                 let dir = crate::tooling::scaffold::new_plugin(&source, &name, lang.into())?;
@@ -243,9 +248,17 @@ async fn build(source: &Path, config: &Config, target_dir: &Path) -> Result<Vec<
     Ok(built.await.expect("the build task panicked")?)
 }
 
-/// `warren run`: start, print the live plugins, serve until a signal.
-async fn serve(config: &Config) -> Result<(), CliError> {
-    let server = Server::start(config).await?;
+/// `warren run`: start (waiting for the broker unless `fail_fast`), print the live
+/// plugins, serve until a signal.
+async fn serve(config: &Config, fail_fast: bool) -> Result<(), CliError> {
+    let server = if fail_fast {
+        Server::start(config).await?
+    } else {
+        tokio::select! {
+            server = Server::start_waiting(config) => server?,
+            _ = shutdown::signal() => return Ok(()),
+        }
+    };
     println!("{:<16} {:>4}  {:<12}  {:<8}  FILE", "PLUGIN", "GEN", "SHA-256", "CODE");
     for p in server.plugins() {
         let source = format!("{:?}", p.source).to_lowercase();

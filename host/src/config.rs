@@ -10,8 +10,10 @@ use toml::Spanned;
 
 use crate::amqp::naming::DEFAULT_STREAM;
 
-/// The environment variable that overrides `broker.url`.
+/// The environment variable that overrides `broker.url` / `broker.urls` (a comma list).
 pub const BROKER_URL_ENV: &str = "WARREN_BROKER_URL";
+/// The environment variable that gives the broker password when the URL has none.
+pub const BROKER_PASSWORD_ENV: &str = "WARREN_BROKER_PASSWORD";
 /// The config file used when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "warren.toml";
 /// The local broker, used when neither the config nor the environment names one.
@@ -112,6 +114,62 @@ pub struct PluginSettings {
     pub grants: Grants,
 }
 
+/// How to reach the broker: its endpoints, the password and TLS (`[broker]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BrokerConfig {
+    /// `amqp://` or `amqps://` URLs, one per node; the host connects to the first that
+    /// answers, in shuffled order.
+    pub urls: Vec<String>,
+    /// The password, for URLs that carry none (`password_file` or `WARREN_BROKER_PASSWORD`).
+    pub password: Option<Secret>,
+    /// Certificates for `amqps://` URLs.
+    pub tls: TlsConfig,
+}
+
+/// `[broker.tls]`, with the files already read and checked.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsConfig {
+    /// PEM certificates to trust beside the system roots (`ca_file`).
+    pub ca_pem: Option<String>,
+    /// A client certificate and its key (PEM), for mutual TLS; without a password the
+    /// host then authenticates with SASL EXTERNAL.
+    pub client: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key, both PEM.
+#[derive(Clone, PartialEq)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Secret,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").field("cert_pem", &format!("{} bytes", self.cert_pem.len())).finish()
+    }
+}
+
+/// A secret (a password, a private key): never printed, not even by `{:?}`.
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// The whole resolved configuration of one Warren host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -123,8 +181,11 @@ pub struct Config {
     pub plugins_dir: PathBuf,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off when `None`.
     pub metrics: Option<std::net::SocketAddr>,
-    /// The AMQP URL (`WARREN_BROKER_URL` wins over `broker.url`).
+    /// The first broker URL, as written (`WARREN_BROKER_URL` wins over the file): what
+    /// one-shot clients use. The host itself connects by [`Config::broker`].
     pub broker_url: String,
+    /// Every endpoint, the password and TLS settings.
+    pub broker: BrokerConfig,
     pub queue_profile: QueueProfile,
     /// Where rejected messages go, with the reason in headers, when a handler names none.
     pub dead_letter_exchange: Option<String>,
@@ -179,19 +240,28 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let broker_url = std::env::var(BROKER_URL_ENV).ok();
-        Config::parse(path, &text, broker_url)
+        let env = BrokerEnv {
+            urls: std::env::var(BROKER_URL_ENV).ok(),
+            password: std::env::var(BROKER_PASSWORD_ENV).ok().map(Secret::new),
+        };
+        Config::parse_with_env(path, &text, env)
     }
 
-    /// Parses config `text` as if read from `path`; `broker_url` overrides `broker.url`.
+    /// Parses config `text` as if read from `path`; `broker_url` (a comma list) overrides
+    /// `broker.url` and `broker.urls`.
     pub fn parse(path: &Path, text: &str, broker_url: Option<String>) -> Result<Config, ConfigError> {
+        Config::parse_with_env(path, text, BrokerEnv { urls: broker_url, password: None })
+    }
+
+    /// Parses config `text` as if read from `path`, with what the environment says of the broker.
+    pub fn parse_with_env(path: &Path, text: &str, env: BrokerEnv) -> Result<Config, ConfigError> {
         let at = Locator { path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             let key = text.get(span.clone()).filter(|k| !k.contains('\n')).unwrap_or("config");
             at.error(span.start, key, e.message().trim())
         })?;
-        raw.resolve(&at, broker_url)
+        raw.resolve(&at, env)
     }
 
     /// Every plugin name the handlers use, once each, in a stable order.
@@ -279,11 +349,30 @@ struct RawService {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBroker {
-    url: Option<String>,
+    url: Option<Spanned<String>>,
+    urls: Option<Spanned<Vec<String>>>,
+    password_file: Option<Spanned<String>>,
+    tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     queue_profile: QueueProfile,
     prefetch: Option<Spanned<u16>>,
     dead_letter_exchange: Option<Spanned<String>>,
+}
+
+/// `[broker.tls]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+}
+
+/// What the environment says of the broker: `WARREN_BROKER_URL`, `WARREN_BROKER_PASSWORD`.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerEnv {
+    pub urls: Option<String>,
+    pub password: Option<Secret>,
 }
 
 /// `[limits]` (defaults for every plugin) and `[plugin.<name>]` (one plugin's overrides, and
@@ -461,11 +550,12 @@ fn check_plugin(at: &Locator, value: &Spanned<String>, key: &str) -> Result<Stri
 impl RawConfig {
     /// Resolution, step by step: names and folders, the broker, default limits, then each
     /// kind of handler, then per-plugin settings (which need to know the handlers).
-    fn resolve(self, at: &Locator, broker_url: Option<String>) -> Result<Config, ConfigError> {
+    fn resolve(self, at: &Locator, env: BrokerEnv) -> Result<Config, ConfigError> {
         let service = check_name(at, &self.service.name, "service.name")?;
         let base = at.path.parent().unwrap_or(Path::new("."));
         let plugins_dir = base.join(self.service.plugins.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR));
-        let broker_url = broker_url.or(self.broker.url).unwrap_or_else(|| DEFAULT_BROKER_URL.to_string());
+        let broker = resolve_broker(at, base, &self.broker, env)?;
+        let broker_url = broker.urls[0].clone();
         let prefetch = resolve_prefetch(at, self.broker.prefetch)?;
         let limits = resolve_default_limits(at, &self.limits)?;
         let requests = resolve_requests(at, &self.request)?;
@@ -486,6 +576,7 @@ impl RawConfig {
             service,
             plugins_dir,
             broker_url,
+            broker,
             queue_profile: self.broker.queue_profile,
             dead_letter_exchange: dead_letter(at, &self.broker.dead_letter_exchange, "broker")?,
             prefetch,
@@ -494,6 +585,135 @@ impl RawConfig {
             events,
             responses,
         })
+    }
+}
+
+/// `[broker]`'s endpoints, password and TLS: every file read and checked now, so a bad
+/// one is one line before anything connects.
+fn resolve_broker(at: &Locator, base: &Path, raw: &RawBroker, env: BrokerEnv) -> Result<BrokerConfig, ConfigError> {
+    let urls = broker_urls(at, raw, env.urls)?;
+    let password = match (&raw.password_file, env.password) {
+        (Some(file), _) => Some(read_password(at, base, file)?),
+        (None, password) => password,
+    };
+    if let (Some(_), Some(with)) = (&password, urls.iter().find(|url| url_has_password(url))) {
+        let span = raw.password_file.as_ref().map_or(0, |f| f.span().start);
+        return Err(at.error(
+            span,
+            "broker.password_file",
+            format!("{} already has a password: remove it from the URL or drop the password file", redact_url(with)),
+        ));
+    }
+    let tls = match &raw.tls {
+        Some(tls) => resolve_tls(at, base, tls)?,
+        None => TlsConfig::default(),
+    };
+    if let (Some(tls_table), false) = (&raw.tls, urls.iter().any(|u| u.starts_with("amqps://"))) {
+        return Err(at.at(tls_table, "broker.tls", "TLS settings need amqps:// URLs; change the URLs' scheme"));
+    }
+    Ok(BrokerConfig { urls, password, tls })
+}
+
+/// The broker URLs: the environment's comma list, else `urls`, else `url`, else the local broker.
+fn broker_urls(at: &Locator, raw: &RawBroker, env: Option<String>) -> Result<Vec<String>, ConfigError> {
+    if let (Some(url), Some(_)) = (&raw.url, &raw.urls) {
+        return Err(at.at(url, "broker.url", "set broker.url or broker.urls, not both"));
+    }
+    let (urls, key, span) = match (env, &raw.urls, &raw.url) {
+        (Some(list), _, _) => {
+            let urls = list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect();
+            (urls, BROKER_URL_ENV, 0)
+        }
+        (None, Some(list), _) => (list.get_ref().clone(), "broker.urls", list.span().start),
+        (None, None, Some(url)) => (vec![url.get_ref().clone()], "broker.url", url.span().start),
+        (None, None, None) => (vec![DEFAULT_BROKER_URL.to_string()], "broker.url", 0),
+    };
+    if urls.is_empty() {
+        return Err(at.error(span, key, "names no broker: give at least one amqp:// or amqps:// URL"));
+    }
+    for url in &urls {
+        if let Err(why) = url.parse::<lapin::uri::AMQPUri>() {
+            let hint = "write it like amqp://user@host:5672/%2f";
+            return Err(at.error(span, key, format!("'{}' is not an AMQP URL ({why}); {hint}", redact_url(url))));
+        }
+    }
+    Ok(urls)
+}
+
+/// Reads `password_file` (relative to the config's folder): its first line, which must not be empty.
+fn read_password(at: &Locator, base: &Path, file: &Spanned<String>) -> Result<Secret, ConfigError> {
+    let path = base.join(file.get_ref());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        at.at(
+            file,
+            "broker.password_file",
+            format!("cannot read {}: {e}; check the path and its permissions", path.display()),
+        )
+    })?;
+    let password = text.lines().next().unwrap_or_default().trim_end_matches('\r');
+    if password.is_empty() {
+        return Err(at.at(
+            file,
+            "broker.password_file",
+            format!("{} is empty: put the password on its first line", path.display()),
+        ));
+    }
+    Ok(Secret::new(password))
+}
+
+/// `[broker.tls]`: the CA and the client certificate and key, read and checked to match.
+fn resolve_tls(at: &Locator, base: &Path, raw: &Spanned<RawTls>) -> Result<TlsConfig, ConfigError> {
+    let tls = raw.get_ref();
+    let read = |file: &Spanned<String>, key: &str| -> Result<Vec<u8>, ConfigError> {
+        let path = base.join(file.get_ref());
+        std::fs::read(&path).map_err(|e| at.at(file, key, format!("cannot read {}: {e}", path.display())))
+    };
+    let ca_pem = match &tls.ca_file {
+        Some(file) => {
+            let pem = read(file, "broker.tls.ca_file")?;
+            let certs = crate::amqp::tls::certificates(&pem);
+            if certs.is_none_or(|n| n == 0) {
+                return Err(at.at(
+                    file,
+                    "broker.tls.ca_file",
+                    "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                ));
+            }
+            Some(String::from_utf8_lossy(&pem).into_owned())
+        }
+        None => None,
+    };
+    let client = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let (cert_pem, key_pem) = (read(cert, "broker.tls.cert_file")?, read(key, "broker.tls.key_file")?);
+            if let Err(why) = crate::amqp::tls::check_identity(&cert_pem, &key_pem) {
+                return Err(at.at(key, "broker.tls.key_file", why));
+            }
+            Some(ClientIdentity { cert_pem, key_pem: Secret::new(String::from_utf8_lossy(&key_pem)) })
+        }
+        (Some(file), None) | (None, Some(file)) => {
+            return Err(at.at(file, "broker.tls", "mutual TLS needs both cert_file and key_file"));
+        }
+        (None, None) => None,
+    };
+    Ok(TlsConfig { ca_pem, client })
+}
+
+/// Whether an AMQP URL carries a password (`user:password@`).
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].find(':') {
+            Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
     }
 }
 
@@ -867,5 +1087,58 @@ mod tests {
         assert!(zero.contains("request[0].retry_delays_ms: 0 is not a delay"), "{zero}");
         let empty = error("[service]\nname = \"d\"\n[limits]\nretry_delays_ms = []\n");
         assert!(empty.contains("limits.retry_delays_ms: give 1 to 10 delays"), "{empty}");
+    }
+
+    fn broker_error(broker: &str) -> String {
+        error(&format!("[service]\nname = \"d\"\n[broker]\n{broker}\n"))
+    }
+
+    #[test]
+    fn broker_urls_come_from_the_environment_list_else_urls_else_url() {
+        let text = "[service]\nname = \"d\"\n[broker]\nurls = [\"amqp://a/%2f\", \"amqp://b/%2f\"]\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.broker.urls, vec!["amqp://a/%2f", "amqp://b/%2f"]);
+        assert_eq!(config.broker_url, "amqp://a/%2f");
+        let env = Config::parse(Path::new("w.toml"), text, Some("amqp://x/%2f, amqp://y/%2f".into())).unwrap();
+        assert_eq!(env.broker.urls, vec!["amqp://x/%2f", "amqp://y/%2f"]);
+    }
+
+    #[test]
+    fn broker_mistakes_are_one_line_each() {
+        assert!(
+            broker_error("url = \"amqp://a\"\nurls = [\"amqp://b\"]")
+                .contains("set broker.url or broker.urls, not both")
+        );
+        let bad = broker_error("urls = [\"amqp://ok/%2f\", \"http://nope\"]");
+        assert!(bad.contains("broker.urls: 'http://nope' is not an AMQP URL"), "{bad}");
+        assert!(broker_error("urls = []").contains("names no broker"));
+        let missing = broker_error("url = \"amqp://u@h/%2f\"\npassword_file = \"no-such-file\"");
+        assert!(missing.contains("broker.password_file: cannot read conf/no-such-file"), "{missing}");
+        let plain = broker_error("url = \"amqp://h/%2f\"\n[broker.tls]\nca_file = \"x.pem\"");
+        assert!(plain.contains("cannot read conf/x.pem") || plain.contains("need amqps://"), "{plain}");
+        let ca = broker_error("url = \"amqps://h/%2f\"\n[broker.tls]\nca_file = \"missing-ca.pem\"");
+        assert!(ca.contains("broker.tls.ca_file: cannot read conf/missing-ca.pem"), "{ca}");
+        let half = broker_error("url = \"amqps://h/%2f\"\n[broker.tls]\ncert_file = \"c.pem\"");
+        assert!(half.contains("mutual TLS needs both cert_file and key_file"), "{half}");
+        assert!(broker_error("[broker.tls]\nca_fil = \"x\"").contains("unknown field `ca_fil`"));
+    }
+
+    #[test]
+    fn passwords_come_from_a_file_and_are_never_printed() {
+        let dir = std::env::temp_dir().join(format!("warren-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+        let text = "[service]\nname = \"d\"\n[broker]\nurl = \"amqp://u@h/%2f\"\npassword_file = \"pw\"\n";
+        let config = Config::parse(&dir.join("warren.toml"), text, None).unwrap();
+        assert_eq!(config.broker.password.as_ref().map(Secret::expose), Some("s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"), "the password leaks through Debug");
+        std::fs::write(dir.join("pw"), "\n").unwrap();
+        let empty = Config::parse(&dir.join("warren.toml"), text, None).unwrap_err().to_string();
+        assert!(empty.contains("is empty: put the password on its first line"), "{empty}");
+        let with_password = text.replace("amqp://u@h", "amqp://u:p@h");
+        std::fs::write(dir.join("pw"), "x").unwrap();
+        let both = Config::parse(&dir.join("warren.toml"), &with_password, None).unwrap_err().to_string();
+        assert!(both.contains("amqp://u:***@h/%2f already has a password") && !both.contains("u:p@"), "{both}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

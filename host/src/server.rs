@@ -69,6 +69,50 @@ struct RunningConsumer {
     task: JoinHandle<()>,
 }
 
+/// Capped exponential backoff with jitter, for the first connection and every reconnect.
+struct Backoff {
+    delay: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { delay: RECONNECT_MIN }
+    }
+}
+
+impl Backoff {
+    /// How long to wait before the next try: the current delay, jittered over its upper
+    /// half so many hosts do not reconnect in step; the delay then doubles, up to the cap.
+    fn next_wait(&mut self) -> Duration {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let wait = self.delay / 2 + self.delay.mul_f64(f64::from(nanos % 1000) / 2000.0);
+        self.delay = (self.delay * 2).min(RECONNECT_MAX);
+        wait
+    }
+}
+
+/// The host's first connection: to any of the broker's URLs; when `wait` and no node
+/// answers yet, tried again with the reconnect backoff, each try logged.
+async fn first_connection(config: &Config, wait: bool) -> Result<lapin::Connection, BrokerError> {
+    let mut backoff = Backoff::default();
+    for attempt in 1.. {
+        match broker::connect_any(&config.broker, &config.service).await {
+            Ok((connection, node)) => {
+                info!(service = %config.service, broker = %node, "connected");
+                return Ok(connection);
+            }
+            Err(error @ BrokerError::Connect { .. }) if wait => {
+                let retry_in = backoff.next_wait();
+                warn!(attempt, %error, retry_in_ms = retry_in.as_millis() as u64, "the broker does not answer yet; waiting (--fail-fast exits instead)");
+                tokio::time::sleep(retry_in).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// Instances a host needs at most: concurrent calls are bounded by the prefetch of each
 /// consumer, plus a few for loads' smoke tests.
 fn instances_needed(config: &Config, topology: &Topology) -> u32 {
@@ -93,8 +137,16 @@ pub struct Server {
 impl Server {
     /// Loads every plugin, declares the topology and starts one consumer per queue. Returns
     /// once every consumer is consuming.
+    /// A broker that cannot be reached is an error at once (`warren run --fail-fast`).
     pub async fn start(config: &Config) -> Result<Server, ServerError> {
-        Server::start_with_natives(config, BTreeMap::new()).await
+        Server::launch(config, BTreeMap::new(), false).await
+    }
+
+    /// Like [`Server::start`], but a broker that is not up yet is waited for, with the
+    /// reconnect backoff, logging each try (`warren run`). A refused login or certificate
+    /// still fails at once: waiting would not fix it.
+    pub async fn start_waiting(config: &Config) -> Result<Server, ServerError> {
+        Server::launch(config, BTreeMap::new(), true).await
     }
 
     /// The WebAssembly runtime `config` needs: an instance pool sized by the consumers and
@@ -115,14 +167,21 @@ impl Server {
         config: &Config,
         natives: BTreeMap<String, crate::wasm::NativeHandler>,
     ) -> Result<Server, ServerError> {
+        Server::launch(config, natives, false).await
+    }
+
+    async fn launch(
+        config: &Config,
+        natives: BTreeMap<String, crate::wasm::NativeHandler>,
+        wait_for_broker: bool,
+    ) -> Result<Server, ServerError> {
         let topology = Topology::for_config(config);
         let max_instances = instances_needed(config, &topology);
         let runtime = Server::runtime_for(config, &topology)?;
         let plugins = Arc::new(Plugins::load_all_with_natives(&runtime, config, natives).await?);
         let watcher = PluginWatcher::start(&config.plugins_dir, plugins.clone())?;
 
-        let connection = Arc::new(broker::connect(&config.broker_url, &config.service).await?);
-        info!(service = %config.service, broker = %broker::redact(&config.broker_url), "connected");
+        let connection = Arc::new(first_connection(config, wait_for_broker).await?);
         broker::declare(&connection, &topology).await?;
         info!(
             exchanges = topology.exchanges.len(),
@@ -231,7 +290,7 @@ impl Server {
         let restart_only: [(&'static str, bool); 6] = [
             ("service.name", config.service != old.service),
             ("service.plugins", config.plugins_dir != old.plugins_dir),
-            ("broker.url", config.broker_url != old.broker_url),
+            ("broker.url / broker.urls / broker.tls / the password", config.broker != old.broker),
             ("broker.queue_profile", config.queue_profile != old.queue_profile),
             ("broker.prefetch", config.prefetch != old.prefetch),
             ("limits.memory_mib (above its value at start)", config.limits.memory_bytes > old.limits.memory_bytes),
@@ -361,7 +420,7 @@ impl Server {
         while self.failures.1.try_recv().is_ok() {}
 
         let started = std::time::Instant::now();
-        let mut delay = RECONNECT_MIN;
+        let mut backoff = Backoff::default();
         for attempt in 1.. {
             match self.reconnect().await {
                 Ok(()) => {
@@ -375,18 +434,12 @@ impl Server {
                     return true;
                 }
                 Err(error) => {
-                    // Full jitter over the upper half, so many hosts do not reconnect in step.
-                    let nanos = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .subsec_nanos();
-                    let wait = delay / 2 + delay.mul_f64(f64::from(nanos % 1000) / 2000.0);
+                    let wait = backoff.next_wait();
                     warn!(attempt, %error, retry_in_ms = wait.as_millis() as u64, "reconnect failed");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = &mut *signal => return false,
                     }
-                    delay = (delay * 2).min(RECONNECT_MAX);
                 }
             }
         }
@@ -397,7 +450,9 @@ impl Server {
         for (_, running) in std::mem::take(&mut self.consumers) {
             running.task.abort();
         }
-        self.connection = Arc::new(broker::connect(&self.config.broker_url, &self.config.service).await?);
+        let (connection, node) = broker::connect_any(&self.config.broker, &self.config.service).await?;
+        info!(service = %self.config.service, broker = %node, "connected");
+        self.connection = Arc::new(connection);
         broker::declare(&self.connection, &self.topology).await?;
         self.publisher = Publisher::open(&self.connection).await?.with_metrics(self.metrics.clone());
         for spec in self.topology.consumers.clone() {

@@ -5,9 +5,13 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind as LapinKind};
+use lapin::uri::{AMQPUri, SASLMechanism};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connect, Connection, ConnectionProperties, ExchangeKind as LapinKind,
+};
 
 use super::topology::{ArgValue, ExchangeKind, Topology};
+use crate::config::{BrokerConfig, redact_url, url_has_password};
 use crate::metrics::Metrics;
 use std::sync::Arc;
 
@@ -25,6 +29,14 @@ pub enum BrokerError {
         "cannot connect to RabbitMQ at {url}: {reason}. Is the broker running (`rabbitmq-server -detached`)? Set broker.url or WARREN_BROKER_URL to its address"
     )]
     Connect { url: String, reason: String },
+    #[error(
+        "the broker at {url} refused user '{user}': check the user and password (the URL, broker.password_file or WARREN_BROKER_PASSWORD) or the client certificate. Broker said: {reason}"
+    )]
+    Credentials { url: String, user: String, reason: String },
+    #[error(
+        "TLS with {host} ({url}) failed: {reason}. Check that the broker's certificate is issued for {host} by a CA the host trusts (broker.tls.ca_file, else the system roots)"
+    )]
+    Tls { host: String, url: String, reason: String },
     #[error("{0}")]
     Refused(String),
     #[error("RabbitMQ channel error while {doing}: {source}")]
@@ -35,23 +47,75 @@ pub enum BrokerError {
     NotConfirmed { exchange: String, routing_key: String, reason: String },
 }
 
-/// `amqp://user:secret@host` → `amqp://user:***@host`, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].find(':') {
-            Some(colon) => format!("{}:***{}", &url[..scheme + 3 + colon], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
+/// Opens a connection to `url` alone, with only what the URL says (clients, tools).
+pub async fn connect(url: &str, service: &str) -> Result<Connection, BrokerError> {
+    let broker = BrokerConfig { urls: vec![url.to_string()], ..BrokerConfig::default() };
+    connect_to(&broker, url, service).await
+}
+
+/// Connects to the first of `broker.urls` that answers, trying them in a shuffled order so
+/// many hosts spread over a cluster's nodes. Returns the connection and the (redacted) URL
+/// it reached. A refused login or certificate is final; an unreachable node is not.
+pub async fn connect_any(broker: &BrokerConfig, service: &str) -> Result<(Connection, String), BrokerError> {
+    let mut urls: Vec<&String> = broker.urls.iter().collect();
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let turn = seed as usize % urls.len().max(1);
+    urls.rotate_left(turn);
+    let mut unreachable = Vec::new();
+    for url in urls {
+        match connect_to(broker, url, service).await {
+            Ok(connection) => return Ok((connection, redact_url(url))),
+            Err(BrokerError::Connect { url, reason }) => unreachable.push((url, reason)),
+            Err(final_error) => return Err(final_error),
+        }
+    }
+    match unreachable.as_slice() {
+        [(url, reason)] => Err(BrokerError::Connect { url: url.clone(), reason: reason.clone() }),
+        tried => Err(BrokerError::Connect {
+            url: tried.iter().map(|(url, _)| url.as_str()).collect::<Vec<_>>().join(", "),
+            reason: tried.iter().map(|(url, reason)| format!("{url}: {reason}")).collect::<Vec<_>>().join("; "),
+        }),
     }
 }
 
-/// Opens a connection named after the service, so `rabbitmqctl list_connections` shows it.
-pub async fn connect(url: &str, service: &str) -> Result<Connection, BrokerError> {
+/// Opens a connection to `url` with `broker`'s password and TLS settings, named after the
+/// service so `rabbitmqctl list_connections` shows it.
+pub async fn connect_to(broker: &BrokerConfig, url: &str, service: &str) -> Result<Connection, BrokerError> {
+    let shown = redact_url(url);
+    let mut uri: AMQPUri = url
+        .parse()
+        .map_err(|reason| BrokerError::Connect { url: shown.clone(), reason: format!("not an AMQP URL: {reason}") })?;
+    let password = broker.password.as_ref().filter(|_| !url_has_password(url));
+    if let Some(password) = password {
+        uri.authority.userinfo.password = password.expose().to_string();
+    }
+    if broker.tls.client.is_some() && password.is_none() && !url_has_password(url) && uri.query.auth_mechanism.is_none()
+    {
+        // The client certificate is the credential: RabbitMQ's rabbitmq_auth_mechanism_ssl.
+        uri.query.auth_mechanism = Some(SASLMechanism::External);
+    }
+    let user = uri.authority.userinfo.username.clone();
+    let host = uri.authority.host.clone();
     let properties = ConnectionProperties::default().with_connection_name(format!("warren {service}").into());
-    Connection::connect(url, properties)
+    let runtime = lapin::runtime::default_runtime()
+        .map_err(|e| BrokerError::Connect { url: shown.clone(), reason: e.to_string() })?;
+    uri.connect_with_config(properties, super::tls::lapin_config(&broker.tls), runtime)
         .await
-        .map_err(|e| BrokerError::Connect { url: redact(url), reason: e.to_string() })
+        .map_err(|e| classify_connect_error(e, &shown, &user, &host))
+}
+
+/// A failed connection attempt, in words: a refused login or certificate is the operator's
+/// to fix (and final); anything else may pass (the broker is not up yet).
+fn classify_connect_error(error: lapin::Error, url: &str, user: &str, host: &str) -> BrokerError {
+    let reason = error.to_string();
+    let lower = reason.to_lowercase();
+    if lower.contains("access_refused") || lower.contains("access refused") || lower.contains("login was refused") {
+        return BrokerError::Credentials { url: url.to_string(), user: user.to_string(), reason };
+    }
+    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        return BrokerError::Tls { host: host.to_string(), url: url.to_string(), reason };
+    }
+    BrokerError::Connect { url: url.to_string(), reason }
 }
 
 /// Queue or binding arguments as an AMQP table.
@@ -338,7 +402,9 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
-        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        assert!(url_has_password("amqp://u:p@h/%2f") && !url_has_password("amqp://u@h/%2f"));
+        assert!(!url_has_password("amqp://h:5672/x@y"), "an @ in the vhost is not userinfo");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`headers`]: AMQP headers ↔ the plugin's typed headers, and the header names Warren uses.
 //! - [`outbox`]: what plugins send (events, requests, queue messages), published the goamqp
 //!   way and confirmed.
+//! - [`tls`]: rustls for `amqps://` brokers: CA, client certificate, checks at config time.
 //! - [`client`]: a goamqp-style client (`warren request`).
 //!
 //! This wing may use the plugin contract's types and call a [`crate::wasm::Plugin`]; the Wasm
@@ -21,4 +22,5 @@ pub mod headers;
 pub mod naming;
 pub mod outbox;
 pub mod routing;
+pub mod tls;
 pub mod topology;

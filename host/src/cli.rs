@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::amqp::client::{self, Call, ClientError, DEFAULT_CLIENT_NAME};
+use crate::amqp::client::{self, Call, ClientError};
 use crate::amqp::topology::Topology;
 use crate::config::{self, Config, ConfigError};
 use crate::server::{Server, ServerError};
 use crate::shutdown;
 use crate::tooling::builder::{self, BuildError};
 use crate::tooling::dev::SourceWatcher;
+use crate::tooling::devbroker::DevBroker;
 
 /// Run message handlers as WebAssembly components on RabbitMQ, wire-compatible with goamqp.
 ///
@@ -97,8 +98,12 @@ pub enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
         config: PathBuf,
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "mermaid")]
         json: bool,
+        /// Print a mermaid flowchart (goamqp's README style, goamqp's names) instead of a
+        /// table: paste it into a ```mermaid block of your docs.
+        #[arg(long)]
+        mermaid: bool,
     },
     /// Create a plugin under plugins/ that builds and answers at once, with its unit test.
     New {
@@ -121,10 +126,12 @@ pub enum Command {
         routing_key: String,
         /// The request body; `-` reads it from stdin; empty when left out.
         body: Option<String>,
-        /// This client's own service name; responses come to
-        /// <service>.headers.exchange.response.queue.<client>.
-        #[arg(long, default_value = DEFAULT_CLIENT_NAME)]
-        client: String,
+        /// This client's own service name (the `service` header of the request). Responses
+        /// come to <service>.headers.exchange.response.queue.<client>, declared durable as goamqp
+        /// does (it stays, and runs with the same name share it). Default: a name of this run's
+        /// own, warren-cli-<8 random hex>, whose exclusive reply queue is removed when the run ends.
+        #[arg(long)]
+        client: Option<String>,
         /// How long to wait for the response.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
@@ -155,6 +162,8 @@ pub enum CliError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Scaffold(#[from] crate::tooling::scaffold::ScaffoldError),
+    #[error(transparent)]
+    DevBroker(#[from] crate::tooling::devbroker::DevBrokerError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -174,6 +183,12 @@ impl Cli {
 
 /// Runs one command to completion.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    // Before any other thread exists: `warren dev` may start a private broker and point
+    // this process's config (and its reloads) at it through WARREN_BROKER_URL.
+    let _dev_broker = match &cli.command {
+        Command::Dev(BuildArgs { config, target_dir, .. }) => dev_broker(config, target_dir)?,
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
@@ -201,9 +216,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 println!("  [[request]]\n  routing_key = \"{name}\"\n  plugin = \"{name}\"");
                 Ok(())
             }
-            Command::Topology { config, json } => {
-                let topology = Topology::for_config(&Config::load(&config)?);
-                if json {
+            Command::Topology { config, json, mermaid } => {
+                let config = Config::load(&config)?;
+                let topology = Topology::for_config(&config);
+                if mermaid {
+                    print!("{}", topology.to_mermaid(&config));
+                } else if json {
                     println!("{}", serde_json::to_string_pretty(&topology).expect("topology serialises"));
                 } else {
                     print!("{}", topology.to_table());
@@ -235,6 +253,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
     })
+}
+
+/// `warren dev` on a machine where nothing answers at the configured broker but RabbitMQ is
+/// installed: a private node for this session (stopped when the returned value drops).
+fn dev_broker(config: &Path, target_dir: &Path) -> Result<Option<DevBroker>, CliError> {
+    let config = Config::load(config)?;
+    let broker = DevBroker::start_if_needed(&config, target_dir)?;
+    if let Some(broker) = &broker {
+        // SAFETY: called from `run` before the tokio runtime (or any other thread of this
+        // process) is started, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var(config::BROKER_URL_ENV, &broker.url) };
+    }
+    Ok(broker)
 }
 
 /// Builds every plugin under `source` into the config's plugins folder; only the plugins

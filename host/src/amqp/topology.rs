@@ -396,3 +396,414 @@ mod tests {
         assert!(!t.queues[1].arguments.contains_key("x-queue-type"));
     }
 }
+
+/// The requester a diagram shows for requests from any client (goamqp's README says
+/// `client`; braces mark it as a stand-in for each requesting service's name).
+pub const MERMAID_ANY_CLIENT: &str = "{client}";
+/// The publishers a diagram shows for an event stream this service consumes.
+pub const MERMAID_ANY_PUBLISHER: &str = "{publishers}";
+
+impl Topology {
+    /// A mermaid `flowchart LR` of this topology for `config` (`warren topology --mermaid`),
+    /// drawn as goamqp's README draws a request/response pair: service ((circle)) → exchange
+    /// [box] → binding {rhombus, with its routing key and arguments} → queue ([stadium]) →
+    /// service. For each request handler, the loop from any client through this service and
+    /// back; for each response consumer, the loop through the other service; for each event
+    /// consumer, the stream's path to this service. Also what this service's plugins may
+    /// publish to, dead-lettering (dotted, `rejected`) and retry queues (dotted). Every
+    /// exchange and queue of the topology appears, with goamqp's exact names.
+    pub fn to_mermaid(&self, config: &Config) -> String {
+        let service = config.service.as_str();
+        let mut d = Drawing::default();
+        let me = d.node(Shape::Service, service);
+
+        // Requests this service answers: any client → … → this service → … → the client.
+        for consumer in self.consumers.iter().filter(|c| c.kind == ConsumerKind::Request) {
+            for binding in self.bindings.iter().filter(|b| b.queue == consumer.queue) {
+                let client = d.node(Shape::Service, MERMAID_ANY_CLIENT);
+                let exchange = d.node(Shape::Exchange, &binding.exchange);
+                d.edge(&client, &exchange);
+                let queue = d.binding(binding);
+                d.edge(&queue, &me);
+                let answer = Binding {
+                    queue: naming::response_queue(service, MERMAID_ANY_CLIENT),
+                    exchange: naming::response_exchange(service),
+                    routing_key: binding.routing_key.clone(),
+                    arguments: BTreeMap::from([("service".into(), ArgValue::Text(MERMAID_ANY_CLIENT.into()))]),
+                };
+                let response_exchange = d.node(Shape::Exchange, &answer.exchange);
+                d.edge(&me, &response_exchange);
+                let reply_queue = d.binding(&answer);
+                d.edge(&reply_queue, &client);
+            }
+        }
+
+        // Responses this service consumes: this service → the other's request side → the
+        // other service → its response exchange → our binding and queue → this service.
+        let response_suffix = naming::response_exchange("");
+        for binding in &self.bindings {
+            let Some(target) = binding.exchange.strip_suffix(&response_suffix) else { continue };
+            let request = Binding {
+                queue: naming::request_queue(target),
+                exchange: naming::request_exchange(target),
+                routing_key: binding.routing_key.clone(),
+                arguments: BTreeMap::new(),
+            };
+            let request_exchange = d.node(Shape::Exchange, &request.exchange);
+            d.edge(&me, &request_exchange);
+            let request_queue = d.binding(&request);
+            let other = d.node(Shape::Service, target);
+            d.edge(&request_queue, &other);
+            let response_exchange = d.node(Shape::Exchange, &binding.exchange);
+            d.edge(&other, &response_exchange);
+            let queue = d.binding(binding);
+            d.edge(&queue, &me);
+        }
+
+        // Event streams this service consumes: publishers → stream → binding → queue → us.
+        let topic = |name: &str| self.exchanges.iter().any(|e| e.name == name && e.kind == ExchangeKind::Topic);
+        for binding in self.bindings.iter().filter(|b| topic(&b.exchange)) {
+            let publishers = d.node(Shape::Service, MERMAID_ANY_PUBLISHER);
+            let exchange = d.node(Shape::Exchange, &binding.exchange);
+            d.edge(&publishers, &exchange);
+            let queue = d.binding(binding);
+            d.edge(&queue, &me);
+        }
+
+        // What the plugins are granted to send to.
+        for settings in config.plugins.values() {
+            for stream in &settings.grants.publish {
+                let exchange = d.node(Shape::Exchange, &naming::event_exchange(stream));
+                d.edge(&me, &exchange);
+            }
+            for target in &settings.grants.request {
+                let exchange = d.node(Shape::Exchange, &naming::request_exchange(target));
+                d.edge(&me, &exchange);
+            }
+        }
+
+        // Warren's own additions: dead-lettering and delayed retries.
+        for consumer in &self.consumers {
+            let queue = d.node(Shape::Queue, &consumer.queue);
+            let exchanges = consumer
+                .dead_letter_exchange
+                .iter()
+                .chain(consumer.routes.iter().filter_map(|r| r.dead_letter_exchange.as_ref()));
+            for dlx in exchanges {
+                let exchange = d.node(Shape::Exchange, dlx);
+                d.dotted(&queue, &exchange, "rejected");
+            }
+        }
+        for retry in &self.queues {
+            let Some(ArgValue::Text(back_to)) = retry.arguments.get("x-dead-letter-routing-key") else { continue };
+            let waiting = d.node(Shape::Queue, &retry.name);
+            d.dotted(&me, &waiting, "retry");
+            let work = d.node(Shape::Queue, back_to);
+            let after = match retry.arguments.get("x-message-ttl") {
+                Some(ArgValue::Int(ms)) => format!("after {ms} ms"),
+                _ => "expired".to_string(),
+            };
+            d.dotted(&waiting, &work, &after);
+        }
+
+        // Anything declared that no path above reached still appears.
+        for exchange in &self.exchanges {
+            d.node(Shape::Exchange, &exchange.name);
+        }
+        for queue in &self.queues {
+            d.node(Shape::Queue, &queue.name);
+        }
+        d.render()
+    }
+}
+
+/// The shapes of goamqp's pictures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `((name))`: a service (or a stand-in for any client or publisher).
+    Service,
+    /// `[name]`
+    Exchange,
+    /// `{Binding …}`
+    Binding,
+    /// `([name])`
+    Queue,
+}
+
+/// A mermaid flowchart being drawn: each node declared once (id by shape and name, in order
+/// of first use), each edge once.
+#[derive(Default)]
+struct Drawing {
+    ids: BTreeMap<(u8, String), String>,
+    counts: [usize; 4],
+    nodes: Vec<String>,
+    edges: Vec<String>,
+}
+
+impl Drawing {
+    /// The id of the node `name` of `shape`, declaring it on first use.
+    fn node(&mut self, shape: Shape, name: &str) -> String {
+        self.node_labelled(shape, name, &mermaid_text(name))
+    }
+
+    /// The id of the node known as `key` of `shape`, declared with `label` on first use.
+    fn node_labelled(&mut self, shape: Shape, key: &str, label: &str) -> String {
+        let slot = shape as u8;
+        if let Some(id) = self.ids.get(&(slot, key.to_string())) {
+            return id.clone();
+        }
+        let (prefix, open, close) = match shape {
+            Shape::Service => ("s", "((", "))"),
+            Shape::Exchange => ("x", "[", "]"),
+            Shape::Binding => ("b", "{", "}"),
+            Shape::Queue => ("q", "([", "])"),
+        };
+        let id = format!("{prefix}{}", self.counts[usize::from(slot)]);
+        self.counts[usize::from(slot)] += 1;
+        self.nodes.push(format!("    {id}{open}\"{label}\"{close}"));
+        self.ids.insert((slot, key.to_string()), id.clone());
+        id
+    }
+
+    /// `exchange → {Binding routingKey, arguments} → queue`, one rhombus per binding, as
+    /// goamqp's README draws it; returns the queue's id.
+    fn binding(&mut self, binding: &Binding) -> String {
+        let exchange = self.node(Shape::Exchange, &binding.exchange);
+        let mut fields = vec![format!("routingKey: '{}'", mermaid_text(&binding.routing_key))];
+        for (name, value) in &binding.arguments {
+            let value = match value {
+                ArgValue::Int(i) => i.to_string(),
+                ArgValue::Text(s) => format!("'{}'", mermaid_text(s)),
+            };
+            fields.push(format!("{}: {value}", mermaid_text(name)));
+        }
+        let label = format!("Binding<br/>{}", fields.join(",<br/>"));
+        let key = format!("{}\u{0}{}\u{0}{label}", binding.exchange, binding.queue);
+        let rhombus = self.node_labelled(Shape::Binding, &key, &label);
+        let queue = self.node(Shape::Queue, &binding.queue);
+        self.edge(&exchange, &rhombus);
+        self.edge(&rhombus, &queue);
+        queue
+    }
+
+    /// A solid arrow: where messages flow.
+    fn edge(&mut self, from: &str, to: &str) {
+        self.push_edge(format!("    {from} --> {to}"));
+    }
+
+    /// A dotted, labelled arrow: Warren's own detours (dead-lettering, delayed retries).
+    fn dotted(&mut self, from: &str, to: &str, label: &str) {
+        self.push_edge(format!("    {from} -.->|\"{}\"| {to}", mermaid_text(label)));
+    }
+
+    fn push_edge(&mut self, line: String) {
+        if !self.edges.contains(&line) {
+            self.edges.push(line);
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from("flowchart LR\n");
+        for line in self.nodes.iter().chain(&self.edges) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Text safe inside a quoted mermaid label: `"`, `<` and `>` as entity codes, and a `#` that
+/// would start one (`#word;`) too.
+fn mermaid_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => out.push_str("#quot;"),
+            '<' => out.push_str("#lt;"),
+            '>' => out.push_str("#gt;"),
+            '#' if starts_entity(&text[i + 1..]) => out.push_str("#35;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `rest` (the text after a `#`) reads as an entity code's name and `;`.
+fn starts_entity(rest: &str) -> bool {
+    let name_len = rest.chars().take_while(|c| c.is_ascii_alphanumeric()).count();
+    name_len > 0 && rest[name_len..].starts_with(';')
+}
+
+#[cfg(test)]
+mod mermaid_tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn mermaid(text: &str) -> String {
+        let config = Config::parse(Path::new("w.toml"), text, None).unwrap();
+        Topology::for_config(&config).to_mermaid(&config)
+    }
+
+    /// The node ids of `labels`, in order, looked up in `chart`'s declarations.
+    fn id(chart: &str, label: &str) -> String {
+        let declared = chart
+            .lines()
+            .find(|l| l.contains(&format!("\"{label}\"")))
+            .unwrap_or_else(|| panic!("no node {label} in\n{chart}"));
+        declared.trim().split(['(', '[', '{']).next().unwrap().to_string()
+    }
+
+    /// Asserts that `chart` has a solid path through the nodes labelled `labels`, in order.
+    fn assert_path(chart: &str, labels: &[&str]) {
+        for pair in labels.windows(2) {
+            let edge = format!("    {} --> {}", id(chart, pair[0]), id(chart, pair[1]));
+            assert!(chart.lines().any(|l| l == edge), "no edge {} → {} in\n{chart}", pair[0], pair[1]);
+        }
+    }
+
+    #[test]
+    fn a_request_handler_draws_goamqps_request_response_loop() {
+        let chart = mermaid("[service]\nname = \"svc\"\n[[request]]\nrouting_key = \"key\"\nplugin = \"p\"\n");
+        assert!(chart.starts_with("flowchart LR\n"), "{chart}");
+        assert_path(
+            &chart,
+            &[
+                "{client}",
+                "svc.direct.exchange.request",
+                "Binding<br/>routingKey: 'key'",
+                "svc.direct.exchange.request.queue",
+                "svc",
+                "svc.headers.exchange.response",
+                "Binding<br/>routingKey: 'key',<br/>service: '{client}'",
+                "svc.headers.exchange.response.queue.{client}",
+                "{client}",
+            ],
+        );
+        assert!(chart.contains("    s0((\"svc\"))\n"), "services are circles: {chart}");
+        assert!(chart.contains("[\"svc.direct.exchange.request\"]"), "exchanges are boxes: {chart}");
+        assert!(chart.contains("([\"svc.direct.exchange.request.queue\"])"), "queues are stadiums: {chart}");
+    }
+
+    #[test]
+    fn a_response_consumer_draws_the_loop_through_the_other_service() {
+        let chart = mermaid(
+            "[service]\nname = \"orders\"\n[[response]]\nservice = \"billing\"\nrouting_key = \"invoice\"\nplugin = \"p\"\n",
+        );
+        assert_path(
+            &chart,
+            &[
+                "orders",
+                "billing.direct.exchange.request",
+                "Binding<br/>routingKey: 'invoice'",
+                "billing.direct.exchange.request.queue",
+                "billing",
+                "billing.headers.exchange.response",
+                "Binding<br/>routingKey: 'invoice',<br/>service: 'orders'",
+                "billing.headers.exchange.response.queue.orders",
+                "orders",
+            ],
+        );
+    }
+
+    #[test]
+    fn event_consumers_draw_the_stream_to_each_queue_transient_ones_too() {
+        let chart = mermaid(
+            "[service]\nname = \"audit\"\n[[event]]\nrouting_key = \"order.#\"\nplugin = \"p\"\n\
+             [[event]]\nstream = \"users\"\nrouting_key = \"user.*\"\nplugin = \"p\"\ntransient = true\n",
+        );
+        assert_path(
+            &chart,
+            &[
+                "{publishers}",
+                "events.topic.exchange",
+                "Binding<br/>routingKey: 'order.#'",
+                "events.topic.exchange.queue.audit",
+                "audit",
+            ],
+        );
+        let transient = chart
+            .lines()
+            .find_map(|l| l.split('"').nth(1).filter(|n| n.starts_with("users.topic.exchange.queue.audit-")))
+            .expect(&chart);
+        assert_path(&chart, &["{publishers}", "users.topic.exchange", "Binding<br/>routingKey: 'user.*'", transient, "audit"]);
+    }
+
+    #[test]
+    fn grants_draw_what_the_plugins_may_send_to() {
+        let chart = mermaid(
+            "[service]\nname = \"s\"\n[[request]]\nrouting_key = \"k\"\nplugin = \"p\"\n\
+             [plugin.p]\npublish = [\"audit\"]\nrequest = [\"billing\"]\n",
+        );
+        assert_path(&chart, &["s", "audit.topic.exchange"]);
+        assert_path(&chart, &["s", "billing.direct.exchange.request"]);
+        assert!(chart.contains("[\"billing.headers.exchange.response\"]"), "every declared exchange appears: {chart}");
+    }
+
+    #[test]
+    fn dead_lettering_and_delayed_retries_are_dotted_detours() {
+        let chart = mermaid(
+            "[service]\nname = \"s\"\n[broker]\ndead_letter_exchange = \"s.dlx\"\n\
+             [[request]]\nrouting_key = \"k\"\nplugin = \"p\"\nretry_delays_ms = [100, 1000]\n",
+        );
+        let (queue, dlx) = (id(&chart, "s.direct.exchange.request.queue"), id(&chart, "s.dlx"));
+        assert!(chart.contains(&format!("    {queue} -.->|\"rejected\"| {dlx}\n")), "{chart}");
+        for delay in [100, 1000] {
+            let retry = id(&chart, &format!("s.direct.exchange.request.queue.retry-{delay}ms"));
+            assert!(chart.contains(&format!("    s0 -.->|\"retry\"| {retry}\n")), "{chart}");
+            assert!(chart.contains(&format!("    {retry} -.->|\"after {delay} ms\"| {queue}\n")), "{chart}");
+        }
+    }
+
+    #[test]
+    fn labels_escape_what_mermaid_would_read_as_syntax() {
+        assert_eq!(mermaid_text(r#"a"b<c>"#), "a#quot;b#lt;c#gt;");
+        assert_eq!(mermaid_text("order.#"), "order.#", "a lone # stays readable");
+        assert_eq!(mermaid_text("x.#amp;"), "x.#35;amp;", "a # that would start an entity code");
+        let chart = mermaid("[service]\nname = \"s\"\n[[request]]\nrouting_key = \"a<b>\"\nplugin = \"p\"\n");
+        assert!(chart.contains("routingKey: 'a#lt;b#gt;'"), "{chart}");
+    }
+
+    #[test]
+    fn node_ids_are_plain_words_and_every_label_is_quoted() {
+        let chart = mermaid(
+            "[service]\nname = \"orders\"\n[[request]]\nrouting_key = \"order.create\"\nplugin = \"p\"\n\
+             [[event]]\nrouting_key = \"order.#\"\nplugin = \"p\"\n",
+        );
+        for line in chart.lines().skip(1) {
+            let first = line.trim().split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap();
+            assert!(!first.is_empty() && first.chars().next().unwrap().is_ascii_lowercase(), "{line}");
+            if !line.contains("--") {
+                assert_eq!(line.matches('"').count(), 2, "one quoted label per node: {line}");
+            }
+        }
+    }
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    }
+
+    /// The demo configs' charts, against `host/tests/fixtures/mermaid/<config>.mmd`
+    /// (`WARREN_BLESS=1` rewrites them after a deliberate change).
+    #[test]
+    fn the_demo_configs_draw_as_their_fixtures() {
+        for name in ["warren.toml", "warren-orders.toml"] {
+            let config = Config::parse(
+                Path::new(name),
+                &std::fs::read_to_string(repo().join(name)).unwrap(),
+                None,
+            )
+            .unwrap();
+            let chart = Topology::for_config(&config).to_mermaid(&config);
+            let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mermaid").join(format!("{name}.mmd"));
+            if std::env::var_os("WARREN_BLESS").is_some() {
+                std::fs::write(&fixture, &chart).unwrap();
+            }
+            let expected = std::fs::read_to_string(&fixture).unwrap();
+            assert!(
+                chart == expected,
+                "{name} draws differently from {}:\n--- expected\n{expected}--- got\n{chart}",
+                fixture.display()
+            );
+        }
+    }
+}

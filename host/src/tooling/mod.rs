@@ -4,7 +4,9 @@
 //! - [`builder`]: `warren build` — tells a plugin's language by its manifest and builds it.
 //! - [`scaffold`]: `warren new` — a plugin that builds and answers at once, with its test.
 //! - [`dev`]: `warren dev`'s source watcher, rebuilding a plugin when its sources change.
+//! - [`devbroker`]: a private RabbitMQ node for `warren dev` when no broker answers.
 
 pub mod builder;
 pub mod dev;
+pub mod devbroker;
 pub mod scaffold;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::amqp::bench::{self, BenchPlan};
 use crate::amqp::client::{self, Call, ClientError};
 use crate::amqp::topology::Topology;
 use crate::config::{self, Config, ConfigError};
@@ -141,6 +142,42 @@ pub enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
         config: PathBuf,
     },
+    /// Load any goamqp service (Go or Warren) as a goamqp client would: keep N requests in
+    /// flight, print req/s and latency percentiles; with --against, two services in
+    /// alternating slices of one run.
+    ///
+    /// Example: warren bench demo echo '{"data":"x"}' --inflight 100 --duration 10 --against gosvc
+    Bench {
+        /// The service to load.
+        service: String,
+        /// The requests' routing key.
+        routing_key: String,
+        /// The request body (empty when left out).
+        body: Option<String>,
+        /// Requests kept outstanding at once.
+        #[arg(long, default_value_t = 100)]
+        inflight: usize,
+        /// Seconds to measure each service (split into alternating slices with --against).
+        #[arg(long, default_value_t = 10.0, conflicts_with = "count")]
+        duration: f64,
+        /// Stop after this many answers per service instead.
+        #[arg(long)]
+        count: Option<u64>,
+        /// A second service, measured in the same run.
+        #[arg(long)]
+        against: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How long one request may wait for its answer.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Broker URL (default: WARREN_BROKER_URL, else the first of --config's, else the local broker).
+        #[arg(long)]
+        broker_url: Option<String>,
+        #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+    },
 }
 
 /// Info and above, without lapin's own lines: Warren reports every broker failure itself, in
@@ -229,10 +266,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             }
             Command::Request { service, routing_key, body, client, timeout_ms, broker_url, config } => {
-                let broker_url = broker_url
-                    .or_else(|| std::env::var(config::BROKER_URL_ENV).ok())
-                    .or_else(|| config.exists().then(|| Config::load(&config).ok()).flatten().map(|c| c.broker_url))
-                    .unwrap_or_else(|| config::DEFAULT_BROKER_URL.to_string());
+                let broker_url = client_broker_url(broker_url, &config);
                 let body = match body.as_deref() {
                     Some("-") => {
                         let mut bytes = Vec::new();
@@ -251,8 +285,52 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 Ok(())
             }
+            Command::Bench {
+                service,
+                routing_key,
+                body,
+                inflight,
+                duration,
+                count,
+                against,
+                json,
+                timeout_ms,
+                broker_url,
+                config,
+            } => {
+                let plan = BenchPlan {
+                    service,
+                    routing_key,
+                    body: body.unwrap_or_default().into_bytes(),
+                    in_flight: inflight,
+                    duration: Duration::from_secs_f64(duration.max(0.1)),
+                    count,
+                    against,
+                    timeout: Duration::from_millis(timeout_ms),
+                };
+                let results = bench::run(&client_broker_url(broker_url, &config), &plan).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&results).expect("results serialise"));
+                } else {
+                    print!("{}", bench::table(&results));
+                }
+                Ok(())
+            }
         }
     })
+}
+
+/// The broker a one-shot client (`request`, `bench`) talks to: `--broker-url`, else the
+/// first of WARREN_BROKER_URL's list, else the first URL of the config file if there is one,
+/// else the local broker.
+fn client_broker_url(given: Option<String>, config: &Path) -> String {
+    let from_env = || {
+        std::env::var(config::BROKER_URL_ENV).ok().and_then(|list| list.split(',').next().map(|u| u.trim().to_string()))
+    };
+    given
+        .or_else(from_env)
+        .or_else(|| config.exists().then(|| Config::load(config).ok()).flatten().map(|c| c.broker_url))
+        .unwrap_or_else(|| config::DEFAULT_BROKER_URL.to_string())
 }
 
 /// `warren dev` on a machine where nothing answers at the configured broker but RabbitMQ is

@@ -11,10 +11,12 @@
 //!   way and confirmed.
 //! - [`tls`]: rustls for `amqps://` brokers: CA, client certificate, checks at config time.
 //! - [`client`]: a goamqp-style client (`warren request`).
+//! - [`bench`]: `warren bench`, a goamqp-faithful load client comparing two services.
 //!
 //! This wing may use the plugin contract's types and call a [`crate::wasm::Plugin`]; the Wasm
 //! wing never imports this one.
 
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod consumer;

@@ -56,10 +56,31 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("config not reloaded: changing {key} needs a restart (`warren run` again); nothing was changed")]
     NeedsRestart { key: &'static str },
-    #[error("config not reloaded, nothing was changed:\n{0}")]
+    #[error("config not reloaded, nothing was changed: {}", .0.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Plugins(#[from] LoadErrors),
+    #[error(
+        "config not reloaded, nothing was changed (the previous plugins, routes and grants keep serving; what was declared before the failure stays on the broker): {0}"
+    )]
+    Declare(BrokerError),
     #[error("config partly applied: {0}")]
     Broker(#[from] BrokerError),
+}
+
+/// Routing keys of a consumer whose plugin is not live, and the routes that could be built.
+#[derive(thiserror::Error)]
+#[error(
+    "queue '{queue}': no live plugin for routing key(s) {keys}: their messages are not handled until a config reload names loadable plugins"
+)]
+struct Unrouted {
+    queue: String,
+    keys: String,
+    routing: Routing,
+}
+
+impl std::fmt::Debug for Unrouted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unrouted").field("queue", &self.queue).field("keys", &self.keys).finish_non_exhaustive()
+    }
 }
 
 /// A consumer task and the trigger that stops it alone.
@@ -217,10 +238,26 @@ impl Server {
         Ok(server)
     }
 
+    /// The routes of one consumer, from the live plugin slots. A route whose plugin is not
+    /// live (a config reload is all or nothing, so this should never be) is logged and left
+    /// out: the consumer still serves its other keys; nothing on the reconnect path panics.
     fn routing(&self, spec: &ConsumerSpec, max_retries: u32) -> Routing {
+        self.route_table(spec, max_retries).unwrap_or_else(|unrouted| {
+            error!(error = %unrouted, "serving the queue's other routing keys");
+            unrouted.routing
+        })
+    }
+
+    /// The routes of one consumer; `Err` holds the routes that could be built and names
+    /// those whose plugin is not live.
+    fn route_table(&self, spec: &ConsumerSpec, max_retries: u32) -> Result<Routing, Unrouted> {
         let mut routes = RouteTable::new(spec.matching);
+        let mut missing = Vec::new();
         for route in &spec.routes {
-            let plugin = self.plugins.slot(&route.plugin).expect("every routed plugin was loaded");
+            let Some(plugin) = self.plugins.slot(&route.plugin) else {
+                missing.push(format!("'{}' (plugin '{}')", route.routing_key, route.plugin));
+                continue;
+            };
             routes.add(
                 route.routing_key.clone(),
                 Handler {
@@ -230,7 +267,11 @@ impl Server {
                 },
             );
         }
-        Routing { routes, max_retries, dead_letter_exchange: spec.dead_letter_exchange.clone() }
+        let routing = Routing { routes, max_retries, dead_letter_exchange: spec.dead_letter_exchange.clone() };
+        match missing.is_empty() {
+            true => Ok(routing),
+            false => Err(Unrouted { queue: spec.queue.clone(), keys: missing.join(", "), routing }),
+        }
     }
 
     async fn start_consumer(&mut self, spec: &ConsumerSpec) -> Result<(), BrokerError> {
@@ -260,7 +301,11 @@ impl Server {
         // A consumer that fails to start reports why through the failure channel.
         if started_rx.await.is_err() {
             let _ = task.await;
-            return Err(self.failures.1.try_recv().expect("a consumer that did not start reported why"));
+            return Err(self
+                .failures
+                .1
+                .try_recv()
+                .unwrap_or_else(|_| BrokerError::Cancelled { queue: spec.queue.clone() }));
         }
         self.consumers.insert(spec.queue.clone(), RunningConsumer { consumer, stop, task });
         Ok(())
@@ -281,10 +326,12 @@ impl Server {
         self.plugins.refusals()
     }
 
-    /// Applies a new config while serving: loads new or changed plugins, declares new
-    /// bindings and queues before old ones go, swaps each consumer's routes, starts consumers
-    /// for new queues, stops those whose queue is gone (their in-flight messages finish).
-    /// A config that cannot be applied is refused whole and the old one keeps serving.
+    /// Applies a new config while serving, in this order: checks what needs a restart, loads
+    /// and checks new or changed plugins (none serves yet), declares the new topology (new
+    /// bindings and queues before old ones go), swaps the plugins in, swaps each consumer's
+    /// routes, starts consumers for new queues, stops those whose queue is gone (their
+    /// in-flight messages finish). A failure before the swap changes nothing: the old
+    /// plugins, routes and grants keep serving, and the error says so in one line.
     pub async fn reload(&mut self, config: Config) -> Result<(), ReloadError> {
         let old = &self.config;
         let restart_only: [(&'static str, bool); 6] = [
@@ -305,10 +352,12 @@ impl Server {
                 key: "the number of queues consumed (it sizes the instance pool)",
             });
         }
-        self.plugins.update(&config).await?;
+        // Nothing below changes what serves until every plugin loaded and the broker took the
+        // new topology: a failure up to there leaves the old config serving whole.
+        let prepared = self.plugins.prepare(&config).await?;
+        broker::declare(&self.connection, &topology).await.map_err(ReloadError::Declare)?;
+        let stale = self.plugins.commit(prepared);
         self.config = config;
-
-        broker::declare(&self.connection, &topology).await?;
         let old = std::mem::replace(&mut self.topology, topology.clone());
         for spec in &topology.consumers {
             match self.consumers.get(&spec.queue) {
@@ -352,6 +401,12 @@ impl Server {
             consumers = self.consumers.len(),
             "config reloaded"
         );
+        // A file that changed while this config's plugins loaded may be newer than what was
+        // loaded: load it again, now under the new settings.
+        for name in stale {
+            let plugins = self.plugins.clone();
+            let _ = tokio::task::spawn_blocking(move || plugins.reload_and_log(&name)).await;
+        }
         Ok(())
     }
 

@@ -251,7 +251,7 @@ impl Runtime {
     /// file that another user could have written is never loaded: compiled instead, and said.
     fn component(&self, plugin: &str, bytes: &[u8], hash: &str) -> Result<(Component, CodeSource), wasmtime::Error> {
         let Some(dir) = self.cache_dir.as_deref().filter(|dir| trusted_cache_dir(dir)) else {
-            return Ok((Component::new(&self.engine, bytes)?, CodeSource::Compiled));
+            return Ok((compile(&self.engine, plugin, bytes, "no code cache")?, CodeSource::Compiled));
         };
         let cached = dir.join(cache_file_name(plugin, hash, &self.engine_key));
         if let Ok(metadata) = std::fs::metadata(&cached) {
@@ -268,7 +268,7 @@ impl Runtime {
                 },
             }
         }
-        let component = Component::new(&self.engine, bytes)?;
+        let component = compile(&self.engine, plugin, bytes, "first start only: the result is cached")?;
         if let Err(error) = write_cache(dir, &cached, &component) {
             tracing::warn!(file = %cached.display(), %error, "could not write the compiled plugin to the cache");
         }
@@ -289,6 +289,17 @@ impl Runtime {
             Err(error) => tracing::warn!(plugin, dir = %dir.display(), %error, "could not prune the code cache"),
         }
     }
+}
+
+/// Compiles `bytes` with Cranelift, saying so before (a Python or JavaScript plugin takes
+/// seconds) and how long it took after: a first start is never silent.
+fn compile(engine: &Engine, plugin: &str, bytes: &[u8], note: &str) -> Result<Component, wasmtime::Error> {
+    let size = format!("{:.1} MiB", bytes.len() as f64 / (1024.0 * 1024.0));
+    tracing::info!(plugin, size = %size, "compiling {plugin} ({size}), {note}");
+    let started = std::time::Instant::now();
+    let component = Component::new(engine, bytes)?;
+    tracing::info!(plugin, ms = started.elapsed().as_millis() as u64, "compiled {plugin}");
+    Ok(component)
 }
 
 /// `<plugin>-<first 32 hex of the .wasm hash>-<engine key>.cwasm`.

@@ -24,12 +24,101 @@ fn unique(what: &str) -> String {
     format!("t-{what}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// A fresh folder holding `warren.toml` with `body` after the `[service]` table.
-fn project(service: &str, body: &str) -> PathBuf {
+/// Removes, when dropped (also when the test fails), every queue and exchange on the broker
+/// whose name contains the test's unique service name, and the test's project folder. Make it
+/// before anything else of the test, so that it is dropped last, after the test's hosts were
+/// killed.
+struct Leftovers {
+    service: String,
+    dir: Option<PathBuf>,
+}
+
+impl Leftovers {
+    fn of(service: &str) -> Leftovers {
+        Leftovers { service: service.to_string(), dir: None }
+    }
+}
+
+/// The names `rabbitmqctl list_<what> name` prints that contain `needle`.
+fn broker_names(what: &str, needle: &str) -> Vec<String> {
+    let output = Command::new("rabbitmqctl").args([what, "name", "-q", "--formatter", "json"]).output();
+    let rows: Vec<serde_json::Value> = match output {
+        Ok(output) if output.status.success() => serde_json::from_slice(&output.stdout).unwrap_or_default(),
+        Ok(output) => {
+            eprintln!("cleanup: rabbitmqctl {what}: {}", String::from_utf8_lossy(&output.stderr));
+            Vec::new()
+        }
+        Err(error) => {
+            eprintln!("cleanup: rabbitmqctl: {error}");
+            Vec::new()
+        }
+    };
+    rows.iter().filter_map(|r| r["name"].as_str()).filter(|n| n.contains(needle)).map(str::to_string).collect()
+}
+
+/// `(name, messages_ready, messages_unacknowledged)` of every queue whose name contains
+/// `needle`, from the broker's own count.
+fn queue_counts(needle: &str) -> Vec<(String, u64, u64)> {
+    let output = Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "messages_ready", "messages_unacknowledged", "-q", "--formatter", "json"])
+        .output()
+        .expect("running rabbitmqctl");
+    assert!(output.status.success(), "rabbitmqctl list_queues: {}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    rows.iter()
+        .filter(|r| r["name"].as_str().is_some_and(|n| n.contains(needle)))
+        .map(|r| {
+            let count = |c: &str| r[c].as_u64().unwrap_or(0);
+            (r["name"].as_str().unwrap().to_string(), count("messages_ready"), count("messages_unacknowledged"))
+        })
+        .collect()
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let queues = broker_names("list_queues", &self.service);
+        let exchanges = broker_names("list_exchanges", &self.service);
+        if queues.is_empty() && exchanges.is_empty() {
+            return;
+        }
+        // Drop cannot await, and may run inside a test's own runtime: a thread of its own.
+        let cleaned = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let url = warren::config::DEFAULT_BROKER_URL;
+                let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
+                for queue in &queues {
+                    let channel = connection.create_channel().await.unwrap();
+                    if let Err(error) = channel.queue_delete(queue.as_str().into(), Default::default()).await {
+                        eprintln!("cleanup: queue {queue}: {error}");
+                    }
+                }
+                for exchange in &exchanges {
+                    let channel = connection.create_channel().await.unwrap();
+                    if let Err(error) = channel.exchange_delete(exchange.as_str().into(), Default::default()).await {
+                        eprintln!("cleanup: exchange {exchange}: {error}");
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "cleaned up".into())).await;
+            });
+        });
+        if cleaned.join().is_err() {
+            eprintln!("cleanup: could not remove what {} left on the broker", self.service);
+        }
+    }
+}
+
+/// A fresh folder holding `warren.toml` with `body` after the `[service]` table; `leftovers`
+/// removes it.
+fn project(service: &str, body: &str, leftovers: &mut Leftovers) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("warren-cli-{service}"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = format!("[service]\nname = \"{service}\"\nplugins = \"out\"\n\n{body}");
     std::fs::write(dir.join("warren.toml"), config).unwrap();
+    leftovers.dir = Some(dir.clone());
     dir
 }
 
@@ -61,7 +150,8 @@ fn build(dir: &Path) {
     );
 }
 
-/// A `warren run` (or `dev`) process and its log lines, stopped with SIGTERM.
+/// A `warren run` (or `dev`) process and its log lines, stopped with SIGTERM; killed when
+/// dropped still running (a failed test leaves no host behind).
 struct Host {
     child: Option<Child>,
     log: mpsc::Receiver<String>,
@@ -137,12 +227,23 @@ impl Host {
     }
 }
 
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn build_run_and_request_from_the_command_line() {
     let service = unique("cli");
+    let mut leftovers = Leftovers::of(&service);
     let dir = project(
         &service,
         "[[request]]\nrouting_key = \"greet\"\nplugin = \"greet\"\n\n[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n",
+        &mut leftovers,
     );
     build(&dir);
     for plugin in ["echo", "greet", "chaos"] {
@@ -161,15 +262,19 @@ fn build_run_and_request_from_the_command_line() {
     assert!(unroutable.contains("no queue is bound for routing key 'no-such-key'"), "{unroutable}");
     let rejected = run_err(warren().args(["request", &service, "greet", "not json", "--timeout-ms", "800"]));
     assert!(rejected.contains("no response from"), "{rejected}");
+    // The host settled the bad request (rejected it): the broker holds nothing for anyone.
+    for (queue, ready, unacked) in queue_counts(&service) {
+        assert_eq!((ready, unacked), (0, 0), "{queue} still holds messages (ready, unacked)");
+    }
 
     assert!(host.terminate(), "warren run exits cleanly on SIGTERM");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn run_without_a_broker_says_how_to_start_one() {
     let service = unique("nobroker");
-    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n");
+    let mut leftovers = Leftovers::of(&service);
+    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n", &mut leftovers);
     build(&dir);
     let error = run_err(
         warren()
@@ -181,15 +286,16 @@ fn run_without_a_broker_says_how_to_start_one() {
     assert!(error.contains("cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"), "{error}");
     assert!(error.contains("rabbitmq-server -detached"), "{error}");
     assert!(!error.contains("secret"), "the password is not printed");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn check_names_each_bad_plugin_file_and_what_is_wrong() {
     let service = unique("check");
+    let mut leftovers = Leftovers::of(&service);
     let dir = project(
         &service,
         "[[request]]\nrouting_key = \"a\"\nplugin = \"garbage\"\n[[request]]\nrouting_key = \"b\"\nplugin = \"core\"\n[[request]]\nrouting_key = \"c\"\nplugin = \"missing\"\n[[request]]\nrouting_key = \"d\"\nplugin = \"cut\"\n",
+        &mut leftovers,
     );
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
@@ -212,13 +318,13 @@ fn check_names_each_bad_plugin_file_and_what_is_wrong() {
     assert!(line("core").contains("a core WebAssembly module, not a WebAssembly component"), "{error}");
     assert!(line("missing").contains("cannot read") && line("missing").contains("warren build"), "{error}");
     assert!(line("cut").contains("not a valid component"), "{error}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn check_passes_a_good_project_and_reports_config_typos_with_file_line_and_key() {
     let service = unique("typo");
-    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n");
+    let mut leftovers = Leftovers::of(&service);
+    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n", &mut leftovers);
     build(&dir);
     let ok = run_ok(warren().arg("check").arg("--config").arg(dir.join("warren.toml")));
     assert!(ok.contains("ok (1 plugins: echo)"), "{ok}");
@@ -231,13 +337,13 @@ fn check_passes_a_good_project_and_reports_config_typos_with_file_line_and_key()
     .unwrap();
     let error = run_err(warren().arg("check").arg("--config").arg(&config));
     assert!(error.contains(&format!("{}:5:1: routng_key: unknown field `routng_key`", config.display())), "{error}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn topology_prints_what_run_declares() {
     let service = unique("topo");
-    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n");
+    let mut leftovers = Leftovers::of(&service);
+    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n", &mut leftovers);
     let json = run_ok(warren().arg("topology").arg("--json").arg("--config").arg(dir.join("warren.toml")));
     let topology: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(topology["queues"][0]["name"], format!("{service}.direct.exchange.request.queue"));
@@ -245,13 +351,13 @@ fn topology_prints_what_run_declares() {
     assert_eq!(topology["bindings"][0]["routing_key"], "echo");
     let table = run_ok(warren().arg("topology").arg("--config").arg(dir.join("warren.toml")));
     assert!(table.contains(&format!("direct   {service}.direct.exchange.request")), "{table}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
     let service = unique("dev");
-    let dir = project(&service, "[[request]]\nrouting_key = \"hello\"\nplugin = \"hello\"\n");
+    let mut leftovers = Leftovers::of(&service);
+    let dir = project(&service, "[[request]]\nrouting_key = \"hello\"\nplugin = \"hello\"\n", &mut leftovers);
     let source = dir.join("plugins");
     let created = run_ok(warren().args(["new", "hello", "--source"]).arg(&source));
     assert!(created.contains("created"), "{created}");
@@ -275,7 +381,8 @@ fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let host = Host::attach(&mut child);
+    let mut host = Host::attach(&mut child);
+    host.child = Some(child);
     host.wait_for_log("serving");
     let ask = || warren().args(["request", &service, "hello", r#"{"name":"Ada"}"#]).output().unwrap();
     assert_eq!(String::from_utf8(ask().stdout).unwrap(), r#"{"message":"Hello from hello, Ada!"}"#);
@@ -292,16 +399,16 @@ fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
         assert!(Instant::now() < until, "the edit never reached the running host (last answer: {answer})");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(host.terminate_child(child), "warren dev exits cleanly on SIGTERM");
-    let _ = std::fs::remove_dir_all(dir);
+    assert!(host.terminate(), "warren dev exits cleanly on SIGTERM");
 }
 
 #[test]
 fn new_scaffolds_python_and_javascript_plugins_that_pass_their_tests_build_and_check() {
     let service = unique("lang");
+    let mut leftovers = Leftovers::of(&service);
     let body = "[[request]]\nrouting_key = \"py\"\nplugin = \"hello-py\"\n\n\
                 [[request]]\nrouting_key = \"js\"\nplugin = \"hello-js\"\n";
-    let dir = project(&service, body);
+    let dir = project(&service, body, &mut leftovers);
     let source = dir.join("plugins");
     for (name, lang) in [("hello-py", "python"), ("hello-js", "js")] {
         let created = run_ok(warren().args(["new", name, "--lang", lang, "--source"]).arg(&source));
@@ -325,7 +432,6 @@ fn new_scaffolds_python_and_javascript_plugins_that_pass_their_tests_build_and_c
     }
     let checked = run_ok(warren().args(["check", "--config"]).arg(dir.join("warren.toml")));
     assert!(checked.contains("ok (2 plugins: hello-js, hello-py)"), "{checked}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Sends `n` requests of `body` at once; returns how many were answered, counting them live
@@ -362,7 +468,8 @@ fn two_hosts_share_a_queue_and_nothing_is_lost_when_one_is_killed_or_stopped() {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let service = unique("pair");
-    let dir = project(&service, "[broker]\nprefetch = 10\n\n[[request]]\nrouting_key = \"slow\"\nplugin = \"chaos\"\n");
+    let mut leftovers = Leftovers::of(&service);
+    let dir = project(&service, "[broker]\nprefetch = 10\n\n[[request]]\nrouting_key = \"slow\"\nplugin = \"chaos\"\n", &mut leftovers);
     build(&dir);
     let first = Host::start(&dir);
     let second = Host::start(&dir);
@@ -400,5 +507,4 @@ fn two_hosts_share_a_queue_and_nothing_is_lost_when_one_is_killed_or_stopped() {
     assert!(stopped_at < 400, "the stop came after everything was answered: the test proved nothing");
     assert!(third.terminate());
     runtime.block_on(Arc::into_inner(client).unwrap().close());
-    let _ = std::fs::remove_dir_all(dir);
 }

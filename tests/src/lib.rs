@@ -1,9 +1,20 @@
 //! Shared helpers for the integration tests: the example plugins built once per test binary,
-//! a host started on a config written for the test, a goamqp-style client with its own lapin
-//! code (names spelled out here, not taken from the host's naming module), and the broker's
-//! own view of things through `rabbitmqctl`.
+//! a host started on a config written for the test, goamqp peers with their own lapin code
+//! (names spelled out here, not taken from the host's naming module), the broker's own view of
+//! things through `rabbitmqctl`, and [`Cleanup`] guards that remove what a test declared even
+//! when it fails.
 //!
-//! Every test uses its own service name, so tests never see each other's queues.
+//! # The goamqp peers
+//! [`GoClient`] and [`GoService`] behave as a Go service built on goamqp does on the wire
+//! (`../shared/SPEC.md` §1): one channel for publishing and consuming, `basic.qos(20,
+//! global)`, manual acks, no publisher confirms, no `correlation_id`, `message_id` or
+//! `reply_to`, header `service` only, content type `application/json`, delivery mode 2. A
+//! goamqp client never matches an answer to its request: whatever arrives on its response
+//! queue for a routing key is handed to that key's handler. Tests therefore tell answers apart
+//! by their routing key and body, never by a correlation id.
+//!
+//! Every test uses its own service name ([`unique_service`]), so tests never see each other's
+//! queues, and holds a [`Cleanup`] that removes them.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -13,7 +24,7 @@ use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::mpsc;
 
 pub use warren::amqp::broker::bounded_close;
@@ -180,6 +191,7 @@ pub async fn start(config: &Config) -> Server {
     }
 }
 
+/// A new connection to the test broker.
 pub async fn connect() -> Connection {
     Connection::connect(&broker_url(), ConnectionProperties::default()).await.expect("connecting to RabbitMQ")
 }
@@ -190,14 +202,101 @@ fn text_value(s: &str) -> AMQPValue {
 
 /// A string header of a delivery.
 pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
-    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+    properties_header(&delivery.properties, name)
+}
+
+/// A string header in message properties (other types are shown as debug text).
+pub fn properties_header(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).to_string()),
         AMQPValue::ShortString(s) => Some(s.to_string()),
         other => Some(format!("{other:?}")),
     }
 }
 
-/// Consumes `queue`, acking each delivery and handing it over on the returned channel.
+/// The names of a message's headers, sorted.
+pub fn header_names(properties: &BasicProperties) -> Vec<String> {
+    let mut names: Vec<String> =
+        properties.headers().as_ref().map(|t| t.inner().keys().map(|k| k.to_string()).collect()).unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Asserts that a message Warren sent carries what goamqp sends and nothing goamqp does not:
+/// content type `application/json`, delivery mode 2, header `service` = `service`, no
+/// `correlation_id`, `message_id`, `reply_to` or other property, and headers exactly
+/// `service` and `traceparent` (Warren's trace context, allowed by SPEC §1) plus
+/// `plugin_headers`, the names the plugin set itself.
+pub fn assert_goamqp_message(delivery: &Delivery, service: &str, plugin_headers: &[&str]) {
+    assert_goamqp_message_with(delivery, service, None, plugin_headers);
+}
+
+/// Like [`assert_goamqp_message`] for an answer to a request that carried `correlation_id`:
+/// Warren copies it across (SPEC §1 allows it; goamqp ignores it). `None`: the request had
+/// none, and the answer must have none either.
+pub fn assert_goamqp_message_with(
+    delivery: &Delivery,
+    service: &str,
+    correlation_id: Option<&str>,
+    plugin_headers: &[&str],
+) {
+    let what = format!("message on '{}' with key '{}'", delivery.exchange, delivery.routing_key);
+    assert_goamqp_properties(&delivery.properties, &what, service, correlation_id, plugin_headers);
+}
+
+/// The checks of [`assert_goamqp_message_with`] on a message's properties; `what` names the
+/// message in a failure.
+pub fn assert_goamqp_properties(
+    props: &BasicProperties,
+    what: &str,
+    service: &str,
+    correlation_id: Option<&str>,
+    plugin_headers: &[&str],
+) {
+    assert_eq!(properties_header(props, "service").as_deref(), Some(service), "{what}: header service");
+    assert_eq!(props.content_type().as_ref().map(|c| c.as_str()), Some("application/json"), "{what}: content type");
+    assert_eq!(*props.delivery_mode(), Some(2), "{what}: delivery mode (persistent)");
+    assert_eq!(props.correlation_id().as_ref().map(|c| c.as_str()), correlation_id, "{what}: correlation_id");
+    assert_eq!(*props.message_id(), None, "{what}: goamqp sets no message_id");
+    assert_eq!(*props.reply_to(), None, "{what}: goamqp sets no reply_to");
+    assert_eq!(*props.content_encoding(), None, "{what}: content encoding");
+    assert_eq!(*props.priority(), None, "{what}: priority");
+    assert_eq!(*props.expiration(), None, "{what}: expiration");
+    assert_eq!(*props.timestamp(), None, "{what}: timestamp");
+    assert_eq!(*props.kind(), None, "{what}: type");
+    assert_eq!(*props.user_id(), None, "{what}: user_id");
+    assert_eq!(*props.app_id(), None, "{what}: app_id");
+    let mut expected: Vec<String> =
+        ["service", "traceparent"].iter().chain(plugin_headers).map(|h| h.to_string()).collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(header_names(props), expected, "{what}: headers");
+}
+
+/// Consumes `queue` on `channel` with manual acks and hands each delivery over on the returned
+/// receiver, then acks it (as goamqp acks once its handler returned): a delivery is always
+/// either on the broker (ready or unacked) or in the receiver, never in between.
+pub async fn consume(channel: &Channel, queue: &str) -> mpsc::UnboundedReceiver<Delivery> {
+    let mut consumer = channel
+        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let (tx, deliveries) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let acker = delivery.acker.clone();
+            if tx.send(delivery).is_err() {
+                break; // nobody listens: leave it unacked, it goes back when the channel closes
+            }
+            // An ack that fails (connection cut) leaves the message to be redelivered.
+            if acker.ack(BasicAckOptions::default()).await.is_err() {
+                break;
+            }
+        }
+    });
+    deliveries
+}
+
 /// Everything published to `exchange` from now on, through an exclusive queue bound to it
 /// with an empty key (what a fanout exchange, like Warren's dead-letter exchange, delivers).
 pub async fn collect(connection: &Connection, exchange: &str) -> mpsc::UnboundedReceiver<Delivery> {
@@ -211,56 +310,94 @@ pub async fn collect(connection: &Connection, exchange: &str) -> mpsc::Unbounded
     consume(&channel, queue.name().as_str()).await
 }
 
-pub async fn consume(channel: &Channel, queue: &str) -> mpsc::UnboundedReceiver<Delivery> {
-    let mut consumer = channel
-        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
-    let (tx, deliveries) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            // An ack that fails (connection cut) leaves the message to be redelivered.
-            if delivery.ack(BasicAckOptions::default()).await.is_err() || tx.send(delivery).is_err() {
-                break;
-            }
-        }
-    });
-    deliveries
+/// goamqp's queue arguments: `x-expires` = 5 days in ms (shown as `signedint` by RabbitMQ).
+fn goamqp_queue_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    // goamqp's `int(432000000)`: the Go client encodes an `int` as a 32-bit signed integer.
+    arguments.insert("x-expires".into(), AMQPValue::LongInt(432_000_000));
+    arguments
 }
 
-/// A client of service `target` as goamqp sets one up: it declares
-/// `<target>.headers.exchange.response.queue.<name>`, bound per routing key with
-/// `service=<name>`, and publishes requests to `<target>.direct.exchange.request`.
+/// A durable, non-auto-delete exchange with no arguments, as goamqp declares every exchange.
+async fn goamqp_exchange(channel: &Channel, name: &str, kind: ExchangeKind) {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(name.into(), kind, durable, FieldTable::default())
+        .await
+        .unwrap_or_else(|e| panic!("declaring exchange {name}: {e}"));
+}
+
+/// A durable queue with goamqp's arguments.
+async fn goamqp_queue(channel: &Channel, name: &str) {
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .queue_declare(name.into(), durable, goamqp_queue_arguments())
+        .await
+        .unwrap_or_else(|e| panic!("declaring queue {name}: {e}"));
+}
+
+/// goamqp's one channel: opened first, then `basic.qos(20, global)` (goamqp's `Start`).
+async fn goamqp_channel(connection: &Connection) -> Channel {
+    let channel = connection.create_channel().await.unwrap();
+    channel.basic_qos(20, BasicQosOptions { global: true }).await.unwrap();
+    channel
+}
+
+/// Publishes as goamqp's `publishMessage` does: not mandatory, no confirm awaited (the
+/// channel has none), content type JSON, delivery mode 2, the given headers.
+async fn goamqp_publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), lapin::Error> {
+    let properties = properties.with_content_type("application/json".into()).with_delivery_mode(2);
+    // Without confirms the returned future resolves to `NotRequested` at once: nothing to wait for.
+    channel
+        .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+        .await
+        .map(drop)
+}
+
+/// A client of service `target`, as goamqp sets one up with `ServicePublisher(target)` and
+/// `ServiceResponseListener(target, key, …)` for each of `routing_keys`:
+///
+/// - one connection, one channel with `basic.qos(20, global)`, no publisher confirms;
+/// - declares `<target>.direct.exchange.request` (direct) and
+///   `<target>.headers.exchange.response` (headers), durable;
+/// - declares `<target>.headers.exchange.response.queue.<name>` (durable, `x-expires`
+///   432000000), bound per routing key with the argument `service=<name>`, and consumes it with
+///   manual acks;
+/// - [`GoClient::request`] publishes to `<target>.direct.exchange.request` with content type
+///   JSON, delivery mode 2 and header `service=<name>`, and nothing else: no correlation id.
+///
+/// Answers are not matched to requests (goamqp never does): [`GoClient::response`] yields them
+/// in arrival order, and a test tells them apart by routing key and body. The response queue
+/// is deleted when the client is dropped, also when the test fails.
 pub struct GoClient {
     pub name: String,
     pub target: String,
+    /// The client's connection (free for a test's own extra channels).
     pub connection: Connection,
-    publisher: Channel,
+    channel: Channel,
+    queue: String,
     responses: mpsc::UnboundedReceiver<Delivery>,
+    _cleanup: Cleanup,
 }
 
 impl GoClient {
+    /// Connects as service `name`, a client of `target` expecting answers for `routing_keys`.
     pub async fn new(target: &str, name: &str, routing_keys: &[&str]) -> GoClient {
         let connection = connect().await;
-        let channel = connection.create_channel().await.unwrap();
+        let channel = goamqp_channel(&connection).await;
+        let request_exchange = format!("{target}.direct.exchange.request");
         let response_exchange = format!("{target}.headers.exchange.response");
         let queue = format!("{target}.headers.exchange.response.queue.{name}");
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        channel
-            .exchange_declare(response_exchange.as_str().into(), ExchangeKind::Headers, durable, FieldTable::default())
-            .await
-            .unwrap();
-        let mut arguments = FieldTable::default();
-        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(432_000_000));
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions { durable: true, ..Default::default() },
-                arguments,
-            )
-            .await
-            .unwrap();
+        goamqp_exchange(&channel, &request_exchange, ExchangeKind::Direct).await;
         for key in routing_keys {
+            goamqp_exchange(&channel, &response_exchange, ExchangeKind::Headers).await;
+            goamqp_queue(&channel, &queue).await;
             let mut binding = FieldTable::default();
             binding.insert("service".into(), text_value(name));
             channel
@@ -274,56 +411,345 @@ impl GoClient {
                 .await
                 .unwrap();
         }
+        if routing_keys.is_empty() {
+            goamqp_exchange(&channel, &response_exchange, ExchangeKind::Headers).await;
+            goamqp_queue(&channel, &queue).await;
+        }
         let responses = consume(&channel, &queue).await;
-        let publisher = connection.create_channel().await.unwrap();
-        publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        GoClient { name: name.to_string(), target: target.to_string(), connection, publisher, responses }
+        // Made last: a `new` cancelled half-way (a timeout) deletes nothing someone else uses.
+        let cleanup = Cleanup::new();
+        cleanup.queue(&queue).shared_exchange(&request_exchange).shared_exchange(&response_exchange);
+        GoClient {
+            name: name.to_string(),
+            target: target.to_string(),
+            connection,
+            channel,
+            queue,
+            responses,
+            _cleanup: cleanup,
+        }
     }
 
-    /// Publishes a request as goamqp does (JSON content type, persistent, `service` header),
-    /// plus `extra` headers, and waits for the broker's confirm.
-    pub async fn request(&self, routing_key: &str, body: &[u8], correlation_id: &str) {
+    /// The client's response queue, `<target>.headers.exchange.response.queue.<name>`.
+    pub fn response_queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Sends a request as goamqp's `Publisher.Publish` does: `body` as given (goamqp sends
+    /// `json.Marshal` of a message; [`GoClient::request_json`] does that), header `service` =
+    /// this client's name, and no other property.
+    pub async fn request(&self, routing_key: &str, body: &[u8]) {
         let mut headers = FieldTable::default();
         headers.insert("service".into(), text_value(&self.name));
-        self.publish(
-            routing_key,
-            body,
-            BasicProperties::default().with_headers(headers).with_correlation_id(correlation_id.into()),
-        )
-        .await;
+        self.publish(routing_key, body, BasicProperties::default().with_headers(headers)).await;
     }
 
-    /// Publishes raw to `<target>.direct.exchange.request` with exactly these properties.
+    /// Sends `message` encoded as JSON, as goamqp does.
+    pub async fn request_json(&self, routing_key: &str, message: &serde_json::Value) {
+        self.request(routing_key, &serde_json::to_vec(message).unwrap()).await;
+    }
+
+    /// Publishes to `<target>.direct.exchange.request` with exactly `properties` plus content
+    /// type JSON and delivery mode 2, on the client's one channel, without a confirm. For
+    /// requests goamqp could not send (no `service` header, extra headers, a correlation id).
     pub async fn publish(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
         let exchange = format!("{}.direct.exchange.request", self.target);
-        let properties = properties.with_content_type("application/json".into()).with_delivery_mode(2);
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.as_str().into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
+        goamqp_publish(&self.channel, &exchange, routing_key, body, properties)
             .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(matches!(confirm, Confirmation::Ack(None)), "the broker did not take the request: {confirm:?}");
+            .unwrap_or_else(|e| panic!("publishing to {exchange}: {e}"));
     }
 
-    /// The next response, or `None` if none comes within `wait`.
+    /// Returns once the broker has routed everything this client published so far (a
+    /// synchronous method on the same channel: RabbitMQ handles a channel's frames in order).
+    pub async fn sync(&self) {
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        self.channel.queue_declare(self.queue.as_str().into(), passive, FieldTable::default()).await.unwrap();
+    }
+
+    /// The next answer, in arrival order, or `None` if none comes within `wait`.
     pub async fn response(&mut self, wait: Duration) -> Option<Delivery> {
         tokio::time::timeout(wait, self.responses.recv()).await.ok().flatten()
     }
 
-    /// Deletes the client's response queue.
+    /// Asserts, from the broker's own state, that no answer came for anything sent so far:
+    /// waits until `queue` (the host's request queue) holds no message ready or unacked —
+    /// the host publishes an answer, confirmed, before it settles the request — then checks
+    /// that this client's response queue holds nothing ready or unacked and that no answer
+    /// was handed over.
+    pub async fn assert_no_response(&mut self, queue: &str) {
+        self.sync().await;
+        wait_until_settled(queue).await;
+        let (ready, unacked) = queue_counts(&self.queue).await.unwrap_or_else(|| panic!("no queue {}", self.queue));
+        assert_eq!((ready, unacked), (0, 0), "answers are waiting in {} (ready, unacked)", self.queue);
+        if let Ok(answer) = self.responses.try_recv() {
+            panic!(
+                "an answer came (key {}): {}",
+                answer.routing_key,
+                String::from_utf8_lossy(&answer.data[..answer.data.len().min(200)])
+            );
+        }
+    }
+
+    /// Closes the connection; the response queue goes when the client is dropped.
     pub async fn cleanup(self) {
-        let channel = self.connection.create_channel().await.unwrap();
-        let queue = format!("{}.headers.exchange.response.queue.{}", self.target, self.name);
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
         bounded_close(self.connection.close(200, "done".into())).await;
+    }
+}
+
+/// A request a [`GoService`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl Seen {
+    /// [`assert_goamqp_properties`] for this request: sent by `service`, no correlation id,
+    /// headers `service`, `traceparent` and `plugin_headers`.
+    pub fn assert_goamqp(&self, service: &str, plugin_headers: &[&str]) {
+        let what = format!("request with key '{}'", self.routing_key);
+        assert_goamqp_properties(&self.properties, &what, service, None, plugin_headers);
+    }
+}
+
+/// A goamqp service `name` answering requests with `RequestResponseHandler` for each of its
+/// routing keys, as goamqp does it, line by line (SPEC §1):
+///
+/// - one connection, one channel with `basic.qos(20, global)`, no publisher confirms;
+/// - declares `<name>.headers.exchange.response` (headers), `<name>.direct.exchange.request`
+///   (direct), both durable, and `<name>.direct.exchange.request.queue` (durable, `x-expires`
+///   432000000), bound with each key; consumes it with manual acks, one delivery at a time;
+/// - a key it has no handler for, or a body that is not JSON: reject without requeue;
+/// - otherwise calls `handler(routing_key, body)`, re-encodes the JSON it returns (as
+///   `json.Marshal` would; a handler must return JSON), publishes it to
+///   `<name>.headers.exchange.response` with the request's routing key, header `service` =
+///   the request's `service` header and nothing else (no correlation id), then acks;
+/// - a request whose `service` header is missing or not a string is nacked with requeue, as
+///   goamqp's handler error is (it comes back, forever).
+///
+/// Its request queue is deleted when it stops or is dropped; its exchanges go with the last
+/// [`Cleanup`] of the test binary if nothing else still uses them.
+pub struct GoService {
+    pub name: String,
+    connection: Connection,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+    _cleanup: Cleanup,
+}
+
+impl GoService {
+    /// Starts service `name` answering `keys` with `handler(routing key, body) -> answer`.
+    pub async fn start(
+        name: &str,
+        keys: &[&str],
+        handler: impl Fn(&str, &[u8]) -> Vec<u8> + Send + Sync + 'static,
+    ) -> GoService {
+        let request_exchange = format!("{name}.direct.exchange.request");
+        let response_exchange = format!("{name}.headers.exchange.response");
+        let queue = format!("{name}.direct.exchange.request.queue");
+        let cleanup = Cleanup::new();
+        cleanup.queue(&queue).shared_exchange(&request_exchange).shared_exchange(&response_exchange);
+
+        let connection = connect().await;
+        let channel = goamqp_channel(&connection).await;
+        for key in keys {
+            // ServiceRequestListener: the response exchange, then exchange, queue and binding.
+            goamqp_exchange(&channel, &response_exchange, ExchangeKind::Headers).await;
+            goamqp_exchange(&channel, &request_exchange, ExchangeKind::Direct).await;
+            goamqp_queue(&channel, &queue).await;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    request_exchange.as_str().into(),
+                    (*key).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let mut consumer = channel
+            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let key = delivery.routing_key.to_string();
+                let settled = if !keys.contains(&key) || serde_json::from_slice::<serde_json::Value>(&delivery.data).is_err()
+                {
+                    delivery.reject(BasicRejectOptions { requeue: false }).await
+                } else {
+                    record.lock().unwrap().push(Seen {
+                        routing_key: key.clone(),
+                        body: delivery.data.clone(),
+                        properties: delivery.properties.clone(),
+                    });
+                    let answer = handler(&key, &delivery.data);
+                    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_else(|e| {
+                        panic!("GoService handler for '{key}' returned no JSON ({e}): goamqp can only send JSON")
+                    });
+                    // goamqp's `SendingService`: a string header, or a handler error.
+                    let requester = match delivery.properties.headers().as_ref().and_then(|t| t.inner().get("service")) {
+                        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).to_string()),
+                        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+                        _ => None,
+                    };
+                    match requester {
+                        None => delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await,
+                        Some(requester) => {
+                            let mut headers = FieldTable::default();
+                            headers.insert("service".into(), text_value(&requester));
+                            let body = serde_json::to_vec(&answer).unwrap();
+                            let properties = BasicProperties::default().with_headers(headers);
+                            if let Err(error) =
+                                goamqp_publish(&channel, &response_exchange, &key, &body, properties).await
+                            {
+                                eprintln!("GoService: publishing the answer failed: {error}");
+                                break;
+                            }
+                            delivery.ack(BasicAckOptions::default()).await
+                        }
+                    }
+                };
+                if settled.is_err() {
+                    break;
+                }
+            }
+        });
+        GoService { name: name.to_string(), connection, seen, task, _cleanup: cleanup }
+    }
+
+    /// Every request handed to the handler so far, in arrival order.
+    pub fn requests_seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits up to [`DEADLINE`] until at least `n` requests were handled; returns them all.
+    pub async fn wait_for_requests(&self, n: usize) -> Vec<Seen> {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let seen = self.requests_seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(tokio::time::Instant::now() < until, "{} got {} of {n} requests", self.name, seen.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops consuming and closes the connection; the request queue is deleted.
+    pub async fn stop(self) {
+        self.task.abort();
+        bounded_close(self.connection.close(200, "done".into())).await;
+        // Dropping `self` deletes the request queue.
+    }
+}
+
+impl Drop for GoService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A queue of the test's own (exclusive, server-named), bound to `exchange` with `keys`;
+/// yields what arrives. The exchange is declared as goamqp does and, being shared with other
+/// tests, removed by the last [`Cleanup`] if unused.
+pub struct Tap {
+    _connection: Connection,
+    queue: String,
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+}
+
+impl Tap {
+    pub async fn bind(exchange: &str, kind: ExchangeKind, keys: &[&str], cleanup: &Cleanup) -> Tap {
+        cleanup.shared_exchange(exchange);
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        goamqp_exchange(&channel, exchange, kind).await;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for key in keys {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    exchange.into(),
+                    (*key).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let deliveries = consume(&channel, queue.name().as_str()).await;
+        Tap { _connection: connection, queue: queue.name().to_string(), deliveries }
+    }
+
+    /// The next message sent by `service` within [`DEADLINE`] (others on a shared stream are
+    /// skipped).
+    pub async fn next_from(&mut self, service: &str) -> Option<Delivery> {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let delivery = tokio::time::timeout_at(until, self.deliveries.recv()).await.ok().flatten()?;
+            if header(&delivery, "service").as_deref() == Some(service) {
+                return Some(delivery);
+            }
+        }
+    }
+
+    /// Asserts from the broker's state that nothing from `service` reached this tap: the tap's
+    /// queue holds nothing ready or unacked, and nothing handed over came from `service`.
+    /// Call it once whatever could have published is settled.
+    pub async fn assert_nothing_from(&mut self, service: &str) {
+        wait_until_settled(&self.queue).await;
+        while let Ok(delivery) = self.deliveries.try_recv() {
+            assert_ne!(
+                header(&delivery, "service").as_deref(),
+                Some(service),
+                "{service} published {} to {}",
+                delivery.routing_key,
+                delivery.exchange
+            );
+        }
+    }
+}
+
+/// The broker's `(messages_ready, messages_unacknowledged)` of `queue`, or `None` if there is
+/// no such queue (from `rabbitmqctl list_queues`, the queue's own count).
+pub async fn queue_counts(queue: &str) -> Option<(u64, u64)> {
+    let queue = queue.to_string();
+    tokio::task::spawn_blocking(move || {
+        broker_listing("list_queues", &["name", "messages_ready", "messages_unacknowledged"])
+            .into_iter()
+            .find(|q| q["name"] == queue.as_str())
+            .map(|q| (q["messages_ready"].as_u64().unwrap_or(0), q["messages_unacknowledged"].as_u64().unwrap_or(0)))
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `queue` holds no message ready or unacknowledged, on the broker's own count.
+pub async fn wait_until_settled(queue: &str) {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let counts = queue_counts(queue).await;
+        match counts {
+            Some((0, 0)) => return,
+            None => panic!("no queue {queue} on the broker"),
+            Some(counts) => {
+                assert!(tokio::time::Instant::now() < until, "{queue} never settled: (ready, unacked) = {counts:?}")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -338,13 +764,13 @@ pub async fn ready_messages(connection: &Connection, queue: &str) -> u32 {
     declared.message_count()
 }
 
-/// Messages dead-lettered from `service`'s queues, caught through a broker policy (set with
-/// `rabbitmqctl`, so the queue arguments stay exactly goamqp's).
+/// Messages dead-lettered from `service`'s request queue, caught through a broker policy (set
+/// with `rabbitmqctl`, so the queue arguments stay exactly goamqp's). The policy, exchange
+/// `<service>.dlx` and queue `<service>.dead-letters` are removed when this is dropped.
 pub struct DeadLetters {
-    policy: String,
-    queue: String,
     connection: Connection,
     deliveries: mpsc::UnboundedReceiver<Delivery>,
+    _cleanup: Cleanup,
 }
 
 impl DeadLetters {
@@ -352,6 +778,9 @@ impl DeadLetters {
     pub async fn catch(service: &str) -> DeadLetters {
         let exchange = format!("{service}.dlx");
         let queue = format!("{service}.dead-letters");
+        let policy = format!("{service}-dlx");
+        let cleanup = Cleanup::new();
+        cleanup.queue(&queue).exchange(&exchange).policy(&policy);
         let connection = connect().await;
         let channel = connection.create_channel().await.unwrap();
         channel
@@ -377,17 +806,21 @@ impl DeadLetters {
             )
             .await
             .unwrap();
-        let policy = format!("{service}-dlx");
         let pattern = format!("^{}\\.direct\\.exchange\\.request\\.queue$", service.replace('-', "\\-"));
         let definition = format!("{{\"dead-letter-exchange\":\"{exchange}\"}}");
         rabbitmqctl(&["set_policy", &policy, &pattern, &definition, "--apply-to", "queues"]);
         let deliveries = consume(&channel, &queue).await;
-        DeadLetters { policy, queue, connection, deliveries }
+        DeadLetters { connection, deliveries, _cleanup: cleanup }
     }
 
     /// The next dead-lettered message, or `None` within `wait`.
     pub async fn next(&mut self, wait: Duration) -> Option<Delivery> {
         tokio::time::timeout(wait, self.deliveries.recv()).await.ok().flatten()
+    }
+
+    /// A dead-lettered message that already arrived, without waiting.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        self.deliveries.try_recv().ok()
     }
 
     /// The `reason` RabbitMQ recorded in the message's `x-death` header (`rejected`, …).
@@ -402,31 +835,243 @@ impl DeadLetters {
         }
     }
 
+    /// Closes the connection; the policy, queue and exchange go when this is dropped.
     pub async fn cleanup(self) {
-        rabbitmqctl(&["clear_policy", &self.policy]);
-        let channel = self.connection.create_channel().await.unwrap();
-        let _ = channel.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()).await;
         bounded_close(self.connection.close(200, "done".into())).await;
     }
 }
 
 /// Runs `rabbitmqctl` with `args` (quiet) and returns its stdout; panics if it fails.
 pub fn rabbitmqctl(args: &[&str]) -> String {
+    try_rabbitmqctl(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `rabbitmqctl` with `args` (quiet): its stdout, or what went wrong.
+pub fn try_rabbitmqctl(args: &[&str]) -> Result<String, String> {
     let output = std::process::Command::new("rabbitmqctl")
         .args(args)
         .arg("-q")
         .output()
-        .expect("running rabbitmqctl (is RabbitMQ installed on this machine?)");
-    assert!(output.status.success(), "rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
+        .map_err(|e| format!("running rabbitmqctl (is RabbitMQ installed on this machine?): {e}"))?;
+    if !output.status.success() {
+        return Err(format!("rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    String::from_utf8(output.stdout).map_err(|e| e.to_string())
 }
 
 /// The broker's own JSON listing (`rabbitmqctl list_<what> <columns> --formatter json`).
 pub fn broker_listing(what: &str, columns: &[&str]) -> Vec<serde_json::Value> {
+    try_broker_listing(what, columns).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_broker_listing(what: &str, columns: &[&str]) -> Result<Vec<serde_json::Value>, String> {
     let mut args = vec![what];
     args.extend_from_slice(columns);
     args.extend_from_slice(&["--formatter", "json"]);
-    serde_json::from_str(&rabbitmqctl(&args)).expect("rabbitmqctl prints JSON")
+    serde_json::from_str(&try_rabbitmqctl(&args)?).map_err(|e| format!("rabbitmqctl {what} printed no JSON: {e}"))
+}
+
+/// What one [`Cleanup`] removes.
+#[derive(Default)]
+struct Declared {
+    services: Vec<String>,
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+    policies: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+/// Exchanges several tests may use at once (`events.topic.exchange`, `billing.*`): removed,
+/// if unused, when the last [`Cleanup`] alive in this test binary is dropped.
+struct Shared {
+    guards: usize,
+    exchanges: std::collections::BTreeSet<String>,
+}
+
+static SHARED: std::sync::Mutex<Shared> =
+    std::sync::Mutex::new(Shared { guards: 0, exchanges: std::collections::BTreeSet::new() });
+
+fn shared() -> std::sync::MutexGuard<'static, Shared> {
+    SHARED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes what a test declared on the broker when it is dropped — also when the test panics.
+/// Make one before declaring anything and keep it to the end of the test.
+///
+/// - [`Cleanup::service`]: every queue and exchange whose name contains the (unique) service
+///   name, found in the broker's own listing: what the host declared, dead-letter exchanges,
+///   retry queues, the queues of its clients, transient queues.
+/// - [`Cleanup::queue`], [`Cleanup::exchange`], [`Cleanup::policy`], [`Cleanup::dir`]: by name.
+/// - [`Cleanup::shared_exchange`]: an exchange other tests may use too; deleted with
+///   `if-unused` once no `Cleanup` of this test binary is alive.
+///
+/// `Drop` cannot await: the work runs on a thread of its own with a small tokio runtime and a
+/// fresh connection, and never panics (a failure is printed).
+pub struct Cleanup {
+    declared: std::sync::Mutex<Declared>,
+}
+
+impl Default for Cleanup {
+    fn default() -> Self {
+        Cleanup::new()
+    }
+}
+
+impl Cleanup {
+    pub fn new() -> Cleanup {
+        shared().guards += 1;
+        Cleanup { declared: std::sync::Mutex::new(Declared::default()) }
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Declared)) -> &Cleanup {
+        f(&mut self.declared.lock().unwrap_or_else(|p| p.into_inner()));
+        self
+    }
+
+    /// Everything whose name contains `service`.
+    pub fn service(&self, service: &str) -> &Cleanup {
+        self.with(|d| d.services.push(service.to_string()))
+    }
+
+    pub fn queue(&self, queue: &str) -> &Cleanup {
+        self.with(|d| d.queues.push(queue.to_string()))
+    }
+
+    pub fn exchange(&self, exchange: &str) -> &Cleanup {
+        self.with(|d| d.exchanges.push(exchange.to_string()))
+    }
+
+    pub fn shared_exchange(&self, exchange: &str) -> &Cleanup {
+        shared().exchanges.insert(exchange.to_string());
+        self
+    }
+
+    pub fn policy(&self, policy: &str) -> &Cleanup {
+        self.with(|d| d.policies.push(policy.to_string()))
+    }
+
+    pub fn dir(&self, dir: &Path) -> &Cleanup {
+        self.with(|d| d.dirs.push(dir.to_path_buf()))
+    }
+
+    /// What a host on `config` declares: its queues by name, its exchanges as shared (those
+    /// named after a service of this cleanup go with the service sweep anyway).
+    pub fn topology_of(&self, config: &Config) -> &Cleanup {
+        let topology = warren::amqp::topology::Topology::for_config(config);
+        for queue in &topology.queues {
+            self.queue(&queue.name);
+        }
+        for exchange in &topology.exchanges {
+            self.shared_exchange(&exchange.name);
+        }
+        self
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let declared = std::mem::take(&mut *self.declared.lock().unwrap_or_else(|p| p.into_inner()));
+        for policy in &declared.policies {
+            if let Err(error) = try_rabbitmqctl(&["clear_policy", policy]) {
+                eprintln!("cleanup: {error}");
+            }
+        }
+        let mut queues = declared.queues;
+        let mut exchanges: Vec<(String, bool)> = declared.exchanges.into_iter().map(|e| (e, false)).collect();
+        if !declared.services.is_empty() {
+            let mine = |name: &str| declared.services.iter().any(|s| name.contains(s.as_str()));
+            let names = |what: &'static str| {
+                std::thread::spawn(move || try_broker_listing(what, &["name"]))
+            };
+            let (listed_queues, listed_exchanges) = (names("list_queues"), names("list_exchanges"));
+            for (listing, into_exchanges) in [(listed_queues, false), (listed_exchanges, true)] {
+                match listing.join().unwrap_or_else(|_| Err("the listing thread panicked".into())) {
+                    Ok(rows) => {
+                        for name in rows.iter().filter_map(|r| r["name"].as_str()).filter(|n| mine(n)) {
+                            if into_exchanges {
+                                exchanges.push((name.to_string(), false));
+                            } else {
+                                queues.push(name.to_string());
+                            }
+                        }
+                    }
+                    Err(error) => eprintln!("cleanup: {error}"),
+                }
+            }
+        }
+        delete_on_broker(queues, exchanges);
+        for dir in &declared.dirs {
+            let _ = std::fs::remove_dir_all(dir).or_else(|_| std::fs::remove_file(dir));
+        }
+
+        let mut shared = shared();
+        shared.guards -= 1;
+        if shared.guards == 0 && !shared.exchanges.is_empty() {
+            // Held locked: no test of this binary declares anything until they are gone.
+            let exchanges = std::mem::take(&mut shared.exchanges).into_iter().map(|e| (e, true)).collect();
+            delete_on_broker(Vec::new(), exchanges);
+        }
+    }
+}
+
+/// Deletes `queues` and `exchanges` (`(name, if_unused)`) over a fresh connection, on a thread
+/// of its own (callable from `Drop`, inside or outside a tokio runtime). Never panics.
+fn delete_on_broker(queues: Vec<String>, exchanges: Vec<(String, bool)>) {
+    if queues.is_empty() && exchanges.is_empty() {
+        return;
+    }
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => return eprintln!("cleanup: no runtime: {error}"),
+        };
+        runtime.block_on(async {
+            let connection =
+                match tokio::time::timeout(CLEANUP, Connection::connect(&broker_url(), ConnectionProperties::default()))
+                    .await
+                {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(error)) => return eprintln!("cleanup: cannot connect: {error}; left {queues:?} {exchanges:?}"),
+                    Err(_) => return eprintln!("cleanup: connecting timed out; left {queues:?} {exchanges:?}"),
+                };
+            // A failed method closes its channel: one channel per deletion.
+            for queue in &queues {
+                let deleted = tokio::time::timeout(CLEANUP, async {
+                    let channel = connection.create_channel().await?;
+                    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+                    channel.close(200, "done".into()).await
+                })
+                .await;
+                match deleted {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => eprintln!("cleanup: queue {queue}: {error}"),
+                    Err(_) => eprintln!("cleanup: deleting queue {queue} timed out"),
+                }
+            }
+            for (exchange, if_unused) in &exchanges {
+                let deleted = tokio::time::timeout(CLEANUP, async {
+                    let channel = connection.create_channel().await?;
+                    let options = ExchangeDeleteOptions { if_unused: *if_unused, ..Default::default() };
+                    channel.exchange_delete(exchange.as_str().into(), options).await?;
+                    channel.close(200, "done".into()).await
+                })
+                .await;
+                match deleted {
+                    Ok(Ok(())) => {}
+                    // In use by someone else (if_unused): theirs to remove.
+                    Ok(Err(_)) if *if_unused => {}
+                    Ok(Err(error)) => eprintln!("cleanup: exchange {exchange}: {error}"),
+                    Err(_) => eprintln!("cleanup: deleting exchange {exchange} timed out"),
+                }
+            }
+            bounded_close(connection.close(200, "cleaned up".into())).await;
+        });
+        let _ = done.send(());
+    });
+    if finished.recv_timeout(Duration::from_secs(120)).is_err() {
+        eprintln!("cleanup: the broker clean-up did not finish within 120 s");
+    }
 }
 
 /// Deletes the queues and exchanges a host for `service` declared on the request side.
@@ -441,13 +1086,52 @@ pub async fn delete_service(service: &str) {
     bounded_close(connection.close(200, "done".into())).await;
 }
 
-/// One request-serving test setup: a host for a fresh service, a goamqp client of it, and a
-/// catcher of what the host rejects (dead-lettered through a broker policy).
+/// While alive, the broker application is stopped (`rabbitmqctl stop_app`); dropping it —
+/// also when the test panics — starts it again and waits until it is up.
+pub struct BrokerStopped {
+    started: bool,
+}
+
+impl BrokerStopped {
+    pub fn stop_app() -> BrokerStopped {
+        let guard = BrokerStopped { started: false };
+        rabbitmqctl(&["stop_app"]);
+        guard
+    }
+
+    /// Starts the broker again now.
+    pub fn start_app(mut self) {
+        self.start();
+    }
+
+    fn start(&mut self) {
+        if !self.started {
+            self.started = true;
+            for args in [&["start_app"][..], &["await_startup"][..]] {
+                if let Err(error) = try_rabbitmqctl(args) {
+                    eprintln!("restarting the broker: {error}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BrokerStopped {
+    fn drop(&mut self) {
+        self.start();
+    }
+}
+
+/// One request-serving test setup: a host for a fresh service, a goamqp client of it, a
+/// catcher of what the host rejects (dead-lettered through a broker policy), and a
+/// [`Cleanup`] of everything named after the service.
 pub struct Scenario {
     pub service: String,
     pub server: Server,
     pub client: GoClient,
     pub dead: DeadLetters,
+    /// Dropped last: the host, the client and the catcher are gone by then.
+    pub cleanup: Cleanup,
 }
 
 impl Scenario {
@@ -473,10 +1157,12 @@ impl Scenario {
     /// A scenario for a ready-made config; the client expects responses for `keys`.
     pub async fn from_config(config: Config, keys: &[&str]) -> Scenario {
         let service = config.service.clone();
+        let cleanup = Cleanup::new();
+        cleanup.service(&service).topology_of(&config);
         let dead = DeadLetters::catch(&service).await;
         let server = start(&config).await;
         let client = GoClient::new(&service, "go-client", keys).await;
-        Scenario { service, server, client, dead }
+        Scenario { service, server, client, dead, cleanup }
     }
 
     /// The host's request queue, spelled out.
@@ -484,9 +1170,16 @@ impl Scenario {
         format!("{}.direct.exchange.request.queue", self.service)
     }
 
+    /// Asserts from the broker's state that the client got no answer to anything sent so far
+    /// (see [`GoClient::assert_no_response`]).
+    pub async fn assert_no_response(&mut self) {
+        let queue = self.request_queue();
+        self.client.assert_no_response(&queue).await;
+    }
+
     /// Stops the host, checks that every message it got was settled (stopping closes its
     /// channels, so an unacked message would be back in the queue), and removes everything
-    /// the test declared.
+    /// the test declared (which dropping the scenario does too, also on failure).
     pub async fn finish(self) {
         let queue = self.request_queue();
         self.server.stop().await.expect("the host stops cleanly");
@@ -497,6 +1190,6 @@ impl Scenario {
         // Best effort: a broker that is slow to close must not hang the suite.
         let _ = tokio::time::timeout(CLEANUP, self.client.cleanup()).await;
         let _ = tokio::time::timeout(CLEANUP, self.dead.cleanup()).await;
-        let _ = tokio::time::timeout(CLEANUP, delete_service(&self.service)).await;
+        // `self.cleanup` is dropped here.
     }
 }

@@ -2,65 +2,13 @@
 //! event streams (durable, suffixed, transient), responses to a plugin's own requests, events
 //! published by plugins, grants, and header fidelity. Names are spelled out, not computed.
 
-use std::time::Duration;
-
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, options::*};
 use serde_json::{Value, json};
 use warren_tests::*;
 
-/// A queue of the test's own, bound to `exchange` with `keys`; yields what arrives.
-async fn tap(exchange: &str, kind: lapin::ExchangeKind, keys: &[&str]) -> Tap {
-    let connection = connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel.exchange_declare(exchange.into(), kind, durable, FieldTable::default()).await.unwrap();
-    let queue = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
-    for key in keys {
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                (*key).into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
-    let deliveries = consume(&channel, queue.name().as_str()).await;
-    Tap { _connection: connection, deliveries }
-}
-
-struct Tap {
-    _connection: lapin::Connection,
-    deliveries: tokio::sync::mpsc::UnboundedReceiver<lapin::message::Delivery>,
-}
-
-impl Tap {
-    /// The next message sent by `service` (others on a shared stream are skipped).
-    async fn next_from(&mut self, service: &str) -> Option<lapin::message::Delivery> {
-        let until = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let delivery = tokio::time::timeout_at(until, self.deliveries.recv()).await.ok().flatten()?;
-            if header(&delivery, "service").as_deref() == Some(service) {
-                return Some(delivery);
-            }
-        }
-    }
-}
-
 fn json_body(delivery: &lapin::message::Delivery) -> Value {
     serde_json::from_slice(&delivery.data).unwrap()
-}
-
-fn assert_goamqp_message(delivery: &lapin::message::Delivery, sender: &str) {
-    assert_eq!(header(delivery, "service").as_deref(), Some(sender));
-    assert_eq!(delivery.properties.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
-    assert_eq!(*delivery.properties.delivery_mode(), Some(2));
 }
 
 const ORDERS_CONFIG: &str = "[[response]]\nservice = \"billing\"\nrouting_key = \"invoice.create\"\nplugin = \"orders\"\n\
@@ -70,20 +18,19 @@ const ORDERS_CONFIG: &str = "[[response]]\nservice = \"billing\"\nrouting_key = 
 broker_test! {
     async fn the_orders_example_talks_goamqp_in_both_directions() {
         let service = unique_service("orders");
-        // A goamqp "billing" service, written here: it answers invoice.create.
-        let billing = connect().await;
-        let channel = billing.create_channel().await.unwrap();
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        channel.exchange_declare("billing.direct.exchange.request".into(), lapin::ExchangeKind::Direct, durable, FieldTable::default()).await.unwrap();
-        channel.exchange_declare("billing.headers.exchange.response".into(), lapin::ExchangeKind::Headers, durable, FieldTable::default()).await.unwrap();
-        let billing_queue = format!("billing.direct.exchange.request.queue.for-{service}");
-        channel.queue_declare(billing_queue.as_str().into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-        channel.queue_bind(billing_queue.as_str().into(), "billing.direct.exchange.request".into(), "invoice.create".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-        let mut invoice_requests = consume(&channel, &billing_queue).await;
-        let mut events = tap("events.topic.exchange", lapin::ExchangeKind::Topic, &["order.*"]).await;
-        let mut audit = tap("audit.topic.exchange", lapin::ExchangeKind::Topic, &["audit.recorded"]).await;
+        let cleanup = Cleanup::new();
+        // A goamqp "billing" service (the name the orders plugin asks): it answers
+        // invoice.create from billing.direct.exchange.request.queue, as goamqp declares it.
+        let billing = GoService::start("billing", &["invoice.create"], |_, body| {
+            let request: Value = serde_json::from_slice(body).unwrap();
+            serde_json::to_vec(&json!({"order": request["order"], "invoice": "inv-7"})).unwrap()
+        })
+        .await;
+        let mut events = Tap::bind("events.topic.exchange", lapin::ExchangeKind::Topic, &["order.*"], &cleanup).await;
+        let mut audit = Tap::bind("audit.topic.exchange", lapin::ExchangeKind::Topic, &["audit.recorded"], &cleanup).await;
 
         let plugins = private_plugins(&service, &[("orders", "orders"), ("audit", "audit")]);
+        cleanup.dir(&plugins);
         let mut s = Scenario::start_in(&service, &plugins, &[("order.create", "orders")], ORDERS_CONFIG, &[]).await;
         let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let mut headers = FieldTable::default();
@@ -93,54 +40,54 @@ broker_test! {
 
         let response = s.client.response(DEADLINE).await.expect("orders answers");
         assert_eq!(json_body(&response), json!({"id": "o-1", "status": "created"}));
+        assert_goamqp_message(&response, "go-client", &[]);
 
         let created = events.next_from(&service).await.expect("order.created is published");
         assert_eq!(created.routing_key.as_str(), "order.created");
         assert_eq!(json_body(&created), json!({"id": "o-1", "amount": 42}));
-        assert_goamqp_message(&created, &service);
+        assert_goamqp_message(&created, &service, &[]);
         assert_eq!(header(&created, "traceparent").as_deref(), Some(traceparent), "trace context travels on");
 
-        // Billing gets a goamqp request from the plugin and answers it the goamqp way.
-        let request = tokio::time::timeout(DEADLINE, invoice_requests.recv()).await.unwrap().expect("billing is asked");
-        assert_eq!(json_body(&request), json!({"order": "o-1", "amount": 42}));
-        assert_goamqp_message(&request, &service);
-        let mut reply_headers = FieldTable::default();
-        reply_headers.insert("service".into(), AMQPValue::LongString(LongString::from(service.as_str())));
-        let publisher = billing.create_channel().await.unwrap();
-        let props = BasicProperties::default().with_headers(reply_headers).with_content_type("application/json".into()).with_delivery_mode(2);
-        publisher.basic_publish("billing.headers.exchange.response".into(), "invoice.create".into(), BasicPublishOptions::default(), br#"{"order":"o-1","invoice":"inv-7"}"#, props).await.unwrap();
+        // Billing got a goamqp request from the plugin (no correlation id, nothing goamqp does
+        // not send) and answered it the goamqp way: no correlation id either.
+        let requests = billing.wait_for_requests(1).await;
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].routing_key, "invoice.create");
+        assert_eq!(serde_json::from_slice::<Value>(&requests[0].body).unwrap(), json!({"order": "o-1", "amount": 42}));
+        requests[0].assert_goamqp(&service, &[]);
 
         let invoiced = events.next_from(&service).await.expect("the response handler publishes order.invoiced");
         assert_eq!(invoiced.routing_key.as_str(), "order.invoiced");
         assert_eq!(json_body(&invoiced), json!({"order": "o-1", "invoice": "inv-7"}));
+        assert_goamqp_message(&invoiced, &service, &[]);
 
         // audit consumed both order events from the stream and recorded them.
         let mut recorded = vec![json_body(&audit.next_from(&service).await.expect("audited")), json_body(&audit.next_from(&service).await.expect("audited"))];
         recorded.sort_by_key(|r| r["key"].as_str().unwrap().to_string());
         assert_eq!(recorded, [json!({"key": "order.created", "bytes": 24, "service": service}), json!({"key": "order.invoiced", "bytes": 33, "service": service})]);
 
+        // Billing's answer was taken and acked: nothing waits in the orders host's response queue.
+        wait_until_settled(&format!("billing.headers.exchange.response.queue.{service}")).await;
         s.finish().await;
-        let cleanup = billing.create_channel().await.unwrap();
-        for queue in [format!("billing.headers.exchange.response.queue.{service}"), format!("events.topic.exchange.queue.{service}")] {
-            let _ = cleanup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-        }
-        let _ = std::fs::remove_dir_all(plugins);
+        billing.stop().await;
     }
 }
 
 broker_test! {
     async fn a_plugin_without_a_grant_cannot_publish() {
         let service = unique_service("nogrant");
+        let cleanup = Cleanup::new();
         let plugins = private_plugins(&service, &[("orders", "orders")]);
-        let mut events = tap("events.topic.exchange", lapin::ExchangeKind::Topic, &["order.*"]).await;
+        cleanup.dir(&plugins);
+        let mut events = Tap::bind("events.topic.exchange", lapin::ExchangeKind::Topic, &["order.*"], &cleanup).await;
         let mut s = Scenario::start_in(&service, &plugins, &[("order.create", "orders")], "", &[]).await;
-        s.client.request("order.create", br#"{"id":"o-2","amount":1}"#, "c").await;
+        s.client.request("order.create", br#"{"id":"o-2","amount":1}"#).await;
         let rejected = s.dead.next(DEADLINE).await.expect("the request fails for good and is rejected");
         assert_eq!(DeadLetters::death_reason(&rejected).as_deref(), Some("rejected"));
-        assert!(s.client.response(Duration::from_millis(500)).await.is_none());
-        assert!(tokio::time::timeout(Duration::from_millis(500), events.next_from(&service)).await.is_err(), "nothing was published");
+        // Settled, so whatever the call published was confirmed before: the broker holds nothing.
+        s.assert_no_response().await;
+        events.assert_nothing_from(&service).await;
         s.finish().await;
-        let _ = std::fs::remove_dir_all(plugins);
     }
 }
 
@@ -152,14 +99,17 @@ broker_test! {
             [[event]]\nstream = \"audit\"\nrouting_key = \"x.y\"\nplugin = \"echo\"\nqueue_suffix = \"replay\"\n\
             [[event]]\nrouting_key = \"ping\"\nplugin = \"echo\"\ntransient = true\n\
             [[response]]\nservice = \"billing\"\nrouting_key = \"invoice.create\"\nplugin = \"echo\"\n";
-        let server = start(&config(&service, config_text)).await;
+        let config = config(&service, config_text);
+        let cleanup = Cleanup::new();
+        cleanup.service(&service).topology_of(&config);
+        let server = start(&config).await;
         let mine = |name: &str| name.ends_with(&service) || name.contains(&format!("{service}-"));
         let queues: Vec<Value> = broker_listing("list_queues", &["name", "durable", "auto_delete", "exclusive", "arguments"])
             .into_iter()
             .filter(|q| mine(q["name"].as_str().unwrap()))
             .collect();
         let find = |name: &str| queues.iter().find(|q| q["name"] == name).unwrap_or_else(|| panic!("no queue {name} in {queues:?}")).clone();
-        let expires = json!([["x-expires", "long", 432000000]]);
+        let expires = json!([["x-expires", "signedint", 432000000]]);
         assert_eq!(find(&format!("events.topic.exchange.queue.{service}")), json!({"name": format!("events.topic.exchange.queue.{service}"), "durable": true, "auto_delete": false, "exclusive": false, "arguments": expires}));
         assert_eq!(find(&format!("audit.topic.exchange.queue.{service}-replay"))["durable"], true);
         assert_eq!(find(&format!("billing.headers.exchange.response.queue.{service}"))["arguments"], expires);
@@ -184,11 +134,6 @@ broker_test! {
         assert_eq!(bindings.len(), 5);
 
         server.stop().await.unwrap();
-        let connection = connect().await;
-        let channel = connection.create_channel().await.unwrap();
-        for queue in [format!("events.topic.exchange.queue.{service}"), format!("audit.topic.exchange.queue.{service}-replay"), format!("billing.headers.exchange.response.queue.{service}")] {
-            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-        }
         assert!(
             !broker_listing("list_queues", &["name"]).iter().any(|q| q["name"].as_str().unwrap().starts_with(&format!("events.topic.exchange.queue.{service}-"))),
             "the transient queue went with its connection"
@@ -226,6 +171,9 @@ async fn every_header_type_round_trips(plugins: &std::path::Path, plugin: &str, 
     for (name, value) in &sent {
         assert_eq!(got.get(*name), Some(value), "header {name} through {plugin}");
     }
+    // The plugin set exactly the headers it copied; Warren added service and traceparent.
+    let names: Vec<&str> = sent.iter().map(|(name, _)| *name).collect();
+    assert_goamqp_message(&response, "go-client", &names);
     s.finish().await;
 }
 
@@ -251,6 +199,8 @@ broker_test! {
     async fn a_plugin_publishes_to_a_queue_as_goamqps_queue_publisher_does() {
         let service = unique_service("qpub");
         let target = format!("{service}-inbox");
+        let cleanup = Cleanup::new();
+        cleanup.service(&service);
         let connection = connect().await;
         let channel = connection.create_channel().await.unwrap();
         channel.queue_declare(target.as_str().into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
@@ -258,7 +208,7 @@ broker_test! {
 
         let grant = format!("[plugin.chaos]\nqueues = [\"{target}\"]");
         let mut s = Scenario::start_in(&service, plugins_dir(), &[("chaos", "chaos")], &grant, &[]).await;
-        s.client.request("chaos", format!("queue:{target}").as_bytes(), "q").await;
+        s.client.request("chaos", format!("queue:{target}").as_bytes()).await;
         assert_eq!(s.client.response(DEADLINE).await.expect("answered").data, b"sent");
         let queued = tokio::time::timeout(DEADLINE, inbox.recv()).await.unwrap().expect("the queue got it");
         assert_eq!(queued.data, b"queued");
@@ -266,10 +216,10 @@ broker_test! {
         assert_eq!(queued.routing_key.as_str(), "chaos", "routing key = the message key");
         let cc = queued.properties.headers().as_ref().unwrap().inner().get("CC").cloned();
         assert_eq!(cc, Some(AMQPValue::FieldArray(vec![AMQPValue::LongString(LongString::from(target.as_str()))].into())));
-        assert_goamqp_message(&queued, &service);
+        assert_goamqp_message(&queued, &service, &["CC"]);
 
         // Without the grant the plugin is refused and nothing is sent.
-        s.client.request("chaos", b"queue:somewhere-else", "no").await;
+        s.client.request("chaos", b"queue:somewhere-else").await;
         let refused = String::from_utf8(s.client.response(DEADLINE).await.expect("answered").data).unwrap();
         assert!(refused.starts_with("refused: SendError::Denied") && refused.contains("may not publish to queue"), "{refused}");
         s.finish().await;

@@ -10,14 +10,14 @@ use warren_tests::*;
 broker_test! {
     async fn chaos_costs_only_its_own_messages_while_echo_keeps_answering() {
         let handlers = [("chaos", "chaos"), ("echo", "echo")];
-        let limits = "[limits]\ntimeout_ms = 1000\nmemory_mib = 64";
+        let limits = "[limits]\ntimeout_ms = 3000\nmemory_mib = 64";
         let mut s = Scenario::start("chaos", &handlers, limits, &[]).await;
         let misbehaviours = ["loop", "alloc:1024", "panic", "slow:5000"];
-        for (i, body) in misbehaviours.iter().enumerate() {
-            s.client.request("chaos", body.as_bytes(), &format!("bad-{i}")).await;
+        for body in misbehaviours {
+            s.client.request("chaos", body.as_bytes()).await;
         }
         for i in 0..50 {
-            s.client.request("echo", format!("normal {i}").as_bytes(), &format!("ok-{i}")).await;
+            s.client.request("echo", format!("normal {i}").as_bytes()).await;
         }
         let mut answered = std::collections::BTreeSet::new();
         while answered.len() < 50 {
@@ -25,17 +25,27 @@ broker_test! {
             assert!(response.data.starts_with(b"normal "), "only normal requests are answered");
             answered.insert(response.data);
         }
+        // Served while the loop and the slow call still held their instances: neither has hit
+        // its 3 s deadline yet. A host serving one message at a time answers only after both.
         let mut rejected = Vec::new();
-        for _ in misbehaviours {
+        while let Some(dead) = s.dead.try_next() {
+            rejected.push(String::from_utf8(dead.data).unwrap());
+        }
+        assert!(
+            !rejected.iter().any(|r| r == "loop" || r == "slow:5000"),
+            "echo was answered only after {rejected:?} were stopped: nothing overlapped"
+        );
+        while rejected.len() < misbehaviours.len() {
             let dead = s.dead.next(DEADLINE).await.expect("each misbehaving request is dead-lettered");
             assert_eq!(DeadLetters::death_reason(&dead).as_deref(), Some("rejected"));
             rejected.push(String::from_utf8(dead.data).unwrap());
         }
         rejected.sort();
         assert_eq!(rejected, ["alloc:1024", "loop", "panic", "slow:5000"]);
+        s.assert_no_response().await; // and none of them got an answer
 
         // Within its limits the same plugin serves, and the next message gets a fresh instance.
-        s.client.request("chaos", b"alloc:8", "fits").await;
+        s.client.request("chaos", b"alloc:8").await;
         assert_eq!(s.client.response(DEADLINE).await.expect("answered").data, b"allocated 8 MiB (2048 pages)");
         s.finish().await;
     }
@@ -44,14 +54,14 @@ broker_test! {
 broker_test! {
     async fn retry_requeues_a_bounded_number_of_times_then_rejects() {
         let mut s = Scenario::start("retry", &[("chaos", "chaos")], "[limits]\nmax_retries = 3", &[]).await;
-        s.client.request("chaos", b"retry", "r").await;
+        s.client.request("chaos", b"retry").await;
         let dead = s.dead.next(DEADLINE).await.expect("rejected once the retries are used up");
         assert_eq!(dead.data, b"retry");
         assert_eq!(dead.routing_key.as_str(), s.request_queue(), "retries go straight back to the queue");
         let headers = dead.properties.headers().as_ref().unwrap().inner();
         assert_eq!(headers.get("x-warren-retries"), Some(&AMQPValue::LongLongInt(3)), "requeued exactly 3 times");
         assert_eq!(header(&dead, "x-warren-routing-key").as_deref(), Some("chaos"), "the original key is kept");
-        assert!(s.client.response(Duration::from_millis(500)).await.is_none());
+        s.assert_no_response().await;
         s.finish().await;
     }
 }
@@ -62,16 +72,16 @@ broker_test! {
         let limits = "[plugin.echo]\nmax_body_kib = 1\n[plugin.chaos]\nfuel = 2000000\ntimeout_ms = 60000";
         let mut s = Scenario::start("limits", &handlers, limits, &[]).await;
 
-        s.client.request("echo", &[b'x'; 2048], "big").await;
+        s.client.request("echo", &[b'x'; 2048]).await;
         let dead = s.dead.next(DEADLINE).await.expect("an oversized body is rejected before wasm");
         assert_eq!(dead.data.len(), 2048);
-        s.client.request("echo", &[b'y'; 512], "small").await;
+        s.client.request("echo", &[b'y'; 512]).await;
         assert_eq!(s.client.response(DEADLINE).await.expect("a small body is served").data, [b'y'; 512]);
 
         // slow:50000 would run 50 s; its fuel runs out long before the deadline.
-        s.client.request("chaos", b"slow:50000", "spin").await;
+        s.client.request("chaos", b"slow:50000").await;
         assert_eq!(s.dead.next(DEADLINE).await.expect("stopped by fuel").data, b"slow:50000");
-        s.client.request("chaos", b"cheap", "cheap").await;
+        s.client.request("chaos", b"cheap").await;
         assert_eq!(s.client.response(DEADLINE).await.expect("within its fuel").data, b"cheap");
         s.finish().await;
     }
@@ -80,6 +90,7 @@ broker_test! {
 broker_test! {
     async fn plugins_reach_only_the_env_and_folder_the_config_grants() {
         let service = unique_service("grants");
+        let files = Cleanup::new();
         let data = std::env::temp_dir().join(format!("warren-data-{service}"));
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("greeting.txt"), "granted file").unwrap();
@@ -87,11 +98,12 @@ broker_test! {
         std::fs::write(&outside, "secret").unwrap();
 
         let plugins = private_plugins(&service, &[("open", "chaos"), ("closed", "chaos")]);
+        files.dir(&data).dir(&outside).dir(&plugins);
         let grants = format!("[plugin.open]\nenv = [\"CARGO_MANIFEST_DIR\"]\ndir = \"{}\"\ndir_as = \"/data\"", data.display());
         let handlers = [("open", "open"), ("closed", "closed")];
         let mut s = Scenario::start_in(&service, &plugins, &handlers, &grants, &[]).await;
         let mut ask = async |key: &str, body: &str| {
-            s.client.request(key, body.as_bytes(), body).await;
+            s.client.request(key, body.as_bytes()).await;
             String::from_utf8(s.client.response(DEADLINE).await.expect("answered").data).unwrap()
         };
 
@@ -102,9 +114,6 @@ broker_test! {
         assert_eq!(ask("closed", "env:CARGO_MANIFEST_DIR").await, "unset", "nothing granted by default");
         assert!(ask("closed", "read:/data/greeting.txt").await.starts_with("denied"));
         s.finish().await;
-        let _ = std::fs::remove_dir_all(&data);
-        let _ = std::fs::remove_file(&outside);
-        let _ = std::fs::remove_dir_all(&plugins);
     }
 }
 
@@ -116,7 +125,7 @@ broker_test! {
         let queue = queues.iter().find(|q| q["name"] == s.request_queue().as_str()).expect("the request queue");
         assert_eq!(queue["type"], "quorum");
 
-        s.client.request("chaos", b"retry", "r").await;
+        s.client.request("chaos", b"retry").await;
         let dead = s.dead.next(DEADLINE).await.expect("rejected once the deliveries are used up");
         assert_eq!(dead.data, b"retry", "retries end in a dead letter instead of looping forever");
         assert_eq!(DeadLetters::death_reason(&dead).as_deref(), Some("rejected"));
@@ -139,12 +148,21 @@ async fn a_call_that_finds_the_instance_pool_full_waits_for_a_free_slot() {
         let chaos = chaos.clone();
         tokio::spawn(async move {
             let request = Request { routing_key: "chaos".into(), body: body.to_vec(), content_type: None };
-            chaos.handle(&request, &[], &CallContext::default()).await
+            let result = chaos.handle(&request, &[], &CallContext::default()).await;
+            (result, std::time::Instant::now())
         })
     };
-    // The slow call holds the only instance slot for 300 ms; the other starts meanwhile.
-    let (slow, quick) = (call(b"slow:300"), call(b"quick"));
-    let quick = quick.await.unwrap().expect("waited for a slot instead of faulting").expect("answered");
+    // The slow call takes the only instance slot for 300 ms; the other starts meanwhile and
+    // can only finish after the slow one gave its slot back.
+    let slow = call(b"slow:300");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let quick_sent = std::time::Instant::now();
+    let quick = call(b"quick");
+    let (quick, quick_done) = quick.await.unwrap();
+    let quick = quick.expect("waited for a slot instead of faulting").expect("answered");
     assert_eq!(quick.body, b"quick");
-    assert!(slow.await.unwrap().expect("no fault").is_ok());
+    let (slow, _) = slow.await.unwrap();
+    assert!(slow.expect("no fault").is_ok());
+    let waited = quick_done - quick_sent;
+    assert!(waited >= Duration::from_millis(200), "the quick call finished after {waited:?}, while the slow one held the only slot");
 }

@@ -1,29 +1,42 @@
-//! A goamqp client (its own lapin code) sends requests to a Warren host serving real plugin
-//! components, on the real broker: answers, and every rejection in SPEC §1's outcome table.
+//! A goamqp client (its own lapin code, faithful to goamqp: no correlation id, no confirms)
+//! sends requests to a Warren host serving real plugin components, on the real broker:
+//! answers, and every rejection in SPEC §1's outcome table. Absence of an answer is read from
+//! the broker's own queue counts, never from a client timeout.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use warren_tests::*;
 
-const NO_RESPONSE_WAIT: Duration = Duration::from_millis(1500);
-
 broker_test! {
     async fn greet_answers_a_goamqp_request_and_acks_it() {
         let mut s = Scenario::start("greet", &[("greet", "greet")], "", &[]).await;
-        s.client.request("greet", br#"{"name":"Ada"}"#, "corr-1").await;
+        s.client.request("greet", br#"{"name":"Ada"}"#).await;
         let response = s.client.response(DEADLINE).await.expect("a response");
 
         assert_eq!(response.data, br#"{"greeting":"Hello, Ada!"}"#);
         assert_eq!(response.exchange.as_str(), format!("{}.headers.exchange.response", s.service));
         assert_eq!(response.routing_key.as_str(), "greet", "a response carries the request's routing key");
-        assert_eq!(header(&response, "service").as_deref(), Some("go-client"), "service = the requester");
-        let props = &response.properties;
-        assert_eq!(props.correlation_id().as_ref().map(|c| c.as_str()), Some("corr-1"));
-        assert_eq!(props.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
-        assert_eq!(*props.delivery_mode(), Some(2), "persistent");
+        // service = the requester; no correlation id (the request had none), no message id,
+        // no reply-to; headers service and traceparent only.
+        assert_goamqp_message(&response, "go-client", &[]);
         s.finish().await; // the request was acked: nothing is left in the queue
+    }
+}
+
+broker_test! {
+    async fn a_correlation_id_on_a_request_is_copied_to_its_answer() {
+        // goamqp never sends one; other AMQP clients do, and SPEC §1 says Warren copies it.
+        let mut s = Scenario::start("corr", &[("echo", "echo")], "", &[]).await;
+        let mut headers = FieldTable::default();
+        headers.insert("service".into(), AMQPValue::LongString(LongString::from("go-client")));
+        let props = BasicProperties::default().with_headers(headers).with_correlation_id("corr-1".into());
+        s.client.publish("echo", br#"{"n":1}"#, props).await;
+        let response = s.client.response(DEADLINE).await.expect("a response");
+        assert_eq!(response.data, br#"{"n":1}"#);
+        assert_goamqp_message_with(&response, "go-client", Some("corr-1"), &[]);
+        s.finish().await;
     }
 }
 
@@ -31,10 +44,29 @@ broker_test! {
     async fn echo_returns_a_one_mib_body_byte_for_byte() {
         let mut s = Scenario::start("echo", &[("echo", "echo")], "", &[]).await;
         let body: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-        s.client.request("echo", &body, "big").await;
+        s.client.request("echo", &body).await;
         let response = s.client.response(DEADLINE).await.expect("a response");
         assert_eq!(response.data.len(), body.len());
         assert!(response.data == body, "the body came back changed");
+        s.finish().await;
+    }
+}
+
+broker_test! {
+    async fn two_slow_requests_are_served_at_once() {
+        // A host that handled one message at a time would take 1 s for these two.
+        let mut s = Scenario::start("overlap", &[("chaos", "chaos")], "", &[]).await;
+        let started = Instant::now();
+        s.client.request("chaos", b"slow:500").await;
+        s.client.request("chaos", b"slow:500 ").await; // chaos trims the number: also 500 ms
+        let mut answers = vec![
+            s.client.response(DEADLINE).await.expect("answered").data,
+            s.client.response(DEADLINE).await.expect("answered").data,
+        ];
+        let took = started.elapsed();
+        answers.sort();
+        assert_eq!(answers, [&b"slow:500"[..], &b"slow:500 "[..]]);
+        assert!(took < Duration::from_millis(900), "two 500 ms calls took {} ms: they did not overlap", took.as_millis());
         s.finish().await;
     }
 }
@@ -49,14 +81,14 @@ broker_test! {
             .queue_bind(s.request_queue().as_str().into(), exchange.as_str().into(), "stray".into(), Default::default(), FieldTable::default())
             .await
             .unwrap();
-        s.client.request("stray", b"lost?", "c1").await;
+        s.client.request("stray", b"lost?").await;
 
         let rejected = s.dead.next(DEADLINE).await.expect("the stray message is dead-lettered");
         assert_eq!(rejected.routing_key.as_str(), "stray");
         assert_eq!(DeadLetters::death_reason(&rejected).as_deref(), Some("rejected"));
-        assert!(s.client.response(NO_RESPONSE_WAIT).await.is_none(), "no response to an unhandled key");
+        s.assert_no_response().await;
 
-        s.client.request("echo", b"still here", "c2").await;
+        s.client.request("echo", b"still here").await;
         assert_eq!(s.client.response(DEADLINE).await.expect("the next request is answered").data, b"still here");
         s.finish().await;
     }
@@ -75,8 +107,9 @@ broker_test! {
         headers.insert("service".into(), AMQPValue::LongInt(42));
         s.client.publish("echo", b"numeric", BasicProperties::default().with_headers(headers)).await;
         assert_eq!(s.dead.next(DEADLINE).await.expect("dead-lettered").data, b"numeric");
+        s.assert_no_response().await;
 
-        s.client.request("echo", b"answered", "c").await;
+        s.client.request("echo", b"answered").await;
         assert_eq!(s.client.response(DEADLINE).await.expect("a response").data, b"answered");
         s.finish().await;
     }
@@ -85,11 +118,11 @@ broker_test! {
 broker_test! {
     async fn a_body_greet_cannot_parse_is_a_bad_request_rejected_without_answer() {
         let mut s = Scenario::start("badreq", &[("greet", "greet")], "", &[]).await;
-        s.client.request("greet", b"this is not json", "c1").await;
+        s.client.request("greet", b"this is not json").await;
         let rejected = s.dead.next(DEADLINE).await.expect("the bad request is dead-lettered");
         assert_eq!(rejected.data, b"this is not json");
         assert_eq!(DeadLetters::death_reason(&rejected).as_deref(), Some("rejected"));
-        assert!(s.client.response(NO_RESPONSE_WAIT).await.is_none(), "a bad request gets no response");
+        s.assert_no_response().await;
         s.finish().await;
     }
 }
@@ -97,15 +130,16 @@ broker_test! {
 broker_test! {
     async fn a_panicking_plugin_traps_is_rejected_and_the_next_request_is_answered() {
         let mut s = Scenario::start("panic", &[("chaos", "chaos")], "", &[]).await;
-        s.client.request("chaos", b"panic", "boom").await;
+        s.client.request("chaos", b"panic").await;
         let rejected = s.dead.next(DEADLINE).await.expect("the trapping request is dead-lettered");
         assert_eq!(rejected.data, b"panic");
         assert_eq!(DeadLetters::death_reason(&rejected).as_deref(), Some("rejected"));
+        s.assert_no_response().await;
 
-        s.client.request("chaos", b"after the panic", "next").await;
+        s.client.request("chaos", b"after the panic").await;
         let response = s.client.response(DEADLINE).await.expect("the host still answers");
         assert_eq!(response.data, b"after the panic");
-        assert_eq!(response.properties.correlation_id().as_ref().map(|c| c.as_str()), Some("next"));
+        assert_goamqp_message(&response, "go-client", &[]);
         s.finish().await;
     }
 }
@@ -113,16 +147,28 @@ broker_test! {
 broker_test! {
     async fn a_looping_plugin_hits_its_deadline_and_others_are_served_meanwhile() {
         let handlers = [("chaos", "chaos"), ("echo", "echo")];
-        let mut s = Scenario::start("loop", &handlers, "[limits]\ntimeout_ms = 1500", &[]).await;
-        s.client.request("chaos", b"loop", "spin").await;
+        let timeout = Duration::from_millis(5000);
+        let limits = format!("[limits]\ntimeout_ms = {}", timeout.as_millis());
+        let mut s = Scenario::start("loop", &handlers, &limits, &[]).await;
+        let sent = Instant::now();
+        s.client.request("chaos", b"loop").await;
+        // The broker's own count: the loop is taken (unacked), nothing waits.
+        let queue = s.request_queue();
+        let until = Instant::now() + DEADLINE;
+        while queue_counts(&queue).await != Some((0, 1)) {
+            assert!(Instant::now() < until, "the host never took the loop");
+        }
         // While the loop spins, other requests are answered: the guest yields every tick.
         for i in 0..5 {
             let body = format!("meanwhile {i}");
-            s.client.request("echo", body.as_bytes(), "m").await;
+            s.client.request("echo", body.as_bytes()).await;
             assert_eq!(s.client.response(DEADLINE).await.expect("answered during the loop").data, body.as_bytes());
+            assert!(s.dead.try_next().is_none(), "answer {i} came only after the loop was stopped: nothing overlapped");
         }
+        assert!(sent.elapsed() < timeout, "the answers took {} ms: longer than the loop's deadline", sent.elapsed().as_millis());
         let rejected = s.dead.next(DEADLINE).await.expect("the loop is stopped at its deadline and rejected");
         assert_eq!(rejected.data, b"loop");
+        assert!(sent.elapsed() >= timeout - Duration::from_millis(100), "the loop was stopped before its deadline");
         s.finish().await;
     }
 }
@@ -138,7 +184,7 @@ broker_test! {
 
         let response = s.client.response(DEADLINE).await.expect("a response");
         assert_eq!(header(&response, "traceparent").as_deref(), Some(traceparent));
-        assert_eq!(header(&response, "service").as_deref(), Some("go-client"));
+        assert_goamqp_message(&response, "go-client", &[]);
         s.finish().await;
     }
 }
@@ -152,7 +198,7 @@ broker_test! {
         // The host declared the exchange; a queue of ours collects what lands there.
         let mut rejects = collect(&s.client.connection, &exchange).await;
 
-        s.client.request("greet", b"not json", "bad").await;
+        s.client.request("greet", b"not json").await;
         let dead = tokio::time::timeout(DEADLINE, rejects.recv()).await.unwrap().expect("dead-lettered by Warren");
         assert_eq!(dead.data, b"not json");
         assert_eq!(dead.routing_key.as_str(), "greet");
@@ -160,7 +206,10 @@ broker_test! {
         assert!(reason.starts_with("bad-request from 'greet'"), "{reason}");
         assert_eq!(header(&dead, "x-warren-queue"), Some(s.request_queue()));
         assert_eq!(header(&dead, "service").as_deref(), Some("go-client"), "the original headers are kept");
-        assert!(s.dead.next(Duration::from_millis(500)).await.is_none(), "acked after dead-lettering, not rejected");
+        // Acked after dead-lettering, not rejected: the policy's dead-letter queue stays empty.
+        s.assert_no_response().await;
+        assert_eq!(queue_counts(&format!("{service}.dead-letters")).await, Some((0, 0)));
+        assert!(s.dead.try_next().is_none(), "acked after dead-lettering, not rejected");
         s.finish().await;
     }
 }

@@ -12,6 +12,8 @@ fn only_named(rows: Vec<Value>, field: &str, prefix: &str) -> Vec<Value> {
 broker_test! {
 async fn a_request_service_declares_goamqps_exchanges_queue_and_bindings() {
     let service = unique_service("topo");
+    let cleanup = Cleanup::new();
+    cleanup.service(&service);
     let server = start(&config(&service, &requests(&[("echo", "echo"), ("greet", "greet")]))).await;
     let prefix = format!("{service}.");
 
@@ -40,7 +42,7 @@ async fn a_request_service_declares_goamqps_exchanges_queue_and_bindings() {
         queues,
         vec![json!({"name": format!("{service}.direct.exchange.request.queue"), "durable": true,
                     "auto_delete": false, "exclusive": false,
-                    "arguments": [["x-expires", "long", 432000000]]})]
+                    "arguments": [["x-expires", "signedint", 432000000]]})]
     );
 
     let mut bindings: Vec<Value> = only_named(
@@ -63,13 +65,14 @@ async fn a_request_service_declares_goamqps_exchanges_queue_and_bindings() {
     );
 
     server.stop().await.unwrap();
-    delete_service(&service).await;
 }
 }
 
 broker_test! {
 async fn a_queue_declared_with_other_arguments_is_refused_in_words() {
     let service = unique_service("conflict");
+    let cleanup = Cleanup::new();
+    cleanup.service(&service);
     // Someone declared our request queue without goamqp's x-expires.
     let connection = connect().await;
     let channel = connection.create_channel().await.unwrap();
@@ -92,16 +95,20 @@ async fn a_queue_declared_with_other_arguments_is_refused_in_words() {
     assert!(error.contains("432000000"), "{error}");
     assert!(error.contains("delete it"), "{error}");
 
-    delete_service(&service).await;
     bounded_close(connection.close(200, "done".into())).await;
 }
 }
 
-/// What `warren topology` prints for a config is what the broker holds after `run`.
+/// What `warren topology` prints for a config is what the broker holds after `run`. The
+/// demo's own service name (`demo`, `orders`) is swapped for a unique one: a host run by a
+/// test must not leave a queue under a name a real deployment uses, collecting its events.
 async fn assert_broker_holds(config_file: &str) {
     let mut config =
         Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(config_file)).unwrap();
     config.plugins_dir = plugins_dir().to_path_buf();
+    config.service = unique_service(&config.service);
+    let cleanup = Cleanup::new();
+    cleanup.service(&config.service).topology_of(&config);
     // The demos' plugins are among the examples the tests build.
     let server = start(&config).await;
     let topology = server.topology().clone();

@@ -4,7 +4,12 @@
 //! - `alloc:<MiB>`: allocates and touches that many MiB (the host's memory limit stops it)
 //! - `panic`: panics (a trap)
 //! - `slow:<ms>`: busy-waits that many milliseconds, then answers `slow:<ms>`
+//! - `count`: answers how many messages this instance has handled, itself included (`1`
+//!   unless the host reuses instances: `reuse` in `[plugin.chaos]`)
 //! - `retry`: asks the host to retry the message later (`retry` error)
+//! - `flaky:<n>`: publishes event `chaos.tried` (stream `events`, needs the grant
+//!   `publish = ["events"]`) as its side effect, then asks for a retry until the message has
+//!   been retried `n` times (the host's `x-warren-retries` header), then answers `done after <n>`
 //! - `headers`: answers with every request header copied onto the response (a fidelity check)
 //! - `queue:<name>`: publishes `queued` to queue `<name>` through the host (needs the grant
 //!   `queues = ["<name>"]`), then answers `sent` or the refusal
@@ -40,6 +45,27 @@ pub fn chaos(message: Message) -> Result<Response, HandlerError> {
         response.headers =
             message.headers.into_iter().filter(|h| h.name != "routing-key" && h.name != "service").collect();
         return Ok(response);
+    } else if text == "count" {
+        static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let handled = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        return Ok(Response::new(handled.to_string()));
+    } else if let Some(n) = text.strip_prefix("flaky:") {
+        let n: i64 = n.trim().parse().map_err(|_| bad("flaky:<n> needs a number"))?;
+        let tries = message
+            .headers
+            .iter()
+            .find(|h| h.name == "x-warren-retries")
+            .and_then(|h| match h.value {
+                warren_guest::HeaderValue::Integer(i) => Some(i),
+                _ => None,
+            })
+            .unwrap_or(0);
+        warren_guest::host::publish_event("events", "chaos.tried", format!("try {tries}").as_bytes(), &[])
+            .map_err(|e| HandlerError::Failed(format!("side effect not sent: {e:?}")))?;
+        if tries < n {
+            return Err(HandlerError::Retry(format!("flaky: try {tries} of {n}")));
+        }
+        return Ok(Response::new(format!("done after {tries}")));
     } else if text == "retry" {
         return Err(HandlerError::Retry("chaos: asked to retry".into()));
     } else if text == "panic" {

@@ -277,8 +277,10 @@ fn run_without_a_broker_says_how_to_start_one() {
     let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n", &mut leftovers);
     build(&dir);
     let error = run_err(
+        // --fail-fast: without it `warren run` waits for the broker (tests/cli_broker.rs).
         warren()
             .arg("run")
+            .arg("--fail-fast")
             .arg("--config")
             .arg(dir.join("warren.toml"))
             .env("WARREN_BROKER_URL", "amqp://guest:secret@127.0.0.1:1/%2f"),

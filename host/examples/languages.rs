@@ -8,8 +8,9 @@
 //!
 //! Per language: file and compiled-code size (what an idle plugin costs), cold compile and
 //! cached load time, instantiation alone, the cost of one message in the sandbox (fresh instance + call, measured
-//! in-process without the broker), the peak linear memory of a call, and the round trip
-//! through RabbitMQ at 1 and 100 requests in flight.
+//! in-process without the broker; and with `reuse = 100`, one instance serving 100 messages in turn), the peak
+//! linear memory of a call, and the round trip through RabbitMQ at 1 and 100 requests in
+//! flight, for Python and JavaScript also with `reuse = 100`.
 
 mod common;
 
@@ -43,7 +44,30 @@ struct Sandbox {
     instantiate_p50_us: f64,
     message_p50_us: f64,
     message_p99_us: f64,
+    reuse_p50_us: f64,
     peak_memory_kib: usize,
+}
+
+/// Instances serve this many messages in turn in the `reuse` measurements.
+const REUSE: u32 = 100;
+
+fn reuse_settings() -> PluginSettings {
+    let mut settings = PluginSettings::default();
+    settings.limits.reuse = REUSE;
+    settings
+}
+
+/// The p50 of `calls` calls of `plugin` answering `request`.
+async fn message_times(plugin: &warren::wasm::Plugin, request: &Request, calls: usize) -> Vec<std::time::Duration> {
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let answer = plugin.handle(request, &[], &CallContext::default()).await.expect("no fault");
+        times.push(started.elapsed());
+        assert_eq!(answer.expect("answered").body, br#"{"greeting":"Hello, Ada!"}"#);
+    }
+    times.sort();
+    times
 }
 
 /// Loads `plugin` cold and from a cache, then calls it `calls` times in-process.
@@ -67,14 +91,9 @@ async fn sandbox(path: &Path, plugin: &str, calls: usize) -> Sandbox {
     instantiations.sort();
 
     let request = Request { routing_key: "greet".into(), body: BODY.to_vec(), content_type: None };
-    let mut times = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let started = Instant::now();
-        let answer = loaded.handle(&request, &[], &CallContext::default()).await.expect("no fault");
-        times.push(started.elapsed());
-        assert_eq!(answer.expect("answered").body, br#"{"greeting":"Hello, Ada!"}"#);
-    }
-    times.sort();
+    let times = message_times(&loaded, &request, calls).await;
+    let reused = runtime.load(plugin, path, reuse_settings(), 1).unwrap();
+    let reuse_times = message_times(&reused, &request, calls).await;
     let _ = std::fs::remove_dir_all(&cache);
     Sandbox {
         wasm_kib: std::fs::metadata(path).map_or(0, |m| m.len() as usize) / 1024,
@@ -84,6 +103,7 @@ async fn sandbox(path: &Path, plugin: &str, calls: usize) -> Sandbox {
         instantiate_p50_us: micros(percentile(&instantiations, 0.5)),
         message_p50_us: micros(percentile(&times, 0.5)),
         message_p99_us: micros(percentile(&times, 0.99)),
+        reuse_p50_us: micros(percentile(&reuse_times, 0.5)),
         peak_memory_kib: loaded.peak_memory_bytes() / 1024,
     }
 }
@@ -104,13 +124,13 @@ async fn main() {
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
 
     println!(
-        "| language | .wasm | compiled code | compile | cached load | instantiate (p50) | one message (p50 / p99) | peak memory |"
+        "| language | .wasm | compiled code | compile | cached load | instantiate (p50) | one message (p50 / p99) | one message, reuse = {REUSE} (p50) | peak memory |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (language, plugin) in LANGUAGES {
         let s = sandbox(&plugins.join(format!("{plugin}.wasm")), plugin, 2000).await;
         println!(
-            "| {language} | {} KiB | {} KiB | {:.0} ms | {:.1} ms | {:.0} µs | {:.0} µs / {:.0} µs | {} KiB |",
+            "| {language} | {} KiB | {} KiB | {:.0} ms | {:.1} ms | {:.0} µs | {:.0} µs / {:.0} µs | {:.0} µs | {} KiB |",
             s.wasm_kib,
             s.code_kib,
             s.compile_ms,
@@ -118,6 +138,7 @@ async fn main() {
             s.instantiate_p50_us,
             s.message_p50_us,
             s.message_p99_us,
+            s.reuse_p50_us,
             s.peak_memory_kib
         );
     }
@@ -130,10 +151,16 @@ async fn main() {
     for (language, plugin) in LANGUAGES {
         text += &format!("[[request]]\nrouting_key = \"{language}\"\nplugin = \"{plugin}\"\n");
     }
+    // The interpreted plugins again, as plugins of their own whose instances serve REUSE messages.
+    for (language, plugin) in &LANGUAGES[1..] {
+        std::fs::copy(plugins.join(format!("{plugin}.wasm")), plugins.join(format!("{plugin}-reuse.wasm"))).unwrap();
+        text += &format!("[[request]]\nrouting_key = \"{language}-reuse\"\nplugin = \"{plugin}-reuse\"\n");
+        text += &format!("[plugin.{plugin}-reuse]\nreuse = {REUSE}\n");
+    }
     let config = Config::parse(Path::new("bench.toml"), &text, std::env::var("WARREN_BROKER_URL").ok()).unwrap();
     let natives = BTreeMap::from([("native-greet".to_string(), native_greet as warren::wasm::NativeHandler)]);
     let server = Server::start_with_natives(&config, natives).await.unwrap_or_else(|e| panic!("{e}"));
-    let keys = ["native", "rust", "python", "javascript"];
+    let keys = ["native", "rust", "python", "javascript", "python-reuse", "javascript-reuse"];
     let client = Arc::new(Client::connect(&config.broker_url, &config.service, "bench-client", &keys).await.unwrap());
 
     println!();

@@ -65,6 +65,8 @@ pub struct Limits {
     /// Delays before each redelivery of a `retry` (then reject); empty: redeliver at once,
     /// up to `max_retries` times.
     pub retry_delays: Vec<Duration>,
+    /// Messages one instance may serve in sequence (1: a fresh instance for each).
+    pub reuse: u32,
 }
 
 impl Default for Limits {
@@ -79,6 +81,7 @@ impl Default for Limits {
             max_sends: 100,
             max_send_bytes: 16 << 20,
             retry_delays: Vec::new(),
+            reuse: 1,
         }
     }
 }
@@ -389,6 +392,7 @@ struct RawLimits {
     max_sends: Option<Spanned<u32>>,
     max_send_kib: Option<Spanned<u32>>,
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
+    reuse: Option<Spanned<u32>>,
     env: Option<Spanned<Vec<String>>>,
     dir: Option<Spanned<String>>,
     dir_as: Option<Spanned<String>>,
@@ -451,6 +455,9 @@ impl RawLimits {
         if let Some(b) = widen(&self.max_send_kib) {
             limits.max_send_bytes = (positive(&b, "max_send_kib")? as usize) << 10;
         }
+        if let Some(reuse) = widen(&self.reuse) {
+            limits.reuse = positive(&reuse, "reuse")?.min(u64::from(MAX_REUSE)) as u32;
+        }
         if let Some(delays) = &self.retry_delays_ms {
             limits.retry_delays = retry_delays(at, delays, &format!("{at_key}.retry_delays_ms"))?;
         }
@@ -501,6 +508,9 @@ fn check_name(at: &Locator, value: &Spanned<String>, key: &str) -> Result<String
     }
     Ok(name.clone())
 }
+
+/// The most messages one instance may serve (`reuse`); larger values are taken as this.
+pub const MAX_REUSE: u32 = 10_000;
 
 /// Longest delay `retry_delays_ms` accepts: one day.
 const MAX_RETRY_DELAY_MS: u64 = 24 * 60 * 60 * 1000;

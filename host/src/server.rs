@@ -135,9 +135,11 @@ async fn first_connection(config: &Config, wait: bool) -> Result<lapin::Connecti
 }
 
 /// Instances a host needs at most: concurrent calls are bounded by the prefetch of each
-/// consumer, plus a few for loads' smoke tests.
+/// consumer, plus a few for loads' smoke tests, plus the warm instances of plugins with
+/// `reuse` > 1.
 fn instances_needed(config: &Config, topology: &Topology) -> u32 {
-    topology.consumers.len() as u32 * u32::from(config.prefetch) + 4
+    let warm = config.plugin_names().iter().filter(|name| config.settings_for(name).limits.reuse > 1).count();
+    topology.consumers.len() as u32 * u32::from(config.prefetch) + 4 + (warm * crate::wasm::plugin::MAX_WARM) as u32
 }
 
 /// A running host. Stop it with [`Server::stop`], or let [`Server::serve`] wait for a signal.

@@ -193,6 +193,7 @@ impl Runtime {
                 let image = component.image_range();
                 image.end as usize - image.start as usize
             },
+            warm: Default::default(),
         };
 
         // Instantiate once now, so a plugin that cannot start is refused at load time.
@@ -241,6 +242,7 @@ impl Runtime {
             engine: self.engine.clone(),
             peak_memory: Arc::default(),
             code_size: 0,
+            warm: Default::default(),
         }
     }
 }

@@ -51,6 +51,14 @@ impl GuestOutput {
         GuestOutput { state: self.state.clone(), stream: "stderr" }
     }
 
+    /// Starts a call's budget afresh (an instance that serves several messages keeps its sink).
+    pub fn begin_call(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (state.logged, state.dropped) = (0, 0);
+        state.partial.clear();
+        state.tail.clear();
+    }
+
     /// Takes `bytes` the guest wrote: logs each complete line within the budget.
     fn take(&self, bytes: &[u8]) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

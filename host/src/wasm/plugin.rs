@@ -88,6 +88,20 @@ pub struct Plugin {
     pub(super) peak_memory: Arc<std::sync::atomic::AtomicUsize>,
     /// The size of the compiled code (bytes), which stays mapped while the plugin is loaded.
     pub(super) code_size: usize,
+    /// Idle instances that may serve more messages (`reuse` > 1), newest last.
+    pub(super) warm: std::sync::Mutex<Vec<Warm>>,
+}
+
+/// Warm instances one plugin version keeps idle at most (each holds its linear memory and
+/// an instance slot of the pool).
+pub const MAX_WARM: usize = 4;
+
+/// An instance that served `uses` messages and may serve more (`reuse`).
+pub(super) struct Warm {
+    store: Store<CallState>,
+    handler: bindings::Handler,
+    uses: u32,
+    output: GuestOutput,
 }
 
 impl Plugin {
@@ -196,8 +210,12 @@ impl Plugin {
             Code::Native(handler) => return Ok(handler(request, headers)),
             Code::Wasm(pre) => pre,
         };
-        let output = GuestOutput::new(self.name.as_str().into());
-        let call = self.call(pre, request, headers, context, deadline, &output);
+        // With `reuse`, a warm instance that served earlier messages (and never failed) is
+        // taken first; its output sink comes with it.
+        let warm = self.take_warm();
+        let output = warm.as_ref().map_or_else(|| GuestOutput::new(self.name.as_str().into()), |w| w.output.clone());
+        output.begin_call();
+        let call = self.call(pre, warm, request, headers, context, deadline, &output);
         let result = match tokio::time::timeout_at(deadline.into(), call).await {
             Ok(result) => result,
             Err(_) => Err(PluginFault::Deadline(timeout)),
@@ -206,18 +224,32 @@ impl Plugin {
         result
     }
 
-    /// One call on a fresh instance, unbounded in time: [`Plugin::handle`] bounds it.
+    /// One call on `warm` or a fresh instance, unbounded in time: [`Plugin::handle`] bounds
+    /// it. An instance whose call returned (with an answer or a handler error) goes back to
+    /// the warm set while it has uses left; one that trapped, ran out of time or was dropped
+    /// mid-call never does.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         pre: &bindings::HandlerPre<CallState>,
+        warm: Option<Warm>,
         request: &Request,
         headers: &[Header],
         context: &CallContext,
         deadline: Instant,
         output: &GuestOutput,
     ) -> Result<Result<Response, HandlerError>, PluginFault> {
-        let mut store = self.new_store(output, context.clone(), deadline).map_err(host_fault)?;
-        let handler = self.instance(pre, &mut store, output).await?;
+        let (mut store, handler, uses) = match warm {
+            Some(Warm { mut store, handler, uses, .. }) => {
+                self.begin_call(&mut store, context, deadline);
+                (store, handler, uses)
+            }
+            None => {
+                let mut store = self.new_store(output, context.clone(), deadline).map_err(host_fault)?;
+                let handler = self.instance(pre, &mut store, output).await?;
+                (store, handler, 0)
+            }
+        };
         let result = async {
             // The fuel limit budgets the handler's own work, not the language runtime's
             // start-up (instantiation stays bounded by the deadline).
@@ -228,7 +260,43 @@ impl Plugin {
         }
         .await;
         self.peak_memory.fetch_max(store.data().limits.peak, std::sync::atomic::Ordering::Relaxed);
-        result.map_err(|error| self.fault(error, output))
+        match result {
+            Ok(answer) => {
+                self.keep_warm(Warm { store, handler, uses: uses + 1, output: output.clone() });
+                Ok(answer)
+            }
+            Err(error) => Err(self.fault(error, output)),
+        }
+    }
+
+    /// A warm instance, if `reuse` allows them and one is idle.
+    fn take_warm(&self) -> Option<Warm> {
+        if self.limits().reuse <= 1 {
+            return None;
+        }
+        self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Keeps `warm` for a later message while it has uses left and the warm set has room.
+    fn keep_warm(&self, warm: Warm) {
+        if warm.uses >= self.limits().reuse {
+            return;
+        }
+        let mut idle = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_WARM {
+            idle.push(warm);
+        }
+    }
+
+    /// Makes a warm instance's store ready for this call: its context, deadline and send
+    /// budget; memory and what the guest keeps in it stay (that is what reuse gives up).
+    fn begin_call(&self, store: &mut Store<CallState>, context: &CallContext, deadline: Instant) {
+        let limits = self.limits();
+        let state = store.data_mut();
+        state.context = context.clone();
+        state.deadline = deadline;
+        state.sends = SendBudget { sent: 0, max_sends: limits.max_sends, max_body_bytes: limits.max_send_bytes };
+        store.set_epoch_deadline(1);
     }
 
     /// A store for one call: WASI granting only what the config grants, the memory limit,

@@ -151,6 +151,8 @@ pub struct Server {
     _watcher: PluginWatcher,
     connection: Arc<lapin::Connection>,
     publisher: Publisher,
+    /// Dead-letter and retry copies, one at a time on a channel of their own.
+    must_land: Publisher,
     consumers: BTreeMap<String, RunningConsumer>,
     failures: (mpsc::UnboundedSender<BrokerError>, mpsc::UnboundedReceiver<BrokerError>),
     metrics: Arc<Metrics>,
@@ -214,6 +216,7 @@ impl Server {
         );
         let metrics = Arc::new(Metrics::default());
         let publisher = Publisher::open(&connection).await?.with_metrics(metrics.clone());
+        let must_land = Publisher::open(&connection).await?.with_metrics(metrics.clone()).one_at_a_time();
         let metrics_server = match config.metrics {
             Some(addr) => Some(MetricsServer::start(addr, metrics.clone(), plugins.clone())?),
             None => None,
@@ -226,6 +229,7 @@ impl Server {
             _watcher: watcher,
             connection,
             publisher,
+            must_land,
             consumers: BTreeMap::new(),
             failures: mpsc::unbounded_channel(),
             metrics: metrics.clone(),
@@ -283,6 +287,7 @@ impl Server {
             routing: ArcSwap::from_pointee(self.routing(spec, self.config.limits.max_retries)),
             service: self.config.service.clone(),
             publisher: self.publisher.clone(),
+            must_land: self.must_land.clone(),
             outbox: Arc::new(BrokerOutbox::new(self.publisher.clone(), self.config.service.clone())),
             prefetch: self.config.prefetch,
             quorum: self.config.queue_profile == crate::config::QueueProfile::Quorum
@@ -512,6 +517,7 @@ impl Server {
         self.connection = Arc::new(connection);
         broker::declare(&self.connection, &self.topology).await?;
         self.publisher = Publisher::open(&self.connection).await?.with_metrics(self.metrics.clone());
+        self.must_land = Publisher::open(&self.connection).await?.with_metrics(self.metrics.clone()).one_at_a_time();
         for spec in self.topology.consumers.clone() {
             self.start_consumer(&spec).await?;
         }

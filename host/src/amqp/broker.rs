@@ -254,6 +254,9 @@ pub struct Publisher {
     /// The largest header table a message may carry: the negotiated frame size, less room
     /// for the other properties (RabbitMQ closes the connection on a larger frame).
     max_header_bytes: usize,
+    /// Held from publish to confirm when only one publish may be in flight (see
+    /// [`Publisher::one_at_a_time`]).
+    turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// Room left in a content-header frame for the properties beside the header table.
@@ -270,7 +273,17 @@ impl Publisher {
             reopening: Arc::default(),
             metrics: None,
             max_header_bytes: frame_max.saturating_sub(PROPERTIES_RESERVE).max(PROPERTIES_RESERVE),
+            turn: None,
         })
+    }
+
+    /// This publisher with one publish in flight at a time, for publishes whose return
+    /// matters (a dead-letter or retry copy must land in a queue): with several publishes in
+    /// flight on one channel, lapin hands a returned message to whichever confirm completes
+    /// next, so a return could be taken for another publish's and a lost copy for a landed one.
+    pub fn one_at_a_time(mut self) -> Publisher {
+        self.turn = Some(Arc::default());
+        self
     }
 
     /// Counts reopened channels and failed publishes in `metrics`.
@@ -360,6 +373,10 @@ impl Publisher {
                 )));
             }
         }
+        let _turn = match &self.turn {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
+        };
         let channel = self.channel().await?;
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
         let confirm = channel

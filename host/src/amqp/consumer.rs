@@ -41,6 +41,9 @@ pub struct QueueConsumer {
     /// `S`: the sender of every response.
     pub service: String,
     pub publisher: Publisher,
+    /// Publishes copies that must land in a queue (dead letters, retry copies) on a channel of
+    /// their own, one at a time, so a return is never taken for another publish's.
+    pub must_land: Publisher,
     /// Where the plugins' own events and requests go.
     pub outbox: Arc<dyn Outbox>,
     pub prefetch: u16,
@@ -306,7 +309,7 @@ impl QueueConsumer {
         table.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
         table.insert(QUEUE_HEADER.into(), AMQPValue::LongString(LongString::from(self.queue.as_str())));
         let properties = delivery.properties.clone().with_headers(table);
-        match self.publisher.publish(&exchange, routing_key, &delivery.data, properties).await {
+        match self.must_land.publish(&exchange, routing_key, &delivery.data, properties).await {
             Ok(Delivered::Routed) => DeadLetter::Landed(exchange),
             Ok(Delivered::Unroutable) => DeadLetter::Failed(format!(
                 "no queue is bound to dead-letter exchange '{exchange}', so RabbitMQ would drop the copy; bind one"
@@ -457,7 +460,7 @@ impl QueueConsumer {
         table.insert(ShortString::from(RETRIES_HEADER), AMQPValue::LongLongInt(i64::from(retries) + 1));
         table.insert(ShortString::from(ORIGINAL_KEY_HEADER), AMQPValue::LongString(LongString::from(routing_key)));
         let properties: BasicProperties = props.clone().with_headers(table);
-        match self.publisher.publish("", &target, &delivery.data, properties).await {
+        match self.must_land.publish("", &target, &delivery.data, properties).await {
             Ok(Delivered::Routed) => {
                 info!(queue = %self.queue, routing_key, retry = retries + 1, max = max_retries, via = %target, reason = why, "retry requested; message requeued");
                 Outcome::Retried(retries + 1)

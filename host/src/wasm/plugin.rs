@@ -181,10 +181,10 @@ impl Plugin {
     /// Calls `handle` on a fresh instance. `Ok` carries the handler's own answer; `Err` a
     /// fault after which the instance is gone.
     ///
-    /// The whole call — waiting for a `max_concurrency` permit, instantiating, running, and
-    /// every host call the guest makes (a WASI sleep, a publish awaiting its confirm) — ends
-    /// at the deadline: epoch interruption stops running wasm, and a timer drops the call
-    /// wherever it waits.
+    /// The whole call — instantiating, running, and every host call the guest makes (a WASI
+    /// sleep, a publish awaiting its confirm) — ends at the deadline: epoch interruption stops
+    /// running wasm, and a timer drops the call wherever it waits. Waiting for a
+    /// `max_concurrency` slot is bounded by the same timeout, before the call's own starts.
     pub async fn handle(
         &self,
         request: &Request,
@@ -192,9 +192,12 @@ impl Plugin {
         context: &CallContext,
     ) -> Result<Result<Response, HandlerError>, PluginFault> {
         let timeout = self.limits().timeout;
-        let deadline = Instant::now() + timeout;
+        // Waiting for a `max_concurrency` slot is bounded by the timeout too, but it is the
+        // host's queueing, not the call: a message that never got a slot is requeued (Busy),
+        // and the call's own deadline starts once it may run.
+        let slot_deadline = Instant::now() + timeout;
         let _permit = match &self.permits {
-            Some(permits) => match tokio::time::timeout_at(deadline.into(), permits.acquire()).await {
+            Some(permits) => match tokio::time::timeout_at(slot_deadline.into(), permits.acquire()).await {
                 Ok(Ok(permit)) => Some(permit),
                 Ok(Err(_closed)) => return Err(PluginFault::Busy("its max_concurrency permits are closed".into())),
                 Err(_) => {
@@ -206,6 +209,7 @@ impl Plugin {
             },
             None => None,
         };
+        let deadline = Instant::now() + timeout;
         let pre = match &self.code {
             Code::Native(handler) => return Ok(handler(request, headers)),
             Code::Wasm(pre) => pre,

@@ -25,6 +25,22 @@
  * plugin in the host's config; a refused or unconfirmed send throws {@link SendError}, which,
  * left uncaught, refuses the message (`denied` → `failed`, otherwise `retry`).
  *
+ * Outbound HTTP is plain `fetch` (componentize-js implements it over wasi:http): set
+ * `"warren": {"http": true}` in the plugin's package.json, and grant the origin in the host's
+ * config (`[plugin.<name>] http = ["https://api.example.com"]`). A handler may be `async`:
+ *
+ * ```js
+ * export const handle = jsonHandler(async ({ sku }) => {
+ *   const response = await fetch(`https://prices.example.com/price/${sku}`).catch((e) => { throw httpError(e); });
+ *   if (!response.ok) throw httpError(new Error(`prices answered ${response.status}`), response.status);
+ *   return { sku, price: (await response.json()).price };
+ * });
+ * ```
+ *
+ * `httpError(e, status)` turns a failed request into the refusal that fits: an origin the
+ * host does not grant (`HTTP-request-denied`), an answer over the host's cap, a 4xx →
+ * `Failed`; anything else (unreachable, timed out, 5xx, 429) → `Retry`.
+ *
  * `warren build` bundles `plugins/<name>/package.json`'s `main` with rolldown and turns it
  * into a component with componentize-js (both installed by `npm install` in the plugin).
  */
@@ -148,9 +164,19 @@ function refusal(e) {
 
 /**
  * Makes `fn(message)` the plugin's `handle` export: `export const handle = handler(fn)`.
- * `fn` returns a Uint8Array, a string or a {@link Response}.
+ * `fn` returns (or, `async`, resolves to) a Uint8Array, a string or a {@link Response};
+ * componentize-js runs the event loop until a returned promise settles.
  */
 export function handler(fn) {
+  const answer = (result) => {
+    const response = toResponse(result);
+    return { body: response.body, headers: toWitHeaders(response.headers) };
+  };
+  const refuse = (e) => {
+    const error = refusal(e);
+    if (error === undefined) throw e;
+    return { tag: "err", val: error };
+  };
   return (request, headers) => {
     const message = new Message(
       request.routingKey,
@@ -159,12 +185,11 @@ export function handler(fn) {
       Object.fromEntries(headers.map((h) => [h.name, fromWitValue(h.value)])),
     );
     try {
-      const response = toResponse(fn(message));
-      return { body: response.body, headers: toWitHeaders(response.headers) };
+      const result = fn(message);
+      if (typeof result?.then === "function") return result.then(answer, refuse);
+      return answer(result);
     } catch (e) {
-      const error = refusal(e);
-      if (error === undefined) throw e;
-      return { tag: "err", val: error };
+      return refuse(e);
     }
   };
 }
@@ -174,10 +199,26 @@ export function handler(fn) {
  * return value (or a {@link Response}) is the JSON answer.
  */
 export function jsonHandler(fn) {
+  const toJson = (result) => (result instanceof Response ? result : Response.json(result));
   return handler((message) => {
     const result = fn(message.json(), message);
-    return result instanceof Response ? result : Response.json(result);
+    return typeof result?.then === "function" ? result.then(toJson) : toJson(result);
   });
+}
+
+/**
+ * The refusal a failed HTTP request becomes: `Failed` when it can never pass (the host does
+ * not grant the origin, the answer is over the host's cap, a 4xx `status`), else `Retry`.
+ * `e` is what `fetch` or `response.json()` threw (or an Error of your own with `status`).
+ */
+export function httpError(e, status) {
+  const text = `${e?.message ?? e}${e?.cause ? ` (${e.cause?.message ?? e.cause})` : ""}`;
+  const permanent =
+    /denied|body-size|too large|over the host/i.test(text) ||
+    (status !== undefined && status >= 400 && status < 500 && status !== 429) ||
+    e instanceof SyntaxError;
+  const message = `HTTP request failed: ${text}`;
+  return permanent ? new Failed(message) : new Retry(message);
 }
 
 function send(call, ...args) {

@@ -47,6 +47,12 @@
 //! Build with `cargo build --release --target wasm32-wasip2` (or `warren build`) and drop
 //! the `.wasm` into the host's plugins folder. Handlers are plain functions, so they can be
 //! unit-tested natively with `cargo test`.
+//!
+//! # Calling HTTP services
+//!
+//! [`http`] sends requests over `wasi:http` to the origins the host's config grants the
+//! plugin (`[plugin.<name>] http = ["https://api.example.com"]`), JSON in and out:
+//! `let price: Price = warren_guest::http::get_json(&url)?;`.
 
 // Lets the generated bindings name this crate the way plugin crates do.
 extern crate self as warren_guest;
@@ -135,6 +141,8 @@ where
     })?;
     Response::json(&handler(input)?)
 }
+
+pub mod http;
 
 /// Publishing, requests and logging through the host. Each destination must be granted to
 /// the plugin in the host's config (`[plugin.<name>]`: `publish`, `request`, `queues`);

@@ -102,11 +102,43 @@ pub struct Grants {
     pub queues: Vec<String>,
     /// Whether the plugin may write to the host's log.
     pub log: bool,
+    /// Outbound HTTP: the origins the plugin may call (none by default) and its caps.
+    pub http: HttpGrant,
 }
 
 impl Default for Grants {
     fn default() -> Self {
-        Grants { env: Vec::new(), dir: None, publish: Vec::new(), request: Vec::new(), queues: Vec::new(), log: true }
+        Grants {
+            env: Vec::new(),
+            dir: None,
+            publish: Vec::new(),
+            request: Vec::new(),
+            queues: Vec::new(),
+            log: true,
+            http: HttpGrant::default(),
+        }
+    }
+}
+
+/// `[plugin.<name>] http = [...]` and its `http_*` settings: which origins a plugin may call
+/// over `wasi:http`, and the caps on it. Nothing is reachable unless granted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpGrant {
+    /// Origins the plugin may call (`https://api.example.com`, `https://*.example.com`,
+    /// `http://127.0.0.1:8080`); empty: every request is denied.
+    pub origins: Vec<crate::wasm::http::Origin>,
+    /// Largest response body one request may read (`http_max_response_kib`, default 1024).
+    pub max_response_bytes: usize,
+    /// Requests of this plugin in flight at once, across all its calls (`http_max_concurrency`,
+    /// default 16); a request waits for a slot until its call's deadline.
+    pub max_concurrency: u32,
+    /// PEM certificates trusted beside the system roots for `https` (`http_ca_file`).
+    pub ca_pem: Option<String>,
+}
+
+impl Default for HttpGrant {
+    fn default() -> Self {
+        HttpGrant { origins: Vec::new(), max_response_bytes: 1024 << 10, max_concurrency: 16, ca_pem: None }
     }
 }
 
@@ -400,6 +432,10 @@ struct RawLimits {
     request: Option<Spanned<Vec<String>>>,
     queues: Option<Spanned<Vec<String>>>,
     log: Option<Spanned<bool>>,
+    http: Option<Spanned<Vec<String>>>,
+    http_max_response_kib: Option<Spanned<u32>>,
+    http_max_concurrency: Option<Spanned<u32>>,
+    http_ca_file: Option<Spanned<String>>,
 }
 
 impl RawLimits {
@@ -413,6 +449,10 @@ impl RawLimits {
             ("request", self.request.as_ref().map(Spanned::span)),
             ("queues", self.queues.as_ref().map(Spanned::span)),
             ("log", self.log.as_ref().map(Spanned::span)),
+            ("http", self.http.as_ref().map(Spanned::span)),
+            ("http_max_response_kib", self.http_max_response_kib.as_ref().map(Spanned::span)),
+            ("http_max_concurrency", self.http_max_concurrency.as_ref().map(Spanned::span)),
+            ("http_ca_file", self.http_ca_file.as_ref().map(Spanned::span)),
         ];
         spans.into_iter().filter_map(|(key, span)| span.map(|s| (key, s))).collect()
     }
@@ -903,7 +943,56 @@ fn resolve_grants(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Resu
         request: list(&raw.request),
         queues: list(&raw.queues),
         log: raw.log.as_ref().is_none_or(|l| *l.get_ref()),
+        http: resolve_http(at, base, key, raw)?,
     })
+}
+
+/// `http = [...]` and the `http_*` settings: each origin checked (one line per mistake), the
+/// caps at least 1, the CA file read and holding certificates.
+fn resolve_http(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Result<HttpGrant, ConfigError> {
+    let mut grant = HttpGrant::default();
+    let Some(origins) = &raw.http else {
+        let settings = [
+            ("http_max_response_kib", raw.http_max_response_kib.as_ref().map(Spanned::span)),
+            ("http_max_concurrency", raw.http_max_concurrency.as_ref().map(Spanned::span)),
+            ("http_ca_file", raw.http_ca_file.as_ref().map(Spanned::span)),
+        ];
+        if let Some((setting, span)) = settings.into_iter().find_map(|(k, s)| s.map(|s| (k, s))) {
+            return Err(at.error(span.start, &format!("{key}.{setting}"), "needs `http`, the origins to grant"));
+        }
+        return Ok(grant);
+    };
+    for text in origins.get_ref() {
+        let origin =
+            crate::wasm::http::Origin::parse(text).map_err(|why| at.at(origins, &format!("{key}.http"), why))?;
+        if !grant.origins.contains(&origin) {
+            grant.origins.push(origin);
+        }
+    }
+    let at_least_one = |value: &Spanned<u32>, setting: &str| {
+        if *value.get_ref() == 0 {
+            Err(at.at(value, &format!("{key}.{setting}"), "must be at least 1"))
+        } else {
+            Ok(*value.get_ref())
+        }
+    };
+    if let Some(kib) = &raw.http_max_response_kib {
+        grant.max_response_bytes = (at_least_one(kib, "http_max_response_kib")? as usize) << 10;
+    }
+    if let Some(n) = &raw.http_max_concurrency {
+        grant.max_concurrency = at_least_one(n, "http_max_concurrency")?;
+    }
+    if let Some(file) = &raw.http_ca_file {
+        let path = base.join(file.get_ref());
+        let setting = format!("{key}.http_ca_file");
+        let pem =
+            std::fs::read(&path).map_err(|e| at.at(file, &setting, format!("cannot read {}: {e}", path.display())))?;
+        if crate::amqp::tls::certificates(&pem).is_none_or(|n| n == 0) {
+            return Err(at.at(file, &setting, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+        }
+        grant.ca_pem = Some(String::from_utf8_lossy(&pem).into_owned());
+    }
+    Ok(grant)
 }
 
 /// `service.metrics`: the address of the metrics endpoint, when set.
@@ -1097,6 +1186,42 @@ mod tests {
         assert!(zero.contains("request[0].retry_delays_ms: 0 is not a delay"), "{zero}");
         let empty = error("[service]\nname = \"d\"\n[limits]\nretry_delays_ms = []\n");
         assert!(empty.contains("limits.retry_delays_ms: give 1 to 10 delays"), "{empty}");
+    }
+
+    #[test]
+    fn http_grants_origins_per_plugin_with_its_caps() {
+        let base = "[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"enrich\"\n\
+                    [[request]]\nrouting_key = \"b\"\nplugin = \"echo\"\n";
+        let config = parse(&format!(
+            "{base}[plugin.enrich]\nhttp = [\"https://api.example.com\", \"https://*.example.com\", \"http://127.0.0.1:8080\"]\n\
+             http_max_response_kib = 64\nhttp_max_concurrency = 4\n"
+        ))
+        .unwrap();
+        let http = &config.settings_for("enrich").grants.http;
+        let shown: Vec<String> = http.origins.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["https://api.example.com:443", "https://*.example.com:443", "http://127.0.0.1:8080"]);
+        assert_eq!((http.max_response_bytes, http.max_concurrency, http.ca_pem.as_deref()), (64 << 10, 4, None));
+        let echo = config.settings_for("echo").grants.http;
+        assert!(echo.origins.is_empty(), "no origin unless granted");
+        assert_eq!((echo.max_response_bytes, echo.max_concurrency), (1024 << 10, 16), "the defaults");
+    }
+
+    #[test]
+    fn http_mistakes_are_one_line_each() {
+        let base = "[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"enrich\"\n[plugin.enrich]\n";
+        let bad = error(&format!("{base}http = [\"https://ok.example.com\", \"api.example.com\"]\n"));
+        assert!(bad.starts_with("conf/warren.toml:7:8: plugin.enrich.http: 'api.example.com' is not an origin"), "{bad}");
+        assert!(!bad.contains('\n'), "{bad}");
+        let path = error(&format!("{base}http = [\"https://api.example.com/v1\"]\n"));
+        assert!(path.contains("grant \"https://api.example.com\""), "{path}");
+        let orphan = error(&format!("{base}http_max_concurrency = 2\n"));
+        assert!(orphan.contains("plugin.enrich.http_max_concurrency: needs `http`"), "{orphan}");
+        let zero = error(&format!("{base}http = [\"http://h\"]\nhttp_max_response_kib = 0\n"));
+        assert!(zero.contains("plugin.enrich.http_max_response_kib: must be at least 1"), "{zero}");
+        let ca = error(&format!("{base}http = [\"https://h\"]\nhttp_ca_file = \"missing-ca.pem\"\n"));
+        assert!(ca.contains("plugin.enrich.http_ca_file: cannot read conf/missing-ca.pem"), "{ca}");
+        let in_limits = error("[service]\nname = \"d\"\n[limits]\nhttp = [\"https://h\"]\n");
+        assert!(in_limits.contains("limits.http: `http` is a grant"), "{in_limits}");
     }
 
     fn broker_error(broker: &str) -> String {

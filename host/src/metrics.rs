@@ -174,7 +174,38 @@ impl Metrics {
             "# HELP warren_reload_refusals_total New plugin versions refused by hot reload.\n# TYPE warren_reload_refusals_total counter"
         );
         let _ = writeln!(out, "warren_reload_refusals_total {}", plugins.refusals().len());
+        render_http(&mut out);
         out
+    }
+}
+
+/// Outbound HTTP from plugins (`crate::wasm::http`): requests by plugin, origin and status
+/// (an HTTP code, or `denied`, `timeout`, `unreachable`, `tls`, `too_large`, `busy`, `error`),
+/// and their latency by plugin and origin.
+fn render_http(out: &mut String) {
+    let stats = crate::wasm::http::stats();
+    let _ = writeln!(
+        out,
+        "# HELP warren_http_requests_total Outbound HTTP requests of plugins, by plugin, origin and status.\n# TYPE warren_http_requests_total counter"
+    );
+    for ((plugin, origin, status), n) in stats.requests() {
+        let _ = writeln!(
+            out,
+            "warren_http_requests_total{{plugin=\"{plugin}\",origin=\"{origin}\",status=\"{status}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP warren_http_request_seconds Outbound HTTP request time, sent to body read (or failure).\n# TYPE warren_http_request_seconds histogram"
+    );
+    for ((plugin, origin), h) in stats.latency() {
+        let labels = format!("plugin=\"{plugin}\",origin=\"{origin}\"");
+        for (n, bound) in h.buckets.iter().zip(crate::wasm::http::HTTP_BUCKETS) {
+            let _ = writeln!(out, "warren_http_request_seconds_bucket{{{labels},le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(out, "warren_http_request_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "warren_http_request_seconds_sum{{{labels}}} {}", h.sum);
+        let _ = writeln!(out, "warren_http_request_seconds_count{{{labels}}} {}", h.count);
     }
 }
 

@@ -33,6 +33,11 @@ The host's imports — :func:`publish_event`, :func:`send_request`, :func:`send_
 raises :class:`SendError`, which, left uncaught, refuses the message (``denied`` →
 ``failed``, ``failed`` → ``retry``).
 
+:mod:`warren_guest.http` calls HTTP services (``http.get(url).raise_for_status().json()``)
+when the plugin is built with ``http = true`` under ``[tool.warren]`` and the host grants
+the origin (``[plugin.<name>] http = [...]``); an uncaught :class:`HttpError` refuses the
+message (``failed``, or ``retry`` for what may pass later).
+
 ``warren build`` builds every ``plugins/<name>/pyproject.toml`` with componentize-py and
 this package on the module path.
 """
@@ -45,11 +50,20 @@ import inspect
 import json
 from typing import Any, Callable, Optional, Union
 
+from . import http
+from .http import HttpError
+
 try:
     from componentize_py_types import Err
     import wit_world
     from wit_world.imports import host as _host
-    from wit_world.imports import types as _types
+
+    try:
+        from wit_world.imports import types as _types
+    except ImportError:
+        # The `handler-http` world also imports wasi:http/types: componentize-py then names
+        # each `types` interface by its package.
+        from wit_world.imports import warren_plugin_types as _types
 except ImportError:
     # Running natively (a plugin's unit tests): no component bindings. Handlers are plain
     # functions and can be called directly; the host's imports are not there.
@@ -59,12 +73,14 @@ __all__ = [
     "BadRequest",
     "Failed",
     "HandlerError",
+    "HttpError",
     "Message",
     "Response",
     "Retry",
     "SendError",
     "WitWorld",
     "handler",
+    "http",
     "json_handler",
     "log",
     "debug",
@@ -260,6 +276,9 @@ class WitWorld(wit_world.WitWorld if wit_world else object):
             raise Err(_types.HandlerError_Failed(str(e)))
         except SendError as e:
             kind = _types.HandlerError_Failed if e.denied else _types.HandlerError_Retry
+            raise Err(kind(str(e)))
+        except HttpError as e:
+            kind = _types.HandlerError_Retry if e.retryable else _types.HandlerError_Failed
             raise Err(kind(str(e)))
         return _types.Response(response.body, _to_wit_headers(response.headers))
 

@@ -30,8 +30,50 @@ pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 /// The WIT package the host implements, given to the Python and JavaScript toolchains.
 const WIT: &str = include_str!("../../../wit/handler.wit");
 
+/// The WASI packages `wit/handler.wit` uses (its `handler-http` world imports `wasi:http`),
+/// written to `wit/deps/` next to it.
+const WIT_DEPS: [(&str, &str); 7] = [
+    ("cli.wit", include_str!("../../../wit/deps/cli.wit")),
+    ("clocks.wit", include_str!("../../../wit/deps/clocks.wit")),
+    ("filesystem.wit", include_str!("../../../wit/deps/filesystem.wit")),
+    ("http.wit", include_str!("../../../wit/deps/http.wit")),
+    ("io.wit", include_str!("../../../wit/deps/io.wit")),
+    ("random.wit", include_str!("../../../wit/deps/random.wit")),
+    ("sockets.wit", include_str!("../../../wit/deps/sockets.wit")),
+];
+
 /// The Python helper package (`guest-sdk/python/warren_guest`), put on Python plugins' path.
 const PYTHON_SDK: &str = include_str!("../../../guest-sdk/python/warren_guest/__init__.py");
+/// Its outbound HTTP module (`warren_guest.http`).
+const PYTHON_SDK_HTTP: &str = include_str!("../../../guest-sdk/python/warren_guest/http.py");
+
+/// Writes the WIT package (and its WASI dependencies) into `dir`; returns `dir`.
+fn write_wit(dir: &Path) -> Result<PathBuf, BuildError> {
+    write_file(&dir.join("handler.wit"), WIT)?;
+    for (name, text) in WIT_DEPS {
+        write_file(&dir.join("deps").join(name), text)?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Whether a Python or JavaScript plugin asks for outbound HTTP in its manifest
+/// (`[tool.warren] http = true` in `pyproject.toml`, `"warren": {"http": true}` in
+/// `package.json`): it is then built against the world that imports `wasi:http`. Others are
+/// not, so they load in any host.
+fn wants_http(plugin: &PluginSource) -> bool {
+    let text = std::fs::read_to_string(plugin.manifest()).unwrap_or_default();
+    match plugin.language {
+        Language::Python => toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("tool")?.get("warren")?.get("http")?.as_bool())
+            .unwrap_or(false),
+        Language::JavaScript => serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("warren")?.get("http")?.as_bool())
+            .unwrap_or(false),
+        Language::Rust => false,
+    }
+}
 
 /// Folders inside a plugin's source that builds and package managers write: never sources.
 pub const GENERATED_FOLDERS: [&str; 3] = ["target", "node_modules", "__pycache__"];
@@ -237,12 +279,21 @@ fn build_rust(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, Build
 
 fn build_python(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildError> {
     let work = target_dir.join("python");
-    let wit = write_file(&work.join("wit/handler.wit"), WIT)?;
+    let wit = write_wit(&work.join("wit"))?;
     let sdk = work.join("sdk");
     write_file(&sdk.join("warren_guest/__init__.py"), PYTHON_SDK)?;
+    write_file(&sdk.join("warren_guest/http.py"), PYTHON_SDK_HTTP)?;
     let output = work.join(format!("{}.wasm", plugin.name));
-    let inputs =
-        [source_hash(&plugin.dir), COMPONENTIZE_PY.into(), WIT.into(), PYTHON_SDK.into(), plugin.entry.clone()];
+    let world = if wants_http(plugin) { "handler-http" } else { "handler" };
+    let inputs = [
+        source_hash(&plugin.dir),
+        COMPONENTIZE_PY.into(),
+        WIT.into(),
+        PYTHON_SDK.into(),
+        PYTHON_SDK_HTTP.into(),
+        plugin.entry.clone(),
+        world.into(),
+    ];
     if up_to_date(&output, &inputs) {
         info!(plugin = %plugin.name, "unchanged since the last build");
         return Ok(output);
@@ -251,8 +302,8 @@ fn build_python(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, Bui
     let mut command = Command::new(componentize);
     command
         .arg("-d")
-        .arg(wit.parent().expect("the WIT file is in a folder"))
-        .args(["-w", "handler", "componentize", &plugin.entry, "-p"])
+        .arg(&wit)
+        .args(["-w", world, "componentize", &plugin.entry, "-p"])
         .arg(&plugin.dir)
         .arg("-p")
         .arg(&sdk)
@@ -292,7 +343,7 @@ fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf,
     let work = target_dir.join("javascript");
     // componentize-js reads the WIT inside its working folder, next to the bundle.
     let bundle_dir = work.join(&plugin.name);
-    write_file(&bundle_dir.join("wit/handler.wit"), WIT)?;
+    write_wit(&bundle_dir.join("wit"))?;
     let bin = plugin.dir.join("node_modules/.bin");
     if !bin.join("componentize-js").is_file() || !bin.join("rolldown").is_file() || packages_changed(plugin) {
         npm_install(plugin)?;
@@ -314,16 +365,21 @@ fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf,
     let output = work.join(format!("{}.wasm", plugin.name));
     let bundled = std::fs::read_to_string(&bundle).unwrap_or_default();
     let lock = std::fs::read_to_string(plugin.dir.join("package-lock.json")).unwrap_or_default();
-    let inputs = [bundled, WIT.into(), lock];
+    let http = wants_http(plugin);
+    let inputs = [bundled, WIT.into(), lock, if http { "http" } else { "" }.into()];
     if up_to_date(&output, &inputs) {
         info!(plugin = %plugin.name, "unchanged since the last build");
         return Ok(output);
     }
-    // Nothing from wasi:http: the host offers WASI's CLI worlds and its own interface only.
+    // `fetch` (over wasi:http) only for a plugin that asks for it; never the incoming
+    // handler (`fetch-event`): the host calls `handle`, nothing else.
+    let disabled: &[&str] = if http { &["fetch-event"] } else { &["http", "fetch-event"] };
     let mut command = Command::new(bin.join("componentize-js"));
     command
         .current_dir(&bundle_dir)
-        .args(["bundle.js", "--wit", "wit", "--world-name", "handler", "--disable", "http", "fetch-event", "-o"])
+        .args(["bundle.js", "--wit", "wit", "--world-name", "handler", "--disable"])
+        .args(disabled)
+        .arg("-o")
         .arg(&output);
     run(plugin, "componentize-js", &mut command)?;
     stamp(&output, &inputs)?;

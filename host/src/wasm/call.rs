@@ -1,6 +1,7 @@
 //! One call's state: the store data a guest's instance lives in — its WASI context, memory
 //! limit and deadline — and the host imports the guest sees (`warren:plugin/host`): grant
-//! checks, then hand-off to the [`Outbox`] the host wired in. Outbound HTTP joins here.
+//! checks, then hand-off to the [`Outbox`] the host wired in — and its `wasi:http` state
+//! (outbound HTTP behind the plugin's allowlist, see [`super::http`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings;
+use super::http::CallHttp;
 use super::output::sanitize;
 use super::{Header, LogLevel, SendError};
 use crate::config::Grants;
@@ -64,6 +66,8 @@ pub struct CallState {
     pub(super) context: CallContext,
     /// Messages this call has asked to send so far, and the caps on them.
     pub(super) sends: SendBudget,
+    /// Outbound HTTP: the allowlist, the deadline, the `traceparent` it sends.
+    pub(super) http: CallHttp,
 }
 
 /// What one call may send: how many messages, and how large each body.
@@ -220,4 +224,16 @@ impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for CallState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        self.http.view(&mut self.table)
+    }
+}
+
+/// Adds `wasi:http` (`types` and `outgoing-handler`) to the linker; every request goes through
+/// the call's allowlist in [`super::http`]. Components that do not import it are not affected.
+pub(super) fn add_http_to_linker(linker: &mut wasmtime::component::Linker<CallState>) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
 }

@@ -115,6 +115,9 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         bindings::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        // wasi:http/outgoing-handler behind each plugin's allowlist (SPEC §3 `http = [...]`);
+        // a plugin that does not import it links as before.
+        super::call::add_http_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         spawn_epoch_ticker(&engine);
         let engine_key = {
@@ -184,6 +187,7 @@ impl Runtime {
             code: Code::Wasm(pre.clone()),
             permits: settings.limits.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
             grants: Arc::new(settings.grants.clone()),
+            http: super::plugin::plugin_http(&settings),
             env,
             settings,
             fuel_counting: self.fuel,
@@ -236,6 +240,7 @@ impl Runtime {
             code: Code::Native(handler),
             permits: None,
             grants: Arc::new(settings.grants.clone()),
+            http: None,
             env: Vec::new(),
             settings,
             fuel_counting: self.fuel,

@@ -6,6 +6,7 @@
 //!   end a call ([`PluginFault`]).
 //! - [`call`]: one call's store state and the host imports a guest sees (grant checks, then
 //!   the [`Outbox`] the host wired in).
+//! - [`http`]: outbound HTTP (`wasi:http/outgoing-handler`) behind each plugin's allowlist.
 //! - [`output`]: a guest's stdout/stderr, streamed to the host log within a budget.
 //! - [`plugins`]: the live plugin set, one swappable slot per name.
 //! - [`reload`]: hot reload — watches the plugins folder and swaps a changed plugin.
@@ -15,6 +16,7 @@
 
 pub mod call;
 pub mod engine;
+pub mod http;
 pub mod output;
 pub mod plugin;
 pub mod plugins;

@@ -12,6 +12,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use super::bindings;
 use super::call::{CallContext, CallState, EPOCH_TICK, MemoryLimiter, SendBudget};
+use super::http::{CallHttp, PluginHttp};
 use super::output::GuestOutput;
 use super::{HandlerError, Header, Request, Response};
 use crate::config::{Grants, Limits, PluginSettings};
@@ -88,6 +89,9 @@ pub struct Plugin {
     pub(super) peak_memory: Arc<std::sync::atomic::AtomicUsize>,
     /// The size of the compiled code (bytes), which stays mapped while the plugin is loaded.
     pub(super) code_size: usize,
+    /// Outbound HTTP shared by every call (the in-flight cap, TLS); `None` when the config
+    /// grants no origin, and then every request is denied.
+    pub(super) http: Option<Arc<PluginHttp>>,
     /// Idle instances that may serve more messages (`reuse` > 1), newest last.
     pub(super) warm: std::sync::Mutex<Vec<Warm>>,
 }
@@ -300,6 +304,7 @@ impl Plugin {
         state.context = context.clone();
         state.deadline = deadline;
         state.sends = SendBudget { sent: 0, max_sends: limits.max_sends, max_body_bytes: limits.max_send_bytes };
+        state.http = CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, context.traceparent.clone());
         store.set_epoch_deadline(1);
     }
 
@@ -317,6 +322,7 @@ impl Plugin {
             wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)?;
         }
         let limits = self.limits();
+        let traceparent = context.traceparent.clone();
         let state = CallState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -329,6 +335,7 @@ impl Plugin {
             grants: self.grants.clone(),
             context,
             sends: SendBudget { sent: 0, max_sends: limits.max_sends, max_body_bytes: limits.max_send_bytes },
+            http: CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, traceparent),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -366,4 +373,10 @@ impl Plugin {
 /// the message's fault.
 fn host_fault(error: wasmtime::Error) -> PluginFault {
     PluginFault::Host(format!("could not set up the sandbox: {:#}", error))
+}
+
+/// The outbound HTTP state a plugin granted `settings` shares between its calls; `None` when
+/// it is granted no origin.
+pub(super) fn plugin_http(settings: &PluginSettings) -> Option<Arc<PluginHttp>> {
+    (!settings.grants.http.origins.is_empty()).then(|| PluginHttp::new(&settings.grants.http))
 }

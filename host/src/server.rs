@@ -293,7 +293,6 @@ impl Server {
             quorum: self.config.queue_profile == crate::config::QueueProfile::Quorum
                 && self.topology.queues.iter().any(|q| q.name == spec.queue && q.durable),
             metrics: self.metrics.clone(),
-            host_failures: Default::default(),
         });
         let channel = broker::open_channel(&self.connection).await?;
         let (stop, stopped) = shutdown::channel();

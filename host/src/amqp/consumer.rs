@@ -2,8 +2,7 @@
 //! own task, and settled by the outcome table of SPEC §1. Nothing is acked before its outcome
 //! is safe: a request is acked only after its response is confirmed by the broker.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -19,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::broker::{self, BrokerError, Delivered, Publisher};
 use super::headers::{
-    self, ORIGINAL_KEY_HEADER, QUEUE_HEADER, QUORUM_DELIVERY_COUNT, REASON_HEADER, RETRIES_HEADER, SERVICE_HEADER,
-    TRACEPARENT_HEADER, new_traceparent,
+    self, HOST_FAILURES_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER, QUORUM_DELIVERY_COUNT, REASON_HEADER,
+    RETRIES_HEADER, SERVICE_HEADER, TRACEPARENT_HEADER, new_traceparent,
 };
 use super::naming;
 use super::routing::RouteTable;
@@ -50,8 +49,6 @@ pub struct QueueConsumer {
     /// A quorum queue counts deliveries itself (`x-delivery-count`): a retry is a requeue.
     pub quorum: bool,
     pub metrics: Arc<Metrics>,
-    /// Host-side failures per message (by [`message_key`]), to bound their requeues.
-    pub host_failures: Mutex<HashMap<u64, u32>>,
 }
 
 /// The part of a consumer a config reload may change. A delivery reads it once.
@@ -230,7 +227,6 @@ impl QueueConsumer {
         };
         let reason = match outcome {
             Outcome::Acked | Outcome::Retried(_) => {
-                self.forget_host_failures(delivery, routing_key);
                 let label = if matches!(outcome, Outcome::Acked) { "acked" } else { "retried" };
                 return (label, delivery.ack(BasicAckOptions::default()).await);
             }
@@ -242,12 +238,10 @@ impl QueueConsumer {
                 let label = if matches!(outcome, Outcome::Faulted(_)) { "faulted" } else { "rejected" };
                 match self.dead_letter(delivery, routing_key, reason).await {
                     DeadLetter::NotConfigured => {
-                        self.forget_host_failures(delivery, routing_key);
                         log(tracing::Level::WARN, reason, "message rejected");
                         return (label, delivery.reject(BasicRejectOptions { requeue: false }).await);
                     }
                     DeadLetter::Landed(exchange) => {
-                        self.forget_host_failures(delivery, routing_key);
                         let what = format!("message rejected and dead-lettered to '{exchange}'");
                         log(tracing::Level::WARN, reason, &what);
                         let label = if label == "rejected" { "dead_lettered" } else { label };
@@ -258,10 +252,10 @@ impl QueueConsumer {
             }
             Outcome::Deferred(reason) => reason.clone(),
         };
-        // A host-side failure: requeue after a backoff, a bounded number of times.
-        let failures = self.count_host_failure(delivery, routing_key);
+        // A host-side failure: requeue after a backoff, a bounded number of times. The count
+        // travels with the message (goamqp sends no message id to count by).
+        let failures = header_count(delivery, HOST_FAILURES_HEADER) + 1;
         if failures > HOST_RETRIES {
-            self.forget_host_failures(delivery, routing_key);
             let what = format!(
                 "message rejected after {HOST_RETRIES} host-side failures (the broker's own dead-letter policy applies, if any)"
             );
@@ -275,25 +269,17 @@ impl QueueConsumer {
         );
         log(tracing::Level::WARN, &reason, &what);
         tokio::time::sleep(backoff).await;
-        ("requeued_host_failure", delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await)
-    }
-
-    /// Counts one more host-side failure of this message; returns how many it has had.
-    fn count_host_failure(&self, delivery: &Delivery, routing_key: &str) -> u32 {
-        let mut failures = self.host_failures.lock().unwrap_or_else(|e| e.into_inner());
-        if failures.len() > 10_000 {
-            failures.clear();
-        }
-        let count = failures.entry(message_key(delivery, routing_key)).or_default();
-        *count += 1;
-        *count
-    }
-
-    fn forget_host_failures(&self, delivery: &Delivery, routing_key: &str) {
-        let mut failures = self.host_failures.lock().unwrap_or_else(|e| e.into_inner());
-        if !failures.is_empty() {
-            failures.remove(&message_key(delivery, routing_key));
-        }
+        // A copy carrying the count goes back to the queue, then the original is acked; if the
+        // broker does not take the copy, the original is requeued as it is.
+        let mut table = delivery.properties.headers().clone().unwrap_or_default();
+        table.insert(ShortString::from(HOST_FAILURES_HEADER), AMQPValue::LongLongInt(i64::from(failures)));
+        table.insert(ShortString::from(ORIGINAL_KEY_HEADER), AMQPValue::LongString(LongString::from(routing_key)));
+        let properties: BasicProperties = delivery.properties.clone().with_headers(table);
+        let settled = match self.must_land.publish("", &self.queue, &delivery.data, properties).await {
+            Ok(Delivered::Routed) => delivery.ack(BasicAckOptions::default()).await,
+            _ => delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await,
+        };
+        ("requeued_host_failure", settled)
     }
 
     /// Publishes a rejected message to its dead-letter exchange with the reason in headers,
@@ -433,11 +419,7 @@ impl QueueConsumer {
         let props = &delivery.properties;
         let delayed = !delays.is_empty();
         let count_header = if self.quorum && !delayed { QUORUM_DELIVERY_COUNT } else { RETRIES_HEADER };
-        let retries = match props.headers().as_ref().and_then(|t| t.inner().get(count_header)) {
-            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-            Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-            _ => 0,
-        };
+        let retries = header_count(delivery, count_header);
         let max_retries = if delayed { delays.len() as u32 } else { max_retries };
         if retries >= max_retries {
             let key = if delayed { "retry_delays_ms" } else { "limits.max_retries" };
@@ -481,15 +463,13 @@ struct Seen<'a> {
     routing_key: &'a str,
 }
 
-/// A message's identity across redeliveries, for counting its host-side failures (goamqp
-/// sends no message id): its routing key, message id and body.
-fn message_key(delivery: &Delivery, routing_key: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    routing_key.hash(&mut hasher);
-    delivery.properties.message_id().as_ref().map(|id| id.to_string()).hash(&mut hasher);
-    delivery.data.hash(&mut hasher);
-    hasher.finish()
+/// The integer header `name` of `delivery` (a count Warren keeps on the message), or 0.
+fn header_count(delivery: &Delivery, name: &str) -> u32 {
+    match delivery.properties.headers().as_ref().and_then(|t| t.inner().get(name)) {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        _ => 0,
+    }
 }
 
 /// A panic's message, when it has one.

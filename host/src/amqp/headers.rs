@@ -10,6 +10,9 @@ use crate::wasm::{Header, HeaderValue};
 /// Header counting how often a `retry` has requeued a message (classic queues have no
 /// delivery count of their own).
 pub const RETRIES_HEADER: &str = "x-warren-retries";
+/// Header counting a message's host-side failures (a publish the broker did not take, a
+/// full instance pool), each of which requeued a copy of it after a backoff.
+pub const HOST_FAILURES_HEADER: &str = "x-warren-host-failures";
 /// Header keeping a retried message's original routing key (a retry is republished through
 /// the default exchange straight to the queue, which replaces the routing key).
 pub const ORIGINAL_KEY_HEADER: &str = "x-warren-routing-key";

@@ -14,10 +14,13 @@
 //!   that id gets it. An id nobody waits for belongs to a call that gave up: it is dropped,
 //!   never handed to another call.
 //! - **Without one** (every goamqp service): the oldest waiting call with the answer's
-//!   routing key gets it, as goamqp itself would take it. A goamqp service answers one
-//!   routing key's requests from one queue, so calls on a key are answered in order; with
-//!   several calls in flight on one key and out-of-order answers, the bodies may be handed to
-//!   the calls in another order (goamqp has no way to tell either).
+//!   routing key gets it, as goamqp itself would take it. Calls are registered in the order
+//!   their requests go on the wire (one channel, registered and sent under one lock), and a
+//!   goamqp service answers one queue's requests in order, so each call gets its own answer.
+//!   Only a responder that answers out of order (several consumers, or work done in parallel)
+//!   can hand calls on one key each other's bodies — goamqp has no way to tell either. For
+//!   the same reason, an answer without an id that comes after its call gave up (timed out)
+//!   goes to the next call waiting on that key.
 //!
 //! **Decision:** the client still *sends* a fresh correlation id on each request by default.
 //! goamqp ignores it; a Warren host copies it back, which makes matching exact when many
@@ -40,11 +43,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
+use lapin::{Channel, Confirmation};
 use tokio::sync::oneshot;
 
-use super::broker::{self, BrokerError, Delivered, Publisher};
+use super::broker::{self, BrokerError};
 use super::naming;
 use super::topology::{ArgValue, Binding, Exchange, ExchangeKind, QUEUE_EXPIRES_MS, Queue, Topology};
 
@@ -209,7 +213,12 @@ type Pending = Arc<Mutex<Waiting<oneshot::Sender<Reply>>>>;
 /// number of requests, concurrently; answers are matched as the module doc says.
 pub struct Client {
     connection: Arc<lapin::Connection>,
-    publisher: Publisher,
+    /// The request channel, in confirm mode (goamqp uses none; Warren's client wants to say
+    /// "no queue is bound" rather than time out).
+    requests: Channel,
+    /// Held while a call is registered and its request handed to the channel: calls wait in
+    /// the order their requests go out.
+    sending: tokio::sync::Mutex<()>,
     service: String,
     name: String,
     reply_queue: String,
@@ -286,10 +295,15 @@ impl Client {
             }
             waiting.lock().expect("pending lock").close();
         });
-        let publisher = Publisher::open(&connection).await?;
+        let requests = broker::open_channel(&connection).await?;
+        requests
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|source| BrokerError::Channel { doing: "enabling publisher confirms".into(), source })?;
         Ok(Client {
             connection,
-            publisher,
+            requests,
+            sending: tokio::sync::Mutex::new(()),
             service: service.to_string(),
             name: name.to_string(),
             reply_queue,
@@ -311,16 +325,6 @@ impl Client {
     /// Sends one request and waits up to `timeout` for its response.
     pub async fn call(&self, routing_key: &str, body: &[u8], timeout: Duration) -> Result<Reply, ClientError> {
         let correlation_id = self.options.correlation_ids.then(|| uuid::Uuid::new_v4().to_string());
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut pending = self.pending.lock().expect("pending lock");
-            if pending.closed {
-                return Err(self.disconnected());
-            }
-            pending.insert(correlation_id.clone(), routing_key, tx)
-        };
-        let forget = || self.pending.lock().expect("pending lock").forget(id);
-
         let mut properties = broker::message_properties(&self.name, FieldTable::default());
         if let Some(correlation_id) = &correlation_id {
             properties = properties
@@ -328,18 +332,54 @@ impl Client {
                 .with_message_id(uuid::Uuid::new_v4().to_string().into());
         }
         let exchange = naming::request_exchange(&self.service);
-        let published = self.publisher.publish(&exchange, routing_key, body, properties).await;
-        if published.as_ref().is_ok_and(|d| *d == Delivered::Unroutable) {
-            forget();
-            return Err(ClientError::Unroutable {
-                service: self.service.clone(),
+        let not_confirmed = |reason: String| {
+            ClientError::Broker(BrokerError::NotConfirmed {
+                exchange: exchange.clone(),
                 routing_key: routing_key.to_string(),
-                exchange,
-            });
-        }
-        if let Err(error) = published {
-            forget();
-            return Err(error.into());
+                reason,
+            })
+        };
+        let (tx, rx) = oneshot::channel();
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let (id, sent) = {
+            let _in_order = self.sending.lock().await;
+            let id = {
+                let mut pending = self.pending.lock().expect("pending lock");
+                if pending.closed {
+                    return Err(self.disconnected());
+                }
+                pending.insert(correlation_id, routing_key, tx)
+            };
+            let sent = self
+                .requests
+                .basic_publish(exchange.as_str().into(), routing_key.into(), options, body, properties)
+                .await;
+            (id, sent)
+        };
+        let forget = || self.pending.lock().expect("pending lock").forget(id);
+        let confirmed = match sent {
+            Ok(confirm) => confirm.await,
+            Err(error) => Err(error),
+        };
+        match confirmed {
+            Ok(Confirmation::Ack(None)) => {}
+            Ok(Confirmation::Ack(Some(_returned))) => {
+                forget();
+                return Err(ClientError::Unroutable {
+                    service: self.service.clone(),
+                    routing_key: routing_key.to_string(),
+                    exchange,
+                });
+            }
+            Ok(Confirmation::Nack(_)) => {
+                forget();
+                return Err(not_confirmed("the broker nacked it".into()));
+            }
+            Ok(Confirmation::NotRequested) => {}
+            Err(error) => {
+                forget();
+                return Err(not_confirmed(error.to_string()));
+            }
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),

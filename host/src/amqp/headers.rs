@@ -52,7 +52,13 @@ pub fn to_plugin(table: Option<&FieldTable>, routing_key: &str) -> Vec<Header> {
         .into_iter()
         .flatten()
         .filter(|(name, _)| name.as_str() != ROUTING_KEY_HEADER)
-        .map(|(name, value)| Header { name: name.to_string(), value: to_plugin_value(value) })
+        .map(|(name, value)| {
+            let value = match nests_too_deep(value) {
+                true => HeaderValue::Text(too_deep(name.as_str())),
+                false => to_plugin_value(value),
+            };
+            Header { name: name.to_string(), value }
+        })
         .collect();
     headers.push(Header { name: ROUTING_KEY_HEADER.to_string(), value: HeaderValue::Text(routing_key.to_string()) });
     headers
@@ -79,11 +85,86 @@ pub fn from_plugin(headers: &[Header]) -> Result<FieldTable, String> {
                 header.name
             ));
         }
-        if header.name != SERVICE_HEADER {
-            table.insert(header.name.as_str().into(), from_plugin_value(&header.value));
+        if header.name.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "header name '{}…' is {} bytes, over AMQP's {MAX_NAME_BYTES}",
+                header.name.chars().take(32).collect::<String>(),
+                header.name.len()
+            ));
         }
+        if header.name == SERVICE_HEADER {
+            continue;
+        }
+        let value = match &header.value {
+            HeaderValue::Table(json) | HeaderValue::Array(json) => match serde_json::from_str::<Json>(json) {
+                Ok(parsed) => {
+                    check_json(&header.name, &parsed)?;
+                    from_json(&parsed)
+                }
+                Err(e) if e.to_string().contains("recursion limit") => return Err(too_deep(&header.name)),
+                // JSON that does not parse is kept as the text the plugin gave.
+                Err(_) => AMQPValue::LongString(LongString::from(json.as_str())),
+            },
+            other => from_plugin_value(other),
+        };
+        table.insert(header.name.as_str().into(), value);
     }
     Ok(table)
+}
+
+/// How deeply a header's tables and arrays may nest, either way: a deeper one is refused in
+/// words (a plugin's send fails, an incoming header reaches the plugin as text saying so)
+/// rather than risking the host's stack.
+pub const MAX_NESTING: usize = 16;
+/// AMQP's limit on a header name or table key (a short string).
+pub const MAX_NAME_BYTES: usize = 255;
+
+fn too_deep(name: &str) -> String {
+    format!("header '{name}' nests tables and arrays deeper than {MAX_NESTING} levels")
+}
+
+/// A plugin's JSON table or array: nested at most [`MAX_NESTING`] deep, keys short strings.
+/// Walked with a stack of its own, never by recursion.
+fn check_json(name: &str, value: &Json) -> Result<(), String> {
+    let mut pending = vec![(value, 1usize)];
+    while let Some((value, depth)) = pending.pop() {
+        let children: Vec<&Json> = match value {
+            Json::Array(items) => items.iter().collect(),
+            Json::Object(map) => {
+                if let Some(key) = map.keys().find(|k| k.len() > MAX_NAME_BYTES) {
+                    return Err(format!(
+                        "header '{name}' has a table key of {} bytes, over AMQP's {MAX_NAME_BYTES}",
+                        key.len()
+                    ));
+                }
+                map.values().collect()
+            }
+            _ => continue,
+        };
+        if depth > MAX_NESTING {
+            return Err(too_deep(name));
+        }
+        pending.extend(children.into_iter().map(|child| (child, depth + 1)));
+    }
+    Ok(())
+}
+
+/// Whether an AMQP value's tables and arrays nest deeper than [`MAX_NESTING`] (walked with a
+/// stack of its own).
+fn nests_too_deep(value: &AMQPValue) -> bool {
+    let mut pending = vec![(value, 1usize)];
+    while let Some((value, depth)) = pending.pop() {
+        let children: Vec<&AMQPValue> = match value {
+            AMQPValue::FieldArray(items) => items.as_slice().iter().collect(),
+            AMQPValue::FieldTable(table) => table.inner().values().collect(),
+            _ => continue,
+        };
+        if depth > MAX_NESTING {
+            return true;
+        }
+        pending.extend(children.into_iter().map(|child| (child, depth + 1)));
+    }
+    false
 }
 
 /// The size of `table` as AMQP encodes it on the wire (a content-header frame must hold it).

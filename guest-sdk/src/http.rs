@@ -239,8 +239,10 @@ fn send(request: Request) -> Result<Response, Error> {
         }
     };
 
-    let fields: Vec<(String, Vec<u8>)> = headers.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v.into_bytes())).collect();
-    let fields = Fields::from_list(&fields).map_err(|e| Error::Url(format!("{what}: a header is not allowed: {e:?}")))?;
+    let fields: Vec<(String, Vec<u8>)> =
+        headers.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v.into_bytes())).collect();
+    let fields =
+        Fields::from_list(&fields).map_err(|e| Error::Url(format!("{what}: a header is not allowed: {e:?}")))?;
     let outgoing = OutgoingRequest::new(fields);
     let wit_method = match method.as_str() {
         "GET" => Method::Get,
@@ -299,7 +301,9 @@ fn send(request: Request) -> Result<Response, Error> {
             match stream.blocking_read(64 * 1024) {
                 Ok(chunk) => body.extend_from_slice(&chunk),
                 Err(StreamError::Closed) => break,
-                Err(error) => return Err(Error::Failed(format!("{what}: reading the answer: {}", stream_error(&error)))),
+                Err(error) => {
+                    return Err(Error::Failed(format!("{what}: reading the answer: {}", stream_error(&error))));
+                }
             }
         }
     }

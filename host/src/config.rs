@@ -1210,7 +1210,10 @@ mod tests {
     fn http_mistakes_are_one_line_each() {
         let base = "[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"enrich\"\n[plugin.enrich]\n";
         let bad = error(&format!("{base}http = [\"https://ok.example.com\", \"api.example.com\"]\n"));
-        assert!(bad.starts_with("conf/warren.toml:7:8: plugin.enrich.http: 'api.example.com' is not an origin"), "{bad}");
+        assert!(
+            bad.starts_with("conf/warren.toml:7:8: plugin.enrich.http: 'api.example.com' is not an origin"),
+            "{bad}"
+        );
         assert!(!bad.contains('\n'), "{bad}");
         let path = error(&format!("{base}http = [\"https://api.example.com/v1\"]\n"));
         assert!(path.contains("grant \"https://api.example.com\""), "{path}");

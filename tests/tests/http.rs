@@ -80,7 +80,9 @@ fn answer(request: tiny_http::Request, path: &str) {
             request.respond(json("slow", 1.0))
         }
         // tiny_http streams large bodies chunked unless told otherwise: this one says its length.
-        "/price/big" => request.respond(tiny_http::Response::from_data(vec![b' '; HUGE]).with_chunked_threshold(usize::MAX)),
+        "/price/big" => {
+            request.respond(tiny_http::Response::from_data(vec![b' '; HUGE]).with_chunked_threshold(usize::MAX))
+        }
         "/price/bigchunked" => {
             let body = std::io::repeat(b' ').take(HUGE as u64);
             request.respond(tiny_http::Response::new(200.into(), Vec::new(), body, None, None))

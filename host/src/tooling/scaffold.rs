@@ -156,6 +156,8 @@ requires-python = ">=3.10"
 [tool.warren]
 # The module that assigns `WitWorld`.
 module = "app"
+# Outbound HTTP (warren_guest.http): build against the world that imports wasi:http.
+# http = true
 "#;
 
 const APP_PY: &str = r#""""`{name}`: a Warren plugin. Build it with `warren build`, serve it with a config entry:
@@ -180,7 +182,13 @@ class Input:
 @warren.json_handler
 def handle(request: Input) -> dict:
     """Handles one request. Raise warren.Retry for a passing failure, warren.Failed for a
-    permanent one."""
+    permanent one.
+
+    To call an HTTP service: set `http = true` under [tool.warren] in pyproject.toml, grant
+    the origin in the host's config (`[plugin.{name}] http = ["https://api.example.com"]`), then
+        from warren_guest import http
+        price = http.get("https://api.example.com/price/A1").raise_for_status().json()
+    """
     return {"message": f"Hello from {name}, {request.name}!"}
 
 
@@ -228,6 +236,12 @@ const HANDLER_JS: &str = r#"// `{name}`: a Warren plugin. Build it with `warren 
 //   plugin = "{name}"
 //
 // The logic is a plain function (tested with `node --test`); app.js exports it.
+//
+// To call an HTTP service, use plain `fetch` from an async handler: set "warren": {"http": true}
+// in package.json, grant the origin in the host's config
+// ([plugin.{name}] http = ["https://api.example.com"]), then
+//   const price = await (await fetch("https://api.example.com/price/A1")).json();
+// (warren-guest's httpError(e, status) turns a failed request into Retry or Failed).
 
 /** Handles one request body (parsed JSON). Throw BadRequest, Retry or Failed to refuse it. */
 export function handle(input, { BadRequest }) {
@@ -283,6 +297,10 @@ pub struct Output {
 
 /// Handles one request. Return `HandlerError::Retry` for a passing failure, `Failed` for a
 /// permanent one.
+///
+/// To call an HTTP service, grant its origin in the host's config (`[plugin.{name}] http =
+/// ["https://api.example.com"]`), then, JSON in and out (`?` picks `retry` or `failed`):
+/// `let price: serde_json::Value = warren_guest::http::get_json("https://api.example.com/price/A1")?;`
 pub fn handle(input: Input) -> Result<Output, HandlerError> {
     Ok(Output { message: format!("Hello from {name}, {}!", input.name) })
 }

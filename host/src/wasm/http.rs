@@ -72,7 +72,8 @@ impl Origin {
         if authority.contains('@') {
             return Err(format!("'{text}': an origin carries no user or password"));
         }
-        let (host, port) = split_host_port(authority).ok_or_else(|| format!("'{text}': the port must be 1 to 65535"))?;
+        let (host, port) =
+            split_host_port(authority).ok_or_else(|| format!("'{text}': the port must be 1 to 65535"))?;
         let port = port.unwrap_or(default_port);
         let host = host.to_ascii_lowercase();
         if host.is_empty() {
@@ -89,7 +90,11 @@ impl Origin {
             ));
         }
         let ip_literal = name.starts_with('[') && name.ends_with(']');
-        if !ip_literal && !name.split('.').all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+        if !ip_literal
+            && !name
+                .split('.')
+                .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
             return Err(format!("'{text}': '{name}' is not a host name or an IP address"));
         }
         if wildcard && ip_literal {
@@ -104,11 +109,7 @@ impl Origin {
             return false;
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        if self.wildcard {
-            host.len() > self.host.len() && host.ends_with(&self.host)
-        } else {
-            host == self.host
-        }
+        if self.wildcard { host.len() > self.host.len() && host.ends_with(&self.host) } else { host == self.host }
     }
 }
 
@@ -229,7 +230,12 @@ struct CallHooks {
 impl CallHttp {
     /// The state of a call of `plugin` ending at `deadline`; `http` is `None` when nothing is
     /// granted (every request is then denied).
-    pub fn new(plugin: Arc<str>, http: Option<Arc<PluginHttp>>, deadline: Instant, traceparent: Option<String>) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        http: Option<Arc<PluginHttp>>,
+        deadline: Instant,
+        traceparent: Option<String>,
+    ) -> Self {
         CallHttp { ctx: WasiHttpCtx::new(), hooks: CallHooks { plugin, http, deadline, traceparent } }
     }
 
@@ -284,7 +290,8 @@ impl WasiHttpHooks for CallHooks {
             let exchange = send(request, options, &http, deadline, traceparent, scheme == "https", &host, port);
             // Nothing outlives the call: past its deadline the exchange is dropped (and with
             // it the connection), whatever it was waiting for.
-            let result = tokio::time::timeout_at(deadline.into(), exchange).await.unwrap_or(Err(Error::HttpResponseTimeout));
+            let result =
+                tokio::time::timeout_at(deadline.into(), exchange).await.unwrap_or(Err(Error::HttpResponseTimeout));
             let status = match &result {
                 Ok(response) => response.status().as_u16().to_string(),
                 Err(error) => error_class(error).to_string(),
@@ -372,11 +379,16 @@ async fn send(
         .map_err(|_| Error::ConnectionLimitReached)?
         .map_err(|_| Error::ConnectionLimitReached)?;
 
-    let address = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-    let stream = match tokio::time::timeout(bounded(options.connect_timeout), tokio::net::TcpStream::connect(&address)).await {
-        Ok(stream) => stream.map_err(Error::Connect)?,
-        Err(_) => return Err(Error::ConnectionTimeout),
+    let address = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     };
+    let stream =
+        match tokio::time::timeout(bounded(options.connect_timeout), tokio::net::TcpStream::connect(&address)).await {
+            Ok(stream) => stream.map_err(Error::Connect)?,
+            Err(_) => return Err(Error::ConnectionTimeout),
+        };
     let _ = stream.set_nodelay(true);
     let io: Box<dyn Io> = if tls {
         let config = http.tls().map_err(|reason| Error::InternalError(Some(reason)))?;
@@ -394,10 +406,9 @@ async fn send(
     };
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(io)).await.map_err(Error::Hyper)?;
-    // The connection's I/O runs beside this exchange and stops with it.
-    let driver = AbortOnDrop(tokio::spawn(async move {
-        let _ = tokio::time::timeout_at(deadline.into(), connection).await;
-    }));
+    // The connection's I/O is driven in this same task (no task of its own to wake), and
+    // closed when this returns.
+    let mut connection = Connection { io: Box::pin(connection), closed: false };
 
     // On the wire the request line carries the path only; the host is in `Host`.
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -407,7 +418,8 @@ async fn send(
         request.headers_mut().insert(TRACEPARENT, value);
     }
 
-    let response = match tokio::time::timeout(bounded(options.first_byte_timeout), sender.send_request(request)).await {
+    let first_byte = tokio::time::timeout(bounded(options.first_byte_timeout), sender.send_request(request));
+    let response = match connection.drive(first_byte).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) if error.is_timeout() => return Err(Error::HttpResponseTimeout),
         Ok(Err(error)) => return Err(Error::Hyper(error)),
@@ -418,33 +430,52 @@ async fn send(
     if let Some(declared) = body.size_hint().exact().filter(|&len| len > cap) {
         return Err(Error::HttpResponseBodySize(Some(declared)));
     }
-    let mut read = bytes::BytesMut::new();
     let between = options.between_bytes_timeout;
-    loop {
-        let frame = match tokio::time::timeout(bounded(between), body.frame()).await {
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(error))) if error.is_timeout() => return Err(Error::HttpResponseTimeout),
-            Ok(Some(Err(error))) => return Err(Error::Hyper(error)),
-            Ok(None) => break,
-            Err(_) => return Err(Error::HttpResponseTimeout),
-        };
-        if let Ok(data) = frame.into_data() {
-            if read.len() as u64 + data.len() as u64 > cap {
-                return Err(Error::HttpResponseBodySize(Some(read.len() as u64 + data.len() as u64)));
+    let read = connection
+        .drive(async {
+            let mut read = bytes::BytesMut::new();
+            loop {
+                let frame = match tokio::time::timeout(bounded(between), body.frame()).await {
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(Some(Err(error))) if error.is_timeout() => return Err(Error::HttpResponseTimeout),
+                    Ok(Some(Err(error))) => return Err(Error::Hyper(error)),
+                    Ok(None) => return Ok(read.freeze()),
+                    Err(_) => return Err(Error::HttpResponseTimeout),
+                };
+                if let Ok(data) = frame.into_data() {
+                    if read.len() as u64 + data.len() as u64 > cap {
+                        return Err(Error::HttpResponseBodySize(Some(read.len() as u64 + data.len() as u64)));
+                    }
+                    read.extend_from_slice(&data);
+                }
             }
-            read.extend_from_slice(&data);
-        }
-    }
-    drop(driver);
-    Ok(http::Response::from_parts(parts, read.freeze()))
+        })
+        .await?;
+    Ok(http::Response::from_parts(parts, read))
 }
 
-/// A spawned task that is aborted when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A client connection's I/O (hyper's `Connection` future), polled by whoever waits on it.
+struct Connection<C> {
+    io: std::pin::Pin<Box<C>>,
+    closed: bool,
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl<C: Future> Connection<C> {
+    /// Runs `work` (a request, a body read) while driving the connection's I/O in the same
+    /// task. A connection that ends makes `work` fail or finish on its own.
+    async fn drive<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(done) = work.as_mut().poll(cx) {
+                return std::task::Poll::Ready(done);
+            }
+            if !self.closed && self.io.as_mut().poll(cx).is_ready() {
+                self.closed = true;
+                return work.as_mut().poll(cx);
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 }
 
@@ -591,14 +622,49 @@ mod tests {
         std::fs::create_dir_all(dir).ok()?;
         std::fs::write(dir.join("san.cnf"), "subjectAltName = IP:127.0.0.1\n").ok()?;
         let made = openssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2", "-subj", "/CN=warren test CA",
-            "-keyout", "ca.key", "-out", "ca.pem",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=warren test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
         ]) && openssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
             "server.csr",
         ]) && openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-sha256", "-extfile", "san.cnf", "-out", "server.pem",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            "san.cnf",
+            "-out",
+            "server.pem",
         ]);
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
         if made { Some((read("ca.pem")?, read("server.pem")?, read("server.key")?)) } else { None }
@@ -656,7 +722,8 @@ mod tests {
         let url = format!("https://127.0.0.1:{port}/price/A1");
         let deadline = Instant::now() + Duration::from_secs(5);
         let origin = Origin::parse(&format!("https://127.0.0.1:{port}")).unwrap();
-        let grant = |ca_pem: Option<String>| HttpGrant { origins: vec![origin.clone()], ca_pem, ..HttpGrant::default() };
+        let grant =
+            |ca_pem: Option<String>| HttpGrant { origins: vec![origin.clone()], ca_pem, ..HttpGrant::default() };
 
         let private = PluginHttp::new(&grant(Some(ca)));
         let response = send(get(&url), None, &private, deadline, None, true, "127.0.0.1", port).await.unwrap();

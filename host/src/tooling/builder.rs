@@ -247,6 +247,11 @@ pub fn build_plugin(plugin: &PluginSource, out_dir: &Path, target_dir: &Path) ->
     let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let target_dir = &absolute(target_dir);
     let plugin = &PluginSource { dir: absolute(&plugin.dir), ..plugin.clone() };
+    // Builds running at once (two terminals, `warren dev` beside `warren build`, parallel
+    // tests) share the target folder (the Python virtualenv, the work files) and the
+    // plugin's own folder (`npm ci` deletes and refills node_modules): one at a time.
+    let _target_lock = BuildLock::take(target_dir, &plugin.name)?;
+    let _source_lock = (plugin.dir != *target_dir).then(|| BuildLock::take(&plugin.dir, &plugin.name)).transpose()?;
     let artifact = match plugin.language {
         Language::Rust => build_rust(plugin, target_dir)?,
         Language::Python => build_python(plugin, target_dir)?,
@@ -484,6 +489,33 @@ fn write_file(path: &Path, text: &str) -> Result<PathBuf, BuildError> {
     Ok(path.to_path_buf())
 }
 
+/// An advisory lock (`flock`) on a folder a build writes into, held until dropped. The lock
+/// file lives in the temp folder, named by a hash of the folder's path, so it is never
+/// inside a folder a tool deletes (npm empties node_modules) nor in the user's source tree.
+struct BuildLock {
+    _held: std::fs::File,
+}
+
+impl BuildLock {
+    fn take(folder: &Path, plugin: &str) -> Result<BuildLock, BuildError> {
+        let canonical = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+        let hash = crate::wasm::content_hash(canonical.to_string_lossy().as_bytes());
+        let path = std::env::temp_dir().join(format!("warren-build-{}.lock", &hash[..16]));
+        let lock_error = |e: std::io::Error| BuildError::Write { path: path.clone(), reason: e.to_string() };
+        let file =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(lock_error)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                info!(plugin, folder = %folder.display(), "waiting for another build using this folder to finish");
+                file.lock().map_err(lock_error)?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e)),
+        }
+        Ok(BuildLock { _held: file })
+    }
+}
+
 /// Copies `from` to `to` through a dotfile in the same folder and a rename, so a watcher
 /// never sees a partial file.
 fn install(from: &Path, to: &Path) -> Result<(), BuildError> {
@@ -527,6 +559,31 @@ mod tests {
     fn a_missing_source_folder_says_how_to_point_at_one() {
         let error = find_plugins(Path::new("/no/such/folder")).unwrap_err().to_string();
         assert!(error.contains("--source DIR"), "{error}");
+    }
+
+    #[test]
+    fn a_second_build_of_the_same_folder_waits_for_the_first() {
+        let folder = std::env::temp_dir().join(format!("warren-lock-test-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let first = BuildLock::take(&folder, "p").unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let waiter = {
+            let folder = folder.clone();
+            std::thread::spawn(move || {
+                let _second = BuildLock::take(&folder, "p").unwrap();
+                done.send(()).unwrap();
+            })
+        };
+        let timeout = std::time::Duration::from_millis(300);
+        assert!(finished.recv_timeout(timeout).is_err(), "the second build ran while the first held the folder");
+        drop(first);
+        finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second build goes on once the first ends");
+        waiter.join().unwrap();
+        // Another folder is not held up by it.
+        let _other = BuildLock::take(&folder.join(".."), "p").unwrap();
+        std::fs::remove_dir_all(&folder).unwrap();
     }
 
     #[test]

@@ -471,7 +471,11 @@ fn two_hosts_share_a_queue_and_nothing_is_lost_when_one_is_killed_or_stopped() {
 
     let service = unique("pair");
     let mut leftovers = Leftovers::of(&service);
-    let dir = project(&service, "[broker]\nprefetch = 10\n\n[[request]]\nrouting_key = \"slow\"\nplugin = \"chaos\"\n", &mut leftovers);
+    let dir = project(
+        &service,
+        "[broker]\nprefetch = 10\n\n[[request]]\nrouting_key = \"slow\"\nplugin = \"chaos\"\n",
+        &mut leftovers,
+    );
     build(&dir);
     let first = Host::start(&dir);
     let second = Host::start(&dir);

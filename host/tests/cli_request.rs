@@ -43,7 +43,12 @@ fn stdout_ok(output: Output, what: &str) -> String {
 fn queues_named(part: &str) -> Vec<String> {
     let output = Command::new("rabbitmqctl").args(["list_queues", "name", "-q"]).output().expect("rabbitmqctl");
     assert!(output.status.success(), "rabbitmqctl list_queues: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).lines().map(str::trim).filter(|l| l.contains(part)).map(String::from).collect()
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains(part))
+        .map(String::from)
+        .collect()
 }
 
 /// A goamqp service `name` answering `key` the way goamqp's `RequestResponseHandler` does:
@@ -69,7 +74,9 @@ impl GoResponder {
             let channel = connection.create_channel().await.unwrap();
             channel.basic_qos(20, BasicQosOptions { global: true }).await.unwrap();
             let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-            for (exchange, kind) in [(&response_exchange, ExchangeKind::Headers), (&request_exchange, ExchangeKind::Direct)] {
+            for (exchange, kind) in
+                [(&response_exchange, ExchangeKind::Headers), (&request_exchange, ExchangeKind::Direct)]
+            {
                 channel.exchange_declare(exchange.as_str().into(), kind, durable, FieldTable::default()).await.unwrap();
             }
             let mut arguments = FieldTable::default();
@@ -98,7 +105,10 @@ impl GoResponder {
                         _ => continue, // goamqp nacks it; these tests never send one
                     };
                     let mut headers = FieldTable::default();
-                    headers.insert("service".into(), AMQPValue::LongString(LongString::from(requester.as_bytes().to_vec())));
+                    headers.insert(
+                        "service".into(),
+                        AMQPValue::LongString(LongString::from(requester.as_bytes().to_vec())),
+                    );
                     let properties = BasicProperties::default()
                         .with_content_type("application/json".into())
                         .with_delivery_mode(2)
@@ -135,9 +145,13 @@ impl Drop for GoResponder {
                 let Ok(connection) = Connection::connect(BROKER, ConnectionProperties::default()).await else { return };
                 let Ok(channel) = connection.create_channel().await else { return };
                 let _ = channel
-                    .queue_delete(format!("{name}.direct.exchange.request.queue").as_str().into(), QueueDeleteOptions::default())
+                    .queue_delete(
+                        format!("{name}.direct.exchange.request.queue").as_str().into(),
+                        QueueDeleteOptions::default(),
+                    )
                     .await;
-                for exchange in [format!("{name}.direct.exchange.request"), format!("{name}.headers.exchange.response")] {
+                for exchange in [format!("{name}.direct.exchange.request"), format!("{name}.headers.exchange.response")]
+                {
                     let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
                 }
                 let _ = connection.close(200, "cleaned up".into()).await;

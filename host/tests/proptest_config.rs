@@ -124,7 +124,9 @@ fn name() -> impl Strategy<Value = String> {
 /// A value for `key`: mostly one the config accepts (so parsing goes on to resolve and
 /// cross-check), sometimes one of the right type out of range, now and then any value at all.
 fn value_for(key: &'static str) -> BoxedStrategy<Value> {
-    let pick = |options: &'static [&'static str]| proptest::sample::select(options).prop_map(|s| Value::String(s.into())).boxed();
+    let pick = |options: &'static [&'static str]| {
+        proptest::sample::select(options).prop_map(|s| Value::String(s.into())).boxed()
+    };
     let names = |options: &'static [&'static str]| {
         proptest::collection::vec(proptest::sample::select(options).prop_map(|s| Value::String(s.into())), 0..3)
             .prop_map(Value::Array)
@@ -190,13 +192,39 @@ const SERVICE: &[&str] = &["plugins", "metrics"];
 const BROKER: &[&str] = &["url", "urls", "password_file", "queue_profile", "prefetch", "dead_letter_exchange"];
 const TLS: &[&str] = &["ca_file", "cert_file", "key_file"];
 const LIMITS: &[&str] = &[
-    "memory_mib", "timeout_ms", "max_retries", "fuel", "max_concurrency", "max_body_kib", "max_sends",
-    "max_send_kib", "retry_delays_ms", "reuse",
+    "memory_mib",
+    "timeout_ms",
+    "max_retries",
+    "fuel",
+    "max_concurrency",
+    "max_body_kib",
+    "max_sends",
+    "max_send_kib",
+    "retry_delays_ms",
+    "reuse",
 ];
 const PLUGIN: &[&str] = &[
-    "memory_mib", "timeout_ms", "max_retries", "fuel", "max_concurrency", "max_body_kib", "max_sends",
-    "max_send_kib", "retry_delays_ms", "reuse", "env", "dir", "dir_as", "publish", "request", "queues", "log",
-    "http", "http_max_response_kib", "http_max_concurrency", "http_ca_file",
+    "memory_mib",
+    "timeout_ms",
+    "max_retries",
+    "fuel",
+    "max_concurrency",
+    "max_body_kib",
+    "max_sends",
+    "max_send_kib",
+    "retry_delays_ms",
+    "reuse",
+    "env",
+    "dir",
+    "dir_as",
+    "publish",
+    "request",
+    "queues",
+    "log",
+    "http",
+    "http_max_response_kib",
+    "http_max_concurrency",
+    "http_ca_file",
 ];
 const HANDLER: &[&str] = &["routing_key", "plugin"];
 const RESPONSE_HANDLER: &[&str] = &["service", "routing_key", "plugin"];
@@ -207,12 +235,13 @@ const RESPONSE: &[&str] = &["dead_letter_exchange", "retry_delays_ms"];
 /// A whole config document with the real section and key names and any values.
 fn structured_config() -> impl Strategy<Value = Table> {
     let service = table_of(&["name"], SERVICE);
-    let broker = (table_of(&[], BROKER), proptest::option::weighted(0.1, table_of(&[], TLS))).prop_map(|(mut broker, tls)| {
-        if let Some(tls) = tls {
-            broker.insert("tls".into(), Value::Table(tls));
-        }
-        broker
-    });
+    let broker =
+        (table_of(&[], BROKER), proptest::option::weighted(0.1, table_of(&[], TLS))).prop_map(|(mut broker, tls)| {
+            if let Some(tls) = tls {
+                broker.insert("tls".into(), Value::Table(tls));
+            }
+            broker
+        });
     let plugins = proptest::collection::btree_map(name(), table_of(&[], PLUGIN), 0..3);
     let handlers = |required, keys| proptest::collection::vec(table_of(required, keys), 0..3);
     (
@@ -234,8 +263,14 @@ fn structured_config() -> impl Strategy<Value = Table> {
             put("service", service.map(Value::Table));
             put("broker", broker.map(Value::Table));
             put("limits", limits.map(Value::Table));
-            put("plugin", (!plugins.is_empty()).then(|| Value::Table(plugins.into_iter().map(|(k, v)| (k, Value::Table(v))).collect())));
-            let array = |tables: Vec<Table>| (!tables.is_empty()).then(|| Value::Array(tables.into_iter().map(Value::Table).collect()));
+            put(
+                "plugin",
+                (!plugins.is_empty())
+                    .then(|| Value::Table(plugins.into_iter().map(|(k, v)| (k, Value::Table(v))).collect())),
+            );
+            let array = |tables: Vec<Table>| {
+                (!tables.is_empty()).then(|| Value::Array(tables.into_iter().map(Value::Table).collect()))
+            };
             put("request", array(requests));
             put("event", array(events));
             put("response", array(responses));
@@ -315,5 +350,8 @@ fn the_structured_generator_reaches_valid_configs() {
             Config::parse(Path::new(PATH), &toml::to_string(&doc).unwrap(), None).is_ok()
         })
         .count();
-    assert!(valid * 20 >= total, "only {valid} of {total} generated configs parse: the generator no longer fits the keys");
+    assert!(
+        valid * 20 >= total,
+        "only {valid} of {total} generated configs parse: the generator no longer fits the keys"
+    );
 }

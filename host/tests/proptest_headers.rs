@@ -32,10 +32,14 @@ const DEPTH_CAP: usize = 16;
 
 /// Any AMQP field name: up to 255 bytes of UTF-8 (`ShortString`'s limit).
 fn short_string() -> impl Strategy<Value = String> {
-    ".{0,40}".prop_map(|s: String| s.chars().scan(0, |len, c| {
-        *len += c.len_utf8();
-        (*len <= 255).then_some(c)
-    }).collect())
+    ".{0,40}".prop_map(|s: String| {
+        s.chars()
+            .scan(0, |len, c| {
+                *len += c.len_utf8();
+                (*len <= 255).then_some(c)
+            })
+            .collect()
+    })
 }
 
 /// Any AMQP value without nesting.

@@ -608,7 +608,8 @@ impl GoService {
         let task = tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
                 let key = delivery.routing_key.to_string();
-                let settled = if !keys.contains(&key) || serde_json::from_slice::<serde_json::Value>(&delivery.data).is_err()
+                let settled = if !keys.contains(&key)
+                    || serde_json::from_slice::<serde_json::Value>(&delivery.data).is_err()
                 {
                     delivery.reject(BasicRejectOptions { requeue: false }).await
                 } else {
@@ -622,7 +623,8 @@ impl GoService {
                         panic!("GoService handler for '{key}' returned no JSON ({e}): goamqp can only send JSON")
                     });
                     // goamqp's `SendingService`: a string header, or a handler error.
-                    let requester = match delivery.properties.headers().as_ref().and_then(|t| t.inner().get("service")) {
+                    let requester = match delivery.properties.headers().as_ref().and_then(|t| t.inner().get("service"))
+                    {
                         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).to_string()),
                         Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
                         _ => None,
@@ -1012,9 +1014,7 @@ impl Drop for Cleanup {
         let mut exchanges: Vec<(String, bool)> = declared.exchanges.into_iter().map(|e| (e, false)).collect();
         if !declared.services.is_empty() {
             let mine = |name: &str| declared.services.iter().any(|s| name.contains(s.as_str()));
-            let names = |what: &'static str| {
-                std::thread::spawn(move || try_broker_listing(what, &["name"]))
-            };
+            let names = |what: &'static str| std::thread::spawn(move || try_broker_listing(what, &["name"]));
             let (listed_queues, listed_exchanges) = (names("list_queues"), names("list_exchanges"));
             for (listing, into_exchanges) in [(listed_queues, false), (listed_exchanges, true)] {
                 match listing.join().unwrap_or_else(|_| Err("the listing thread panicked".into())) {
@@ -1059,14 +1059,16 @@ fn delete_on_broker(queues: Vec<String>, exchanges: Vec<(String, bool)>) {
             Err(error) => return eprintln!("cleanup: no runtime: {error}"),
         };
         runtime.block_on(async {
-            let connection =
-                match tokio::time::timeout(CLEANUP, Connection::connect(&broker_url(), ConnectionProperties::default()))
-                    .await
-                {
-                    Ok(Ok(connection)) => connection,
-                    Ok(Err(error)) => return eprintln!("cleanup: cannot connect: {error}; left {queues:?} {exchanges:?}"),
-                    Err(_) => return eprintln!("cleanup: connecting timed out; left {queues:?} {exchanges:?}"),
-                };
+            let connection = match tokio::time::timeout(
+                CLEANUP,
+                Connection::connect(&broker_url(), ConnectionProperties::default()),
+            )
+            .await
+            {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => return eprintln!("cleanup: cannot connect: {error}; left {queues:?} {exchanges:?}"),
+                Err(_) => return eprintln!("cleanup: connecting timed out; left {queues:?} {exchanges:?}"),
+            };
             // A failed method closes its channel: one channel per deletion.
             for queue in &queues {
                 let deleted = tokio::time::timeout(CLEANUP, async {

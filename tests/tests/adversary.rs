@@ -685,7 +685,8 @@ impl Arena {
         }
         wait_until_settled(&self.request_queue()).await;
         let m = self.scrape().await;
-        let in_flight: Vec<_> = m.values.iter().filter(|(k, v)| k.starts_with("warren_in_flight{") && **v != 0.0).collect();
+        let in_flight: Vec<_> =
+            m.values.iter().filter(|(k, v)| k.starts_with("warren_in_flight{") && **v != 0.0).collect();
         assert!(in_flight.is_empty(), "messages still in flight: {in_flight:?}");
         assert_eq!(m.outcome_total("abandoned"), 0.0, "abandoned messages:\n{}", m.text);
         if let Some(dead) = self.dead.as_mut() {
@@ -715,7 +716,8 @@ impl Arena {
 
 /// Whether the plugin's answer says its send was refused with `SendError::<kind>`.
 fn refused(answer: &str, kind: &str) -> bool {
-    answer.starts_with("refused: ") && (answer.contains(&format!("SendError::{kind}(")) || answer.contains(&format!(" {kind}(")))
+    answer.starts_with("refused: ")
+        && (answer.contains(&format!("SendError::{kind}(")) || answer.contains(&format!(" {kind}(")))
 }
 
 /// The host's connection(s) as the broker lists them: the pid of each connection whose
@@ -930,7 +932,12 @@ impl Scrape {
     /// Messages settled with `outcome`, all plugins.
     fn outcome_total(&self, outcome: &str) -> f64 {
         let suffix = format!(",outcome=\"{outcome}\"}}");
-        self.values.iter().filter(|(k, _)| k.starts_with("warren_messages_total{") && k.ends_with(&suffix)).map(|(_, v)| v).sum::<f64>() + 0.0
+        self.values
+            .iter()
+            .filter(|(k, _)| k.starts_with("warren_messages_total{") && k.ends_with(&suffix))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+            + 0.0
     }
 
     /// Messages settled, all plugins and outcomes.

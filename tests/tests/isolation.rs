@@ -164,5 +164,8 @@ async fn a_call_that_finds_the_instance_pool_full_waits_for_a_free_slot() {
     let (slow, _) = slow.await.unwrap();
     assert!(slow.expect("no fault").is_ok());
     let waited = quick_done - quick_sent;
-    assert!(waited >= Duration::from_millis(200), "the quick call finished after {waited:?}, while the slow one held the only slot");
+    assert!(
+        waited >= Duration::from_millis(200),
+        "the quick call finished after {waited:?}, while the slow one held the only slot"
+    );
 }

@@ -725,7 +725,10 @@ mod mermaid_tests {
             .lines()
             .find_map(|l| l.split('"').nth(1).filter(|n| n.starts_with("users.topic.exchange.queue.audit-")))
             .expect(&chart);
-        assert_path(&chart, &["{publishers}", "users.topic.exchange", "Binding<br/>routingKey: 'user.*'", transient, "audit"]);
+        assert_path(
+            &chart,
+            &["{publishers}", "users.topic.exchange", "Binding<br/>routingKey: 'user.*'", transient, "audit"],
+        );
     }
 
     #[test]
@@ -787,14 +790,11 @@ mod mermaid_tests {
     #[test]
     fn the_demo_configs_draw_as_their_fixtures() {
         for name in ["warren.toml", "warren-orders.toml"] {
-            let config = Config::parse(
-                Path::new(name),
-                &std::fs::read_to_string(repo().join(name)).unwrap(),
-                None,
-            )
-            .unwrap();
+            let config =
+                Config::parse(Path::new(name), &std::fs::read_to_string(repo().join(name)).unwrap(), None).unwrap();
             let chart = Topology::for_config(&config).to_mermaid(&config);
-            let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mermaid").join(format!("{name}.mmd"));
+            let fixture =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mermaid").join(format!("{name}.mmd"));
             if std::env::var_os("WARREN_BLESS").is_some() {
                 std::fs::write(&fixture, &chart).unwrap();
             }

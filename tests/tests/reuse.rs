@@ -6,13 +6,17 @@
 
 use warren_tests::*;
 
-/// Sends `bodies` one at a time to `chaos` and returns the answers (a panic's answer is
-/// none: it is rejected).
-async fn ask_in_turn(client: &mut GoClient, bodies: &[&str]) -> Vec<String> {
+/// Sends `bodies` one at a time to `chaos` and returns the answers. A panic's message gets
+/// no answer: it is rejected, and the next message goes out only once the rejection reached
+/// `rejects` (sent earlier, it could overtake the panic: the host serves deliveries at once).
+async fn ask_in_turn(client: &mut GoClient, bodies: &[&str], mut rejects: Option<&mut DeadLetters>) -> Vec<String> {
     let mut answers = Vec::new();
     for body in bodies {
         client.request("chaos", body.as_bytes()).await;
         if *body == "panic" {
+            let rejects = rejects.as_deref_mut().expect("a test that panics catches rejects");
+            let dead = rejects.next(DEADLINE).await.expect("the panicking message is rejected");
+            assert_eq!(dead.data, b"panic");
             continue;
         }
         let answer = client.response(DEADLINE).await.unwrap_or_else(|| panic!("no answer to {body}"));
@@ -22,7 +26,11 @@ async fn ask_in_turn(client: &mut GoClient, bodies: &[&str]) -> Vec<String> {
 }
 
 async fn serve_chaos(what: &str, plugin_table: &str) -> (String, Server, GoClient, Cleanup) {
-    let service = unique_service(what);
+    serve_chaos_as(&unique_service(what), plugin_table).await
+}
+
+async fn serve_chaos_as(service: &str, plugin_table: &str) -> (String, Server, GoClient, Cleanup) {
+    let service = service.to_string();
     let cleanup = Cleanup::new();
     cleanup.service(&service);
     let config = config(&service, &format!("{}{plugin_table}", requests(&[("chaos", "chaos")])));
@@ -34,7 +42,7 @@ async fn serve_chaos(what: &str, plugin_table: &str) -> (String, Server, GoClien
 broker_test! {
     async fn a_reused_instance_serves_n_messages_then_a_fresh_one_takes_over() {
         let (_, host, mut client, _cleanup) = serve_chaos("reuse", "[plugin.chaos]\nreuse = 3\n").await;
-        let answers = ask_in_turn(&mut client, &["count"; 7]).await;
+        let answers = ask_in_turn(&mut client, &["count"; 7], None).await;
         assert_eq!(answers, ["1", "2", "3", "1", "2", "3", "1"], "three messages per instance, then a fresh one");
         client.cleanup().await;
         host.stop().await.unwrap();
@@ -43,11 +51,14 @@ broker_test! {
 
 broker_test! {
     async fn an_instance_that_trapped_is_never_reused() {
-        let (service, host, mut client, _cleanup) = serve_chaos("reuse-trap", "[plugin.chaos]\nreuse = 100\n").await;
-        let answers = ask_in_turn(&mut client, &["count", "count", "panic", "count", "count"]).await;
+        let service = unique_service("reuse-trap");
+        let mut rejects = DeadLetters::catch(&service).await;
+        let (service, host, mut client, _cleanup) = serve_chaos_as(&service, "[plugin.chaos]\nreuse = 100\n").await;
+        let answers = ask_in_turn(&mut client, &["count", "count", "panic", "count", "count"], Some(&mut rejects)).await;
         assert_eq!(answers, ["1", "2", "1", "2"], "the instance that panicked was dropped");
         wait_until_settled(&format!("{service}.direct.exchange.request.queue")).await;
         client.cleanup().await;
+        rejects.cleanup().await;
         host.stop().await.unwrap();
     }
 }
@@ -55,7 +66,7 @@ broker_test! {
 broker_test! {
     async fn without_reuse_every_message_gets_a_fresh_instance() {
         let (_, host, mut client, _cleanup) = serve_chaos("no-reuse", "").await;
-        let answers = ask_in_turn(&mut client, &["count"; 4]).await;
+        let answers = ask_in_turn(&mut client, &["count"; 4], None).await;
         assert_eq!(answers, ["1", "1", "1", "1"]);
         client.cleanup().await;
         host.stop().await.unwrap();

@@ -19,7 +19,7 @@ use crate::tooling::devbroker::DevBroker;
 
 /// Run message handlers as WebAssembly components on RabbitMQ, wire-compatible with goamqp.
 ///
-/// Typical use: `warren build` compiles the plugins under plugins/ (Rust, Python, JavaScript) into .wasm files,
+/// Typical use: `warren build` compiles the plugins under plugins/ (Rust, Python, JavaScript, Go) into .wasm files,
 /// `warren run` serves them. The config (warren.toml) names the service, the broker and which
 /// plugin handles which routing key.
 #[derive(Debug, Parser)]
@@ -40,6 +40,8 @@ pub enum Lang {
     Python,
     #[value(alias = "javascript")]
     Js,
+    #[value(alias = "golang")]
+    Go,
 }
 
 impl From<Lang> for builder::Language {
@@ -48,6 +50,7 @@ impl From<Lang> for builder::Language {
             Lang::Rust => builder::Language::Rust,
             Lang::Python => builder::Language::Python,
             Lang::Js => builder::Language::JavaScript,
+            Lang::Go => builder::Language::Go,
         }
     }
 }
@@ -64,17 +67,17 @@ pub enum LogFormat {
 pub struct BuildArgs {
     #[arg(long, default_value = config::DEFAULT_CONFIG_FILE)]
     pub config: PathBuf,
-    /// Folder whose sub-folders are plugins (with a Cargo.toml, pyproject.toml or package.json).
+    /// Folder whose sub-folders are plugins (with a Cargo.toml, pyproject.toml, package.json or go.mod).
     #[arg(long, default_value = "plugins")]
     pub source: PathBuf,
-    /// Build folder (cargo's target folder; Python and JavaScript tools and outputs).
+    /// Build folder (cargo's target folder; Python, JavaScript and Go tools and outputs).
     #[arg(long, default_value = "target/plugin-build")]
     pub target_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build every plugin under --source (Rust, Python or JavaScript, told by its manifest)
+    /// Build every plugin under --source (Rust, Python, JavaScript or Go, told by its manifest)
     /// into a component in the config's plugins folder.
     Build(BuildArgs),
     /// Declare the topology, load the plugins and serve until Ctrl-C or SIGTERM; a plugin

@@ -405,18 +405,33 @@ fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
 }
 
 #[test]
-fn new_scaffolds_python_and_javascript_plugins_that_pass_their_tests_build_and_check() {
+fn new_scaffolds_python_javascript_and_go_plugins_that_pass_their_tests_build_and_check() {
     let service = unique("lang");
     let mut leftovers = Leftovers::of(&service);
     let body = "[[request]]\nrouting_key = \"py\"\nplugin = \"hello-py\"\n\n\
-                [[request]]\nrouting_key = \"js\"\nplugin = \"hello-js\"\n";
+                [[request]]\nrouting_key = \"js\"\nplugin = \"hello-js\"\n\n\
+                [[request]]\nrouting_key = \"go\"\nplugin = \"hello-go\"\n";
     let dir = project(&service, body, &mut leftovers);
     let source = dir.join("plugins");
-    for (name, lang) in [("hello-py", "python"), ("hello-js", "js")] {
+    // One shared build folder keeps componentize-py's virtualenv and Go between runs.
+    let target = repo().join("target/plugin-build");
+    let mut test_commands = Vec::new();
+    for (name, lang) in [("hello-py", "python"), ("hello-js", "js"), ("hello-go", "go")] {
         let created = run_ok(warren().args(["new", name, "--lang", lang, "--source"]).arg(&source));
-        // The scaffold prints how to run its own unit test; run exactly that.
+        // The scaffold prints how to run its own unit test; run exactly that (after the
+        // build, which installs Go into the build folder when the machine has none).
         let test = created.lines().find_map(|l| l.strip_prefix("test it: ")).expect("a test command");
-        let output = Command::new("sh").args(["-c", test]).output().unwrap();
+        test_commands.push((name, test.to_string()));
+    }
+    let built =
+        run_ok(warren().current_dir(&dir).args(["build", "--source"]).arg(&source).arg("--target-dir").arg(&target));
+    for name in ["hello-py", "hello-js", "hello-go"] {
+        assert!(built.contains(&format!("{name}.wasm")), "{built}");
+        assert!(dir.join(format!("out/{name}.wasm")).is_file());
+    }
+    let path = format!("{}:{}", target.join("tools/go/bin").display(), std::env::var("PATH").unwrap_or_default());
+    for (name, test) in test_commands {
+        let output = Command::new("sh").args(["-c", &test]).env("PATH", &path).output().unwrap();
         assert!(
             output.status.success(),
             "{name}'s own test fails:\n{}{}",
@@ -424,16 +439,8 @@ fn new_scaffolds_python_and_javascript_plugins_that_pass_their_tests_build_and_c
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    // One shared build folder keeps componentize-py's virtualenv between runs.
-    let target = repo().join("target/plugin-build");
-    let built =
-        run_ok(warren().current_dir(&dir).args(["build", "--source"]).arg(&source).arg("--target-dir").arg(&target));
-    for name in ["hello-py", "hello-js"] {
-        assert!(built.contains(&format!("{name}.wasm")), "{built}");
-        assert!(dir.join(format!("out/{name}.wasm")).is_file());
-    }
     let checked = run_ok(warren().args(["check", "--config"]).arg(dir.join("warren.toml")));
-    assert!(checked.contains("ok (2 plugins: hello-js, hello-py)"), "{checked}");
+    assert!(checked.contains("ok (3 plugins: hello-go, hello-js, hello-py)"), "{checked}");
 }
 
 /// Sends `n` requests of `body` at once; returns how many were answered, counting them live

@@ -1,5 +1,5 @@
-//! The same contract over `greet` written in Rust, Python (componentize-py) and JavaScript
-//! (componentize-js): a goamqp request is answered exactly alike, a body that is not the
+//! The same contract over `greet` written in Rust, Python (componentize-py), JavaScript
+//! (componentize-js) and Go (wit-bindgen-go, `go build` for wasip1): a goamqp request is answered exactly alike, a body that is not the
 //! expected JSON is a `bad-request`, and a trap costs only its own message.
 
 use warren_tests::*;
@@ -66,5 +66,11 @@ broker_test! {
 broker_test! {
     async fn greet_in_javascript_keeps_the_contract() {
         greet_contract("greet-js").await;
+    }
+}
+
+broker_test! {
+    async fn greet_in_go_keeps_the_contract() {
+        greet_contract("greet-go").await;
     }
 }

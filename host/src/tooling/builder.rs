@@ -10,7 +10,9 @@
 //!   time (it needs `python3`);
 //! - `package.json`: a JavaScript module (its `main`, default `app.js`), bundled with rolldown
 //!   and built with componentize-js, both installed by `npm ci` / `npm install` in the
-//!   plugin's folder the first time (it needs Node.js and npm).
+//!   plugin's folder the first time (it needs Node.js and npm);
+//! - `go.mod`: a Go module (named by its module path's last element), built by
+//!   [`golang`](super::golang) with Go 1.27.1+ (installed from PyPI when missing).
 //!
 //! Python and JavaScript builds use the WIT world and the Python helper package compiled
 //! into this binary, so the host and its plugins always agree on the contract. A build whose
@@ -28,7 +30,7 @@ pub const WASM_TARGET: &str = "wasm32-wasip2";
 pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
 /// The WIT package the host implements, given to the Python and JavaScript toolchains.
-const WIT: &str = include_str!("../../../wit/handler.wit");
+pub(super) const WIT: &str = include_str!("../../../wit/handler.wit");
 
 /// The WASI packages `wit/handler.wit` uses (its `handler-http` world imports `wasi:http`),
 /// written to `wit/deps/` next to it.
@@ -48,7 +50,7 @@ const PYTHON_SDK: &str = include_str!("../../../guest-sdk/python/warren_guest/__
 const PYTHON_SDK_HTTP: &str = include_str!("../../../guest-sdk/python/warren_guest/http.py");
 
 /// Writes the WIT package (and its WASI dependencies) into `dir`; returns `dir`.
-fn write_wit(dir: &Path) -> Result<PathBuf, BuildError> {
+pub(super) fn write_wit(dir: &Path) -> Result<PathBuf, BuildError> {
     write_file(&dir.join("handler.wit"), WIT)?;
     for (name, text) in WIT_DEPS {
         write_file(&dir.join("deps").join(name), text)?;
@@ -71,7 +73,7 @@ fn wants_http(plugin: &PluginSource) -> bool {
             .ok()
             .and_then(|v| v.get("warren")?.get("http")?.as_bool())
             .unwrap_or(false),
-        Language::Rust => false,
+        Language::Rust | Language::Go => false,
     }
 }
 
@@ -111,6 +113,8 @@ pub enum Language {
     Python,
     /// `package.json`: built with componentize-js.
     JavaScript,
+    /// `go.mod`: built with Go for wasip1 and wit-component.
+    Go,
 }
 
 impl Language {
@@ -120,6 +124,7 @@ impl Language {
             Language::Rust => "Cargo.toml",
             Language::Python => "pyproject.toml",
             Language::JavaScript => "package.json",
+            Language::Go => "go.mod",
         }
     }
 }
@@ -152,14 +157,14 @@ pub struct Built {
 }
 
 /// The plugins under `source`: each folder with a `Cargo.toml`, `pyproject.toml` or
-/// `package.json` (checked in that order), sorted by name.
+/// `package.json` or `go.mod` (checked in that order), sorted by name.
 pub fn find_plugins(source: &Path) -> Result<Vec<PluginSource>, BuildError> {
     let entries = std::fs::read_dir(source)
         .map_err(|e| BuildError::Source { path: source.to_path_buf(), reason: e.to_string() })?;
     let mut plugins = Vec::new();
     for entry in entries.flatten() {
         let dir = entry.path();
-        let language = [Language::Rust, Language::Python, Language::JavaScript]
+        let language = [Language::Rust, Language::Python, Language::JavaScript, Language::Go]
             .into_iter()
             .find(|language| dir.join(language.manifest()).is_file());
         if let Some(language) = language {
@@ -189,6 +194,10 @@ fn read_manifest(dir: &Path, language: Language) -> Result<PluginSource, BuildEr
             let name = parsed.get("name").and_then(|n| n.as_str()).ok_or_else(|| error("no \"name\"".into()))?;
             let main = parsed.get("main").and_then(|m| m.as_str()).unwrap_or("app.js");
             (name.to_string(), main.to_string())
+        }
+        Language::Go => {
+            let name = super::golang::module_name(&text).ok_or_else(|| error("no `module` line".into()))?;
+            (name, ".".into())
         }
     };
     Ok(PluginSource { name, language, dir: dir.to_path_buf(), entry })
@@ -256,6 +265,7 @@ pub fn build_plugin(plugin: &PluginSource, out_dir: &Path, target_dir: &Path) ->
         Language::Rust => build_rust(plugin, target_dir)?,
         Language::Python => build_python(plugin, target_dir)?,
         Language::JavaScript => build_javascript(plugin, target_dir)?,
+        Language::Go => super::golang::build(plugin, target_dir)?,
     };
     std::fs::create_dir_all(out_dir)
         .map_err(|e| BuildError::Write { path: out_dir.to_path_buf(), reason: e.to_string() })?;
@@ -321,26 +331,39 @@ fn build_python(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, Bui
 
 /// componentize-py, installed into `<tools>/componentize-py` (a virtualenv) when missing.
 fn componentize_py(plugin: &PluginSource, tools: &Path) -> Result<PathBuf, BuildError> {
-    let venv = tools.join("componentize-py");
-    let program = venv.join("bin/componentize-py");
+    let fix = "Install Python 3.10 or newer with venv and pip (e.g. `apt install python3-venv`), or set WARREN_PYTHON";
+    pip_tool(plugin, &tools.join("componentize-py"), COMPONENTIZE_PY, "componentize-py", "first Python build", fix)
+}
+
+/// `<venv>/bin/<program>`, from `requirement` pip-installed into the virtualenv `venv` the
+/// first time (or when the pinned requirement changed); `why` and `fix` go into the log line
+/// and the error.
+pub(super) fn pip_tool(
+    plugin: &PluginSource,
+    venv: &Path,
+    requirement: &str,
+    program: &str,
+    why: &str,
+    fix: &str,
+) -> Result<PathBuf, BuildError> {
+    let program = venv.join("bin").join(program);
     let ready = venv.join(".installed");
-    if program.is_file() && std::fs::read_to_string(&ready).is_ok_and(|v| v == COMPONENTIZE_PY) {
+    if program.is_file() && std::fs::read_to_string(&ready).is_ok_and(|v| v == requirement) {
         return Ok(program);
     }
-    info!(plugin = %plugin.name, venv = %venv.display(), "installing {COMPONENTIZE_PY} (first Python build)");
+    info!(plugin = %plugin.name, venv = %venv.display(), "installing {requirement} from PyPI ({why})");
     let python = std::env::var("WARREN_PYTHON").unwrap_or_else(|_| "python3".into());
     let tool_error = |reason: String| BuildError::Tool {
         plugin: plugin.name.clone(),
-        tool: format!("{COMPONENTIZE_PY} (installed with {python} -m venv and pip)"),
+        tool: format!("{requirement} (installed with {python} -m venv and pip)"),
         reason,
-        fix: "Install Python 3.10 or newer with venv and pip (e.g. `apt install python3-venv`), or set WARREN_PYTHON"
-            .into(),
+        fix: fix.into(),
     };
-    succeeds(Command::new(&python).args(["-m", "venv"]).arg(&venv), &format!("`{python} -m venv`"))
+    succeeds(Command::new(&python).args(["-m", "venv"]).arg(venv), &format!("`{python} -m venv`"))
         .map_err(tool_error)?;
-    succeeds(Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]), "pip")
+    succeeds(Command::new(venv.join("bin/pip")).args(["install", "--quiet", requirement]), "pip")
         .map_err(|reason| tool_error(format!("{reason} (is PyPI reachable?)")))?;
-    write_file(&ready, COMPONENTIZE_PY)?;
+    write_file(&ready, requirement)?;
     Ok(program)
 }
 
@@ -415,7 +438,7 @@ fn npm_install(plugin: &PluginSource) -> Result<(), BuildError> {
 
 /// Runs `command` with its output going to the terminal; the reason it failed, if it did
 /// (`what` names it: "`npm ci` exited with exit status: 1").
-fn succeeds(command: &mut Command, what: &str) -> Result<(), String> {
+pub(super) fn succeeds(command: &mut Command, what: &str) -> Result<(), String> {
     match command.status() {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(format!("{what} exited with {status}")),
@@ -424,7 +447,7 @@ fn succeeds(command: &mut Command, what: &str) -> Result<(), String> {
 }
 
 /// Runs one build step, its output going to the terminal.
-fn run(plugin: &PluginSource, step: &str, command: &mut Command) -> Result<(), BuildError> {
+pub(super) fn run(plugin: &PluginSource, step: &str, command: &mut Command) -> Result<(), BuildError> {
     match command.status() {
         Ok(status) if status.success() => Ok(()),
         Ok(_) => Err(BuildError::Compile { plugin: plugin.name.clone(), step: step.into() }),
@@ -439,7 +462,7 @@ fn run(plugin: &PluginSource, step: &str, command: &mut Command) -> Result<(), B
 
 /// A hash of every file under a plugin's folder, leaving out installed packages, caches
 /// and dotfiles: what a build depends on.
-fn source_hash(dir: &Path) -> String {
+pub(super) fn source_hash(dir: &Path) -> String {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
@@ -470,16 +493,16 @@ fn inputs_hash(inputs: &[impl AsRef<[u8]>]) -> String {
 }
 
 /// Whether `output` was built from exactly these inputs (its stamp file says so).
-fn up_to_date(output: &Path, inputs: &[String]) -> bool {
+pub(super) fn up_to_date(output: &Path, inputs: &[String]) -> bool {
     output.is_file() && std::fs::read_to_string(output.with_extension("stamp")).is_ok_and(|s| s == inputs_hash(inputs))
 }
 
-fn stamp(output: &Path, inputs: &[String]) -> Result<(), BuildError> {
+pub(super) fn stamp(output: &Path, inputs: &[String]) -> Result<(), BuildError> {
     write_file(&output.with_extension("stamp"), &inputs_hash(inputs)).map(drop)
 }
 
 /// Writes `text` to `path` (creating its folder) unless it already holds exactly that.
-fn write_file(path: &Path, text: &str) -> Result<PathBuf, BuildError> {
+pub(super) fn write_file(path: &Path, text: &str) -> Result<PathBuf, BuildError> {
     let write_error = |e: std::io::Error| BuildError::Write { path: path.to_path_buf(), reason: e.to_string() };
     if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
         return Ok(path.to_path_buf());
@@ -540,6 +563,7 @@ mod tests {
             ("echo", Language::Rust),
             ("greet", Language::Rust),
             ("greet-py", Language::Python),
+            ("greet-go", Language::Go),
             ("greet-js", Language::JavaScript),
         ] {
             assert!(found.contains(&(expected.0.to_string(), expected.1)), "{found:?}");

@@ -1,4 +1,4 @@
-//! `warren new <name> [--lang rust|python|js]`: a plugin that builds and answers at once,
+//! `warren new <name> [--lang rust|python|js|go]`: a plugin that builds and answers at once,
 //! with its own unit test.
 
 use std::path::{Path, PathBuf};
@@ -73,6 +73,13 @@ pub fn new_plugin(plugins: &Path, name: &str, language: Language) -> Result<Path
             write(dir.join("app.js"), APP_JS)?;
             write(dir.join("handler.test.js"), &fill(HANDLER_TEST_JS))?;
         }
+        Language::Go => {
+            let go_sdk =
+                if workspace.is_some() { "../../guest-sdk/go".into() } else { sdk.join("go").display().to_string() };
+            write(dir.join("go.mod"), &fill(GO_MOD).replace("{sdk}", &go_sdk))?;
+            write(dir.join("main.go"), &fill(MAIN_GO))?;
+            write(dir.join("main_test.go"), &fill(MAIN_TEST_GO))?;
+        }
     }
     if let (Some(text), Some(manifest), false) = (&workspace, &root_manifest, language == Language::Rust) {
         let folder = plugins.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
@@ -92,6 +99,7 @@ pub fn test_command(dir: &Path, language: Language) -> String {
             format!("cd {} && PYTHONPATH={} python3 -m unittest", dir.display(), sdk.join("python").display())
         }
         Language::JavaScript => format!("cd {} && node --test", dir.display()),
+        Language::Go => format!("cd {} && go test ./...", dir.display()),
     }
 }
 
@@ -110,6 +118,73 @@ fn exclude_from_workspace(text: &str, path: &str) -> Option<String> {
         None => text.replacen("[workspace]\n", &format!("[workspace]\nexclude = [{entry}]\n"), 1),
     })
 }
+
+const GO_MOD: &str = r#"// A Warren plugin in Go: `warren build` compiles this module into {name}.wasm (with Go
+// 1.27.1 or newer, installed from PyPI when missing). The component bindings are generated
+// in the build folder; `warren/guest` is the guest SDK (the replace serves `go test`).
+module {name}
+
+go 1.24
+
+require warren/guest v0.0.0
+
+replace warren/guest => {sdk}
+"#;
+
+const MAIN_GO: &str = r#"// {name}: a Warren plugin in Go. {"name": "Ada"} -> {"greeting": "Hello, Ada!"}.
+package main
+
+import warren "warren/guest"
+
+// Request is what the handler expects in the body (unknown keys are ignored).
+type Request struct {
+	Name string `json:"name"`
+}
+
+func init() { warren.HandleJSON(handle) }
+
+// handle answers one message. Return warren.BadRequest (never retried) or warren.Failed
+// to refuse it; any other error retries it, as goamqp requeues it.
+//
+// Publish an event, if the config grants the stream (`publish = ["orders"]`):
+//
+//	err := warren.PublishJSON("orders", "Order.Created", map[string]any{"id": 42}, nil)
+func handle(request *Request, headers warren.Headers) (any, error) {
+	if request.Name == "" {
+		return nil, warren.BadRequest("name is required")
+	}
+	return map[string]string{"greeting": "Hello, " + request.Name + "!"}, nil
+}
+
+// A plugin is a library the host calls: main never runs.
+func main() {}
+"#;
+
+const MAIN_TEST_GO: &str = r#"package main
+
+import (
+	"testing"
+
+	warren "warren/guest"
+)
+
+func TestGreetsByName(t *testing.T) {
+	response, refused := warren.Call(warren.JSON(handle), warren.Message{Body: []byte(`{"name":"Ada"}`)})
+	if refused != nil {
+		t.Fatal(refused)
+	}
+	if got := string(response.Body); got != `{"greeting":"Hello, Ada!"}` {
+		t.Fatalf("got %s", got)
+	}
+}
+
+func TestABodyThatIsNotJSONIsABadRequest(t *testing.T) {
+	_, refused := warren.Call(warren.JSON(handle), warren.Message{Body: []byte("hello")})
+	if refused == nil || refused.Kind != warren.KindBadRequest {
+		t.Fatalf("want a bad-request, got %v", refused)
+	}
+}
+"#;
 
 const CARGO_TOML_IN_WORKSPACE: &str = r#"[package]
 name = "{name}"

@@ -1,0 +1,3 @@
+module warren/guest
+
+go 1.24

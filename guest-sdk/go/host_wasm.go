@@ -1,0 +1,169 @@
+//go:build wasip1
+
+package warren
+
+// Inside Warren: the component bindings `warren build` generates into its build folder
+// (module wit_component); never committed, never needed by go test.
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	witTypes "go.bytecodealliance.org/pkg/wit/types"
+	"wit_component/warren_plugin_host"
+	"wit_component/warren_plugin_types"
+)
+
+type witResult = witTypes.Result[warren_plugin_types.Response, warren_plugin_types.HandlerError]
+
+// ServeComponent is the component export `handle`, called by the bindings `warren build`
+// generates. Not for plugins to call.
+func ServeComponent(request warren_plugin_types.Request, headers []warren_plugin_types.Header) witResult {
+	if registered == nil {
+		return witTypes.Err[warren_plugin_types.Response](warren_plugin_types.MakeHandlerErrorFailed(
+			"the plugin registered no handler: call warren.Handle or warren.HandleJSON from init"))
+	}
+	message := Message{
+		RoutingKey:  request.RoutingKey,
+		Body:        request.Body,
+		ContentType: request.ContentType.SomeOr(""),
+		Headers:     fromWit(headers),
+	}
+	response, err := registered(message)
+	if err == nil {
+		var witHeaders []warren_plugin_types.Header
+		witHeaders, err = toWit(response.Headers)
+		if err == nil {
+			body := response.Body
+			if body == nil {
+				body = []byte{}
+			}
+			return witTypes.Ok[warren_plugin_types.Response, warren_plugin_types.HandlerError](
+				warren_plugin_types.Response{Body: body, Headers: witHeaders})
+		}
+	}
+	refused := refusal(err)
+	var witError warren_plugin_types.HandlerError
+	switch refused.Kind {
+	case KindBadRequest:
+		witError = warren_plugin_types.MakeHandlerErrorBadRequest(refused.Message)
+	case KindRetry:
+		witError = warren_plugin_types.MakeHandlerErrorRetry(refused.Message)
+	default:
+		witError = warren_plugin_types.MakeHandlerErrorFailed(refused.Message)
+	}
+	return witTypes.Err[warren_plugin_types.Response](witError)
+}
+
+func fromWit(headers []warren_plugin_types.Header) Headers {
+	result := make(Headers, len(headers))
+	for _, header := range headers {
+		value := header.Value
+		switch value.Tag() {
+		case warren_plugin_types.HeaderValue_Text:
+			result[header.Name] = value.Text()
+		case warren_plugin_types.HeaderValue_Integer:
+			result[header.Name] = value.Integer()
+		case warren_plugin_types.HeaderValue_Float:
+			result[header.Name] = value.Float()
+		case warren_plugin_types.HeaderValue_Boolean:
+			result[header.Name] = value.Boolean()
+		case warren_plugin_types.HeaderValue_Bytes:
+			result[header.Name] = value.Bytes()
+		case warren_plugin_types.HeaderValue_Table:
+			result[header.Name] = decodeJSON(value.Table())
+		case warren_plugin_types.HeaderValue_Array:
+			result[header.Name] = decodeJSON(value.Array())
+		case warren_plugin_types.HeaderValue_Timestamp:
+			result[header.Name] = time.Unix(int64(value.Timestamp()), 0).UTC()
+		default:
+			result[header.Name] = nil
+		}
+	}
+	return result
+}
+
+func toWit(headers Headers) ([]warren_plugin_types.Header, error) {
+	result := make([]warren_plugin_types.Header, 0, len(headers))
+	for name, raw := range headers {
+		value, err := headerValue(name, raw)
+		if err != nil {
+			return nil, err
+		}
+		var wit warren_plugin_types.HeaderValue
+		switch v := value.(type) {
+		case string:
+			wit = warren_plugin_types.MakeHeaderValueText(v)
+		case int64:
+			wit = warren_plugin_types.MakeHeaderValueInteger(v)
+		case float64:
+			wit = warren_plugin_types.MakeHeaderValueFloat(v)
+		case bool:
+			wit = warren_plugin_types.MakeHeaderValueBoolean(v)
+		case []byte:
+			wit = warren_plugin_types.MakeHeaderValueBytes(v)
+		case map[string]any:
+			text, err := json.Marshal(v)
+			if err != nil {
+				return nil, Failed(fmt.Sprintf("header %q: %v", name, err))
+			}
+			wit = warren_plugin_types.MakeHeaderValueTable(string(text))
+		case []any:
+			text, err := json.Marshal(v)
+			if err != nil {
+				return nil, Failed(fmt.Sprintf("header %q: %v", name, err))
+			}
+			wit = warren_plugin_types.MakeHeaderValueArray(string(text))
+		case time.Time:
+			wit = warren_plugin_types.MakeHeaderValueTimestamp(uint64(v.Unix()))
+		default:
+			wit = warren_plugin_types.MakeHeaderValueVoid()
+		}
+		result = append(result, warren_plugin_types.Header{Name: name, Value: wit})
+	}
+	return result, nil
+}
+
+type send func(string, string, []uint8, []warren_plugin_types.Header) witTypes.Result[witTypes.Unit, warren_plugin_host.SendError]
+
+func sendWith(call send, to, routingKey string, body []byte, headers Headers) error {
+	witHeaders, err := toWit(headers)
+	if err != nil {
+		return err
+	}
+	if body == nil {
+		body = []byte{}
+	}
+	result := call(to, routingKey, body, witHeaders)
+	if result.IsOk() {
+		return nil
+	}
+	refused := result.Err()
+	if refused.Tag() == warren_plugin_host.SendError_Denied {
+		return &SendError{Denied: true, Message: refused.Denied()}
+	}
+	return &SendError{Message: refused.Failed()}
+}
+
+// PublishEvent publishes an event to stream's exchange (`<stream>.topic.exchange`),
+// confirmed by the broker before it returns.
+func PublishEvent(stream, routingKey string, body []byte, headers Headers) error {
+	return sendWith(warren_plugin_host.PublishEvent, stream, routingKey, body, headers)
+}
+
+// SendRequest sends a request to service (`<service>.direct.exchange.request`); its
+// response arrives at this service's [[response]] handler.
+func SendRequest(service, routingKey string, body []byte, headers Headers) error {
+	return sendWith(warren_plugin_host.SendRequest, service, routingKey, body, headers)
+}
+
+// SendToQueue publishes to queue as goamqp's queue publisher does.
+func SendToQueue(queue, routingKey string, body []byte, headers Headers) error {
+	return sendWith(warren_plugin_host.SendToQueue, queue, routingKey, body, headers)
+}
+
+// Log writes a line to the host's log, tagged with the plugin's name.
+func Log(level Level, message string) {
+	warren_plugin_host.Log(warren_plugin_host.LogLevel(level), message)
+}

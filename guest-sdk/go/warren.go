@@ -238,7 +238,7 @@ const (
 func Debug(message string) { Log(LevelDebug, message) }
 func Info(message string)  { Log(LevelInfo, message) }
 func Warn(message string)  { Log(LevelWarn, message) }
-func Error(message string)  { Log(LevelError, message) }
+func Error(message string) { Log(LevelError, message) }
 
 // headerValue checks that value is one of the AMQP types a header can carry and puts it in
 // its canonical Go type (any integer becomes int64, float32 float64).

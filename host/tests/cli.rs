@@ -430,6 +430,10 @@ fn new_scaffolds_python_javascript_and_go_plugins_that_pass_their_tests_build_an
         assert!(dir.join(format!("out/{name}.wasm")).is_file());
     }
     let path = format!("{}:{}", target.join("tools/go/bin").display(), std::env::var("PATH").unwrap_or_default());
+    // The Go guest SDK's and greet-go's own unit tests, natively, with the same Go.
+    for folder in ["guest-sdk/go", "plugins/greet-go"] {
+        test_commands.push((folder, format!("cd {} && go test ./...", repo().join(folder).display())));
+    }
     for (name, test) in test_commands {
         let output = Command::new("sh").args(["-c", &test]).env("PATH", &path).output().unwrap();
         assert!(

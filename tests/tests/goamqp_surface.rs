@@ -3,7 +3,7 @@
 //! published by plugins, grants, and header fidelity. Names are spelled out, not computed.
 
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, options::*};
+use lapin::{BasicProperties, ExchangeKind, options::*};
 use serde_json::{Value, json};
 use warren_tests::*;
 
@@ -192,6 +192,59 @@ broker_test! {
 broker_test! {
     async fn every_header_type_round_trips_through_a_javascript_plugin() {
         every_header_type_round_trips(fixtures_dir(), "headers-js", b"").await;
+    }
+}
+
+broker_test! {
+    async fn every_header_type_round_trips_through_a_go_plugin() {
+        every_header_type_round_trips(fixtures_dir(), "headers-go", b"").await;
+    }
+}
+
+broker_test! {
+    async fn a_go_plugin_publishes_typed_headers_where_granted_and_is_refused_elsewhere() {
+        let service = unique_service("gopub");
+        let stream = format!("{service}-stream");
+        let exchange = format!("{stream}.topic.exchange");
+        let grant = format!("[plugin.headers-go]\npublish = [\"{stream}\"]");
+        let mut s = Scenario::start_in(&service, fixtures_dir(), &[("publish", "headers-go")], &grant, &[]).await;
+        s.cleanup.exchange(&exchange);
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        let topic = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, topic, FieldTable::default()).await.unwrap();
+        let queue = channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+        channel.queue_bind(queue.name().clone(), exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        let mut events = consume(&channel, queue.name().as_str()).await;
+
+        let headers = |to: &str| {
+            let mut headers = FieldTable::default();
+            headers.insert("service".into(), AMQPValue::LongString(LongString::from("go-client")));
+            headers.insert("stream".into(), AMQPValue::LongString(LongString::from(to)));
+            headers.insert("attempt".into(), AMQPValue::LongLongInt(3));
+            headers.insert("urgent".into(), AMQPValue::Boolean(true));
+            BasicProperties::default().with_headers(headers)
+        };
+        s.client.publish("publish", br#"{"id":1}"#, headers(&stream)).await;
+        let answer = s.client.response(DEADLINE).await.expect("answered once the event is confirmed");
+        assert_eq!(answer.data, br#"{"id":1}"#);
+        let event = tokio::time::timeout(DEADLINE, events.recv()).await.unwrap().expect("the event");
+        assert_eq!(event.data, br#"{"id":1}"#);
+        assert_eq!(event.routing_key.as_str(), "fixture.published");
+        let got = event.properties.headers().as_ref().unwrap().inner();
+        assert_eq!(got.get("attempt"), Some(&AMQPValue::LongLongInt(3)), "an int64 stays an integer");
+        assert_eq!(got.get("urgent"), Some(&AMQPValue::Boolean(true)));
+        assert_goamqp_message(&event, &service, &["attempt", "urgent"]);
+
+        // A stream the config does not grant: the send is denied, the message refused for good.
+        s.client.publish("publish", br#"{"id":2}"#, headers("not-granted")).await;
+        let dead = s.dead.next(DEADLINE).await.expect("the refused message is dead-lettered");
+        assert_eq!(dead.data, br#"{"id":2}"#);
+        assert_eq!(DeadLetters::death_reason(&dead).as_deref(), Some("rejected"), "rejected, not requeued");
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(300), events.recv()).await.is_err(), "nothing published");
+        s.assert_no_response().await;
+        bounded_close(connection.close(200, "done".into())).await;
+        s.finish().await;
     }
 }
 

@@ -1,0 +1,78 @@
+package warren
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func TestErrorsMapToTheHostsOutcomes(t *testing.T) {
+	cases := []struct {
+		err  error
+		want Kind
+	}{
+		{BadRequest("no name"), KindBadRequest},
+		{Retry("later"), KindRetry},
+		{Failed("broken"), KindFailed},
+		{errors.New("plain: goamqp requeues it"), KindRetry},
+		{&SendError{Denied: true, Message: "not granted"}, KindFailed},
+		{&SendError{Message: "unconfirmed"}, KindRetry},
+	}
+	for _, c := range cases {
+		if got := refusal(c.err).Kind; got != c.want {
+			t.Errorf("%v: got %v, want %v", c.err, got, c.want)
+		}
+	}
+}
+
+func TestHeaderValuesTakeTheirAMQPTypes(t *testing.T) {
+	when := time.Unix(1_700_000_000, 0)
+	cases := map[string][2]any{
+		"int":    {7, int64(7)},
+		"uint32": {uint32(7), int64(7)},
+		"float":  {float32(2.5), float64(2.5)},
+		"text":   {"x", "x"},
+		"time":   {when, when},
+		"table":  {Headers{"a": "b"}, map[string]any{"a": "b"}},
+		"void":   {nil, nil},
+	}
+	for name, c := range cases {
+		got, err := headerValue(name, c[0])
+		if err != nil || !reflect.DeepEqual(got, c[1]) {
+			t.Errorf("%s: got %#v, %v", name, got, err)
+		}
+	}
+	if _, err := headerValue("big", uint64(1)<<63); err == nil {
+		t.Error("a uint64 past int64 is refused")
+	}
+	if _, err := headerValue("chan", make(chan int)); err == nil {
+		t.Error("a channel is no header value")
+	}
+}
+
+func TestTablesKeepTheirIntegers(t *testing.T) {
+	got := decodeJSON(`{"n":1,"f":1.5,"list":[2,"x"]}`)
+	want := map[string]any{"n": int64(1), "f": 1.5, "list": []any{int64(2), "x"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %#v", got)
+	}
+	if got := decodeJSON("not json"); got != "not json" {
+		t.Errorf("unparseable text stays text, got %#v", got)
+	}
+}
+
+func TestAJSONHandlerRefusesABodyThatDoesNotParse(t *testing.T) {
+	type In struct{ N int }
+	handler := JSON(func(in *In, _ Headers) (any, error) { return map[string]int{"twice": in.N * 2}, nil })
+	response, refused := Call(handler, Message{Body: []byte(`{"N":21}`)})
+	if refused != nil || string(response.Body) != `{"twice":42}` {
+		t.Fatalf("got %s, %v", response.Body, refused)
+	}
+	if _, refused := Call(handler, Message{Body: []byte(`{"N":"x"}`)}); refused == nil || refused.Kind != KindBadRequest {
+		t.Fatalf("want a bad-request, got %v", refused)
+	}
+	if err := PublishEvent("s", "k", nil, nil); !errors.Is(err, ErrNotInWarren) {
+		t.Fatalf("natively the host's imports say so, got %v", err)
+	}
+}

@@ -1,8 +1,8 @@
-//! What a plugin's language costs: `greet` in Rust, Python (componentize-py) and JavaScript
-//! (componentize-js), beside a native Rust greet linked into the host.
+//! What a plugin's language costs: `greet` in Rust, Python (componentize-py), JavaScript
+//! (componentize-js) and Go (wit-bindgen-go), beside a native Rust greet linked into the host.
 //!
 //! ```text
-//! cargo run -p warren -- build                       # target/plugins/greet{,-py,-js}.wasm
+//! cargo run -p warren -- build                       # target/plugins/greet{,-py,-js,-go}.wasm
 //! cargo run --release -p warren --example languages -- [SECONDS_PER_CELL]
 //! ```
 //!
@@ -10,7 +10,7 @@
 //! cached load time, instantiation alone, the cost of one message in the sandbox (fresh instance + call, measured
 //! in-process without the broker; and with `reuse = 100`, one instance serving 100 messages in turn), the peak
 //! linear memory of a call, and the round trip through RabbitMQ at 1 and 100 requests in
-//! flight, for Python and JavaScript also with `reuse = 100`.
+//! flight, for Python, JavaScript and Go also with `reuse = 100`.
 
 mod common;
 
@@ -25,7 +25,8 @@ use warren::config::{Config, PluginSettings};
 use warren::server::Server;
 use warren::wasm::{CallContext, HandlerError, Header, Request, Response, Runtime};
 
-const LANGUAGES: [(&str, &str); 3] = [("rust", "greet"), ("python", "greet-py"), ("javascript", "greet-js")];
+const LANGUAGES: [(&str, &str); 4] =
+    [("rust", "greet"), ("python", "greet-py"), ("javascript", "greet-js"), ("go", "greet-go")];
 const BODY: &[u8] = br#"{"name":"Ada"}"#;
 
 fn native_greet(request: &Request, _headers: &[Header]) -> Result<Response, HandlerError> {
@@ -151,7 +152,7 @@ async fn main() {
     for (language, plugin) in LANGUAGES {
         text += &format!("[[request]]\nrouting_key = \"{language}\"\nplugin = \"{plugin}\"\n");
     }
-    // The interpreted plugins again, as plugins of their own whose instances serve REUSE messages.
+    // The interpreted (and Go's runtime-starting) plugins again, as plugins of their own whose instances serve REUSE messages.
     for (language, plugin) in &LANGUAGES[1..] {
         std::fs::copy(plugins.join(format!("{plugin}.wasm")), plugins.join(format!("{plugin}-reuse.wasm"))).unwrap();
         text += &format!("[[request]]\nrouting_key = \"{language}-reuse\"\nplugin = \"{plugin}-reuse\"\n");
@@ -160,7 +161,7 @@ async fn main() {
     let config = Config::parse(Path::new("bench.toml"), &text, std::env::var("WARREN_BROKER_URL").ok()).unwrap();
     let natives = BTreeMap::from([("native-greet".to_string(), native_greet as warren::wasm::NativeHandler)]);
     let server = Server::start_with_natives(&config, natives).await.unwrap_or_else(|e| panic!("{e}"));
-    let keys = ["native", "rust", "python", "javascript", "python-reuse", "javascript-reuse"];
+    let keys = ["native", "rust", "python", "javascript", "go", "python-reuse", "javascript-reuse", "go-reuse"];
     let client = Arc::new(Client::connect(&config.broker_url, &config.service, "bench-client", &keys).await.unwrap());
 
     println!();

@@ -229,7 +229,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Dev(BuildArgs { config, target_dir, .. }) => dev_broker(config, target_dir)?,
         _ => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Tokio's threads get the usual 8 MiB, not the large default the binary sets for
+    // lapin's I/O threads (`IO_THREAD_STACK`).
+    let runtime = tokio::runtime::Builder::new_multi_thread().thread_stack_size(8 << 20).enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Build(BuildArgs { config, source, target_dir }) => {

@@ -18,6 +18,18 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 /// Content type of everything Warren publishes (goamqp bodies are JSON).
+
+/// The frame size Warren asks for unless the URL names one (`?frame_max=`): RabbitMQ's default.
+pub const FRAME_MAX: u32 = 131_072;
+
+/// The stack the `warren` binary gives threads spawned without an explicit size (it sets
+/// `RUST_MIN_STACK` before any thread exists, unless the user set it). lapin parses each
+/// incoming frame on such a thread, recursively: an AMQP array header nested as deep as one
+/// [`FRAME_MAX`] frame allows (≈ 26,000 levels, 5 bytes each) needs ≈ 40 MiB there, and
+/// overflowed the default 2 MiB at ≈ 1,500 levels — one hostile message aborted the host.
+/// The stack is reserved, not committed: pages are touched only as deep as a frame goes.
+pub const IO_THREAD_STACK: usize = 64 << 20;
+
 pub const CONTENT_TYPE: &str = "application/json";
 /// AMQP delivery mode 2: persistent.
 pub const PERSISTENT: u8 = 2;
@@ -93,6 +105,12 @@ pub async fn connect_to(broker: &BrokerConfig, url: &str, service: &str) -> Resu
     {
         // The client certificate is the credential: RabbitMQ's rabbitmq_auth_mechanism_ssl.
         uri.query.auth_mechanism = Some(SASLMechanism::External);
+    }
+    if uri.query.frame_max.is_none() {
+        // RabbitMQ's default, asked for explicitly: a broker configured for larger frames
+        // would otherwise let one header frame carry deeper nesting than the I/O thread's
+        // stack is sized for (see `IO_THREAD_STACK`).
+        uri.query.frame_max = Some(FRAME_MAX);
     }
     let user = uri.authority.userinfo.username.clone();
     let host = uri.authority.host.clone();

@@ -247,8 +247,8 @@ impl Server {
     /// The routes of one consumer, from the live plugin slots. A route whose plugin is not
     /// live (a config reload is all or nothing, so this should never be) is logged and left
     /// out: the consumer still serves its other keys; nothing on the reconnect path panics.
-    fn routing(&self, spec: &ConsumerSpec, max_retries: u32) -> Routing {
-        self.route_table(spec, max_retries).unwrap_or_else(|unrouted| {
+    fn routing(&self, spec: &ConsumerSpec) -> Routing {
+        self.route_table(spec).unwrap_or_else(|unrouted| {
             error!(error = %unrouted, "serving the queue's other routing keys");
             unrouted.routing
         })
@@ -256,7 +256,7 @@ impl Server {
 
     /// The routes of one consumer; `Err` holds the routes that could be built and names
     /// those whose plugin is not live.
-    fn route_table(&self, spec: &ConsumerSpec, max_retries: u32) -> Result<Routing, Unrouted> {
+    fn route_table(&self, spec: &ConsumerSpec) -> Result<Routing, Unrouted> {
         let mut routes = RouteTable::new(spec.matching);
         let mut missing = Vec::new();
         for route in &spec.routes {
@@ -273,7 +273,7 @@ impl Server {
                 },
             );
         }
-        let routing = Routing { routes, max_retries, dead_letter_exchange: spec.dead_letter_exchange.clone() };
+        let routing = Routing { routes, dead_letter_exchange: spec.dead_letter_exchange.clone() };
         match missing.is_empty() {
             true => Ok(routing),
             false => Err(Unrouted { queue: spec.queue.clone(), keys: missing.join(", "), routing }),
@@ -284,7 +284,7 @@ impl Server {
         let consumer = Arc::new(QueueConsumer {
             queue: spec.queue.clone(),
             kind: spec.kind,
-            routing: ArcSwap::from_pointee(self.routing(spec, self.config.limits.max_retries)),
+            routing: ArcSwap::from_pointee(self.routing(spec)),
             service: self.config.service.clone(),
             publisher: self.publisher.clone(),
             must_land: self.must_land.clone(),
@@ -367,9 +367,7 @@ impl Server {
         let old = std::mem::replace(&mut self.topology, topology.clone());
         for spec in &topology.consumers {
             match self.consumers.get(&spec.queue) {
-                Some(running) => {
-                    running.consumer.routing.store(Arc::new(self.routing(spec, self.config.limits.max_retries)))
-                }
+                Some(running) => running.consumer.routing.store(Arc::new(self.routing(spec))),
                 None => self.start_consumer(spec).await?,
             }
         }

@@ -92,3 +92,32 @@ broker_test! {
         host.stop().await.unwrap();
     }
 }
+
+broker_test! {
+    async fn a_plugins_own_max_retries_overrides_the_limits_default() {
+        let service = unique_service("retry-own");
+        let cleanup = Cleanup::new();
+        cleanup.service(&service);
+        let mut dead = DeadLetters::catch(&service).await;
+        // [limits] allows 5 immediate retries (flaky:3 would then be answered); the plugin's
+        // own table allows 1: two tries, then the message is rejected.
+        let rest = "[limits]\nmax_retries = 5\n[[request]]\nrouting_key = \"flaky\"\nplugin = \"chaos\"\n\
+                    [plugin.chaos]\npublish = [\"events\"]\nmax_retries = 1\n";
+        let config = config(&service, rest);
+        let mut tries = Tap::bind("events.topic.exchange", ExchangeKind::Topic, &["chaos.tried"], &cleanup).await;
+        let host = start(&config).await;
+        let mut client = GoClient::new(&service, &format!("{service}-client"), &["flaky"]).await;
+
+        client.request("flaky", b"flaky:3").await;
+        let rejected = dead.next(DEADLINE).await.expect("rejected after its one retry");
+        assert_eq!(rejected.data, b"flaky:3");
+        for n in 0..2 {
+            tries.next_from(&service).await.unwrap_or_else(|| panic!("try {n} missing"));
+        }
+        tries.assert_nothing_from(&service).await;
+        client.assert_no_response(&format!("{service}.direct.exchange.request.queue")).await;
+        client.cleanup().await;
+        dead.cleanup().await;
+        host.stop().await.unwrap();
+    }
+}

@@ -55,8 +55,6 @@ pub struct QueueConsumer {
 pub struct Routing {
     /// Routing key pattern → handler.
     pub routes: RouteTable<Handler>,
-    /// How many times `retry` requeues a message before it is rejected.
-    pub max_retries: u32,
     /// Where messages no handler takes are dead-lettered.
     pub dead_letter_exchange: Option<String>,
 }
@@ -347,7 +345,8 @@ impl QueueConsumer {
             }
             Ok(Err(HandlerError::Failed(why))) => Outcome::Rejected(format!("failed in '{}': {why}", plugin.name())),
             Ok(Err(HandlerError::Retry(why))) => {
-                self.retry(delivery, routing_key, &why, routing.max_retries, retry_delays).await
+                // The plugin's own `max_retries` (its `[plugin.<name>]` over `[limits]`).
+                self.retry(delivery, routing_key, &why, plugin.limits().max_retries, retry_delays).await
             }
             Ok(Ok(response)) => match (self.kind, requester) {
                 (ConsumerKind::Request, Some(requester)) => {

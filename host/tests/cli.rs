@@ -445,6 +445,21 @@ fn new_scaffolds_python_javascript_and_go_plugins_that_pass_their_tests_build_an
     }
     let checked = run_ok(warren().args(["check", "--config"]).arg(dir.join("warren.toml")));
     assert!(checked.contains("ok (3 plugins: hello-go, hello-js, hello-py)"), "{checked}");
+    // Unchanged plugins are not built again.
+    let again = warren()
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .args(["build", "--source"])
+        .arg(&source)
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&again.stderr);
+    for name in ["hello-py", "hello-js", "hello-go"] {
+        let line = log.lines().find(|l| l.contains("unchanged since the last build") && l.contains(name));
+        assert!(line.is_some(), "{name} was built again:\n{log}");
+    }
 }
 
 /// Sends `n` requests of `body` at once; returns how many were answered, counting them live

@@ -202,6 +202,22 @@ broker_test! {
 }
 
 broker_test! {
+    async fn a_go_panic_costs_only_its_message() {
+        let service = unique_service("gopanic");
+        let handlers = [("panic", "headers-go"), ("headers", "headers-go")];
+        let mut s = Scenario::start_in(&service, fixtures_dir(), &handlers, "", &[]).await;
+        s.client.request("panic", b"boom").await;
+        let dead = s.dead.next(DEADLINE).await.expect("the panicking message is rejected");
+        assert_eq!(dead.data, b"boom");
+        assert_eq!(DeadLetters::death_reason(&dead).as_deref(), Some("rejected"));
+        s.client.request("headers", b"after").await;
+        let answer = s.client.response(DEADLINE).await.expect("the next message is answered");
+        assert_eq!(answer.data, b"after");
+        s.finish().await;
+    }
+}
+
+broker_test! {
     async fn a_go_plugin_publishes_typed_headers_where_granted_and_is_refused_elsewhere() {
         let service = unique_service("gopub");
         let stream = format!("{service}-stream");

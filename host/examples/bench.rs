@@ -88,7 +88,7 @@ async fn main() {
     let natives = BTreeMap::from([("native-echo".to_string(), native_echo as warren::wasm::NativeHandler)]);
     let server = Server::start_with_natives(&config, natives).await.unwrap_or_else(|e| panic!("{e}"));
     let client = Arc::new(
-        Client::connect(&config.broker_url, "warren-bench-compare", "bench-client", &["native", "wasm"]).await.unwrap(),
+        Client::connect_transient(&config.broker_url, "warren-bench-compare", &["native", "wasm"]).await.unwrap(),
     );
     run(&client, "wasm", 256, 100, 1.0).await; // warm up both paths
     run(&client, "native", 256, 100, 1.0).await;
@@ -140,4 +140,5 @@ async fn main() {
     }
     Arc::into_inner(client).expect("all calls done").close().await;
     server.stop().await.unwrap();
+    remove_service(&config.broker_url, "warren-bench-compare").await;
 }

@@ -10,11 +10,14 @@
 //!    `loop` requests always running beside it (each replaced as soon as its deadline
 //!    rejects it).
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::remove_service;
 use warren::amqp::client::Client;
 use warren::config::Config;
 use warren::server::Server;
@@ -81,9 +84,7 @@ async fn main() {
     // 2. Normal traffic with and without loops beside it.
     let server = Server::start(&config).await.unwrap_or_else(|e| panic!("{e}"));
     let client = Arc::new(
-        Client::connect(&config.broker_url, "warren-isolation-bench", "bench-client", &["echo", "chaos"])
-            .await
-            .unwrap(),
+        Client::connect_transient(&config.broker_url, "warren-isolation-bench", &["echo", "chaos"]).await.unwrap(),
     );
     let alone = echo_throughput(&client, seconds, 0).await;
     let beside = echo_throughput(&client, seconds, loops).await;
@@ -94,4 +95,5 @@ async fn main() {
 
     Arc::into_inner(client).expect("all calls done").close().await;
     server.stop().await.unwrap();
+    remove_service(&config.broker_url, "warren-isolation-bench").await;
 }

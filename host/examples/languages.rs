@@ -162,7 +162,7 @@ async fn main() {
     let natives = BTreeMap::from([("native-greet".to_string(), native_greet as warren::wasm::NativeHandler)]);
     let server = Server::start_with_natives(&config, natives).await.unwrap_or_else(|e| panic!("{e}"));
     let keys = ["native", "rust", "python", "javascript", "go", "python-reuse", "javascript-reuse", "go-reuse"];
-    let client = Arc::new(Client::connect(&config.broker_url, &config.service, "bench-client", &keys).await.unwrap());
+    let client = Arc::new(Client::connect_transient(&config.broker_url, &config.service, &keys).await.unwrap());
 
     println!();
     println!("| handler | 1 in flight: p50 | 100 in flight: req/s | p50 | p99 | host CPU/req |");
@@ -179,4 +179,5 @@ async fn main() {
     }
     Arc::into_inner(client).expect("all calls done").close().await;
     server.stop().await.unwrap();
+    remove_service(&config.broker_url, &config.service).await;
 }

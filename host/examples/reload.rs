@@ -9,11 +9,14 @@
 //! Prints, per swap, the time from the rename to the first answer by the new version; the
 //! throughput of each second of the run; and how many requests were sent and answered.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::remove_service;
 use tokio::sync::Mutex;
 use warren::amqp::client::Client;
 use warren::config::Config;
@@ -50,7 +53,7 @@ async fn main() {
     );
     let config = Config::parse(Path::new("bench.toml"), &text, std::env::var("WARREN_BROKER_URL").ok()).unwrap();
     let server = Server::start(&config).await.unwrap_or_else(|e| panic!("{e}"));
-    let client = Arc::new(Client::connect(&config.broker_url, service, "bench-client", &["hello"]).await.unwrap());
+    let client = Arc::new(Client::connect_transient(&config.broker_url, service, &["hello"]).await.unwrap());
 
     // Load: `in_flight` workers, each sending one request after another; every answer is
     // timestamped with whether greet (rather than echo) gave it.
@@ -110,4 +113,5 @@ async fn main() {
 
     Arc::into_inner(client).expect("workers done").close().await;
     server.stop().await.unwrap();
+    remove_service(&config.broker_url, service).await;
 }

@@ -44,7 +44,7 @@ async fn main() {
     );
     let config = Config::parse(Path::new("bench.toml"), &text, std::env::var("WARREN_BROKER_URL").ok()).unwrap();
     let server = Server::start(&config).await.unwrap_or_else(|e| panic!("{e}"));
-    let client = Arc::new(Client::connect(&config.broker_url, &service, "bench-client", &["echo"]).await.unwrap());
+    let client = Arc::new(Client::connect_transient(&config.broker_url, &service, &["echo"]).await.unwrap());
     let body = vec![b'x'; bytes];
     let timeout = Duration::from_secs(30);
 
@@ -95,4 +95,5 @@ async fn main() {
 
     Arc::into_inner(client).expect("all calls done").close().await;
     server.stop().await.unwrap();
+    remove_service(&config.broker_url, &service).await;
 }

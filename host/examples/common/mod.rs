@@ -78,3 +78,21 @@ pub async fn keep_in_flight(
     latencies.sort();
     Load { latencies, elapsed }
 }
+
+/// Deletes what a benchmark's service declared on the broker (goamqp declares its request
+/// queue and exchanges durable), so a run leaves nothing behind. Best effort: a benchmark's
+/// figures are already printed when this runs.
+pub async fn remove_service(broker_url: &str, service: &str) {
+    let url = broker_url.split(',').next().unwrap_or(broker_url).trim();
+    let Ok(connection) = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await else {
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        let queue = format!("{service}.direct.exchange.request.queue");
+        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+        for exchange in [format!("{service}.direct.exchange.request"), format!("{service}.headers.exchange.response")] {
+            let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -224,14 +224,7 @@ broker_test! {
         let exchange = format!("{stream}.topic.exchange");
         let grant = format!("[plugin.headers-go]\npublish = [\"{stream}\"]");
         let mut s = Scenario::start_in(&service, fixtures_dir(), &[("publish", "headers-go")], &grant, &[]).await;
-        s.cleanup.exchange(&exchange);
-        let connection = connect().await;
-        let channel = connection.create_channel().await.unwrap();
-        let topic = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        channel.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, topic, FieldTable::default()).await.unwrap();
-        let queue = channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-        channel.queue_bind(queue.name().clone(), exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-        let mut events = consume(&channel, queue.name().as_str()).await;
+        let mut events = Tap::bind(&exchange, ExchangeKind::Topic, &["#"], &s.cleanup).await;
 
         let headers = |to: &str| {
             let mut headers = FieldTable::default();
@@ -244,7 +237,7 @@ broker_test! {
         s.client.publish("publish", br#"{"id":1}"#, headers(&stream)).await;
         let answer = s.client.response(DEADLINE).await.expect("answered once the event is confirmed");
         assert_eq!(answer.data, br#"{"id":1}"#);
-        let event = tokio::time::timeout(DEADLINE, events.recv()).await.unwrap().expect("the event");
+        let event = events.next_from(&service).await.expect("the event");
         assert_eq!(event.data, br#"{"id":1}"#);
         assert_eq!(event.routing_key.as_str(), "fixture.published");
         let got = event.properties.headers().as_ref().unwrap().inner();
@@ -257,9 +250,8 @@ broker_test! {
         let dead = s.dead.next(DEADLINE).await.expect("the refused message is dead-lettered");
         assert_eq!(dead.data, br#"{"id":2}"#);
         assert_eq!(DeadLetters::death_reason(&dead).as_deref(), Some("rejected"), "rejected, not requeued");
-        assert!(tokio::time::timeout(std::time::Duration::from_millis(300), events.recv()).await.is_err(), "nothing published");
+        events.assert_nothing_from(&service).await;
         s.assert_no_response().await;
-        bounded_close(connection.close(200, "done".into())).await;
         s.finish().await;
     }
 }

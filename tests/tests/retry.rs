@@ -17,6 +17,29 @@ fn flaky_config(service: &str, delays: &str) -> Config {
     config(service, &rest)
 }
 
+/// Asserts that `body` was rejected to the dead letters (within `wait`) after exactly `tries`
+/// tries of its side effect, and that the client got no answer.
+#[allow(clippy::too_many_arguments)]
+async fn assert_rejected_after_tries(
+    service: &str,
+    body: &[u8],
+    tries: usize,
+    dead: &mut DeadLetters,
+    side_effects: &mut Tap,
+    client: &mut GoClient,
+    wait: Duration,
+    expect: &str,
+) {
+    let rejected = dead.next(wait).await.expect(expect);
+    assert_eq!(DeadLetters::death_reason(&rejected).as_deref(), Some("rejected"));
+    assert_eq!(rejected.data, body);
+    for n in 0..tries {
+        side_effects.next_from(service).await.unwrap_or_else(|| panic!("try {n} missing"));
+    }
+    side_effects.assert_nothing_from(service).await;
+    client.assert_no_response(&format!("{service}.direct.exchange.request.queue")).await;
+}
+
 broker_test! {
     async fn a_handler_that_fails_twice_is_answered_after_two_delays_with_three_side_effects() {
         let service = unique_service("retry");
@@ -79,14 +102,8 @@ broker_test! {
         let mut client = GoClient::new(&service, &format!("{service}-client"), &["flaky"]).await;
 
         client.request("flaky", b"flaky:5").await;
-        let rejected = dead.next(Duration::from_secs(15)).await.expect("rejected after two delayed retries");
-        assert_eq!(DeadLetters::death_reason(&rejected).as_deref(), Some("rejected"));
-        assert_eq!(rejected.data, b"flaky:5");
-        for n in 0..3 {
-            tries.next_from(&service).await.unwrap_or_else(|| panic!("try {n} missing"));
-        }
-        tries.assert_nothing_from(&service).await;
-        client.assert_no_response(&format!("{service}.direct.exchange.request.queue")).await;
+        let expect = "rejected after two delayed retries";
+        assert_rejected_after_tries(&service, b"flaky:5", 3, &mut dead, &mut tries, &mut client, Duration::from_secs(15), expect).await;
         client.cleanup().await;
         dead.cleanup().await;
         host.stop().await.unwrap();
@@ -109,13 +126,8 @@ broker_test! {
         let mut client = GoClient::new(&service, &format!("{service}-client"), &["flaky"]).await;
 
         client.request("flaky", b"flaky:3").await;
-        let rejected = dead.next(DEADLINE).await.expect("rejected after its one retry");
-        assert_eq!(rejected.data, b"flaky:3");
-        for n in 0..2 {
-            tries.next_from(&service).await.unwrap_or_else(|| panic!("try {n} missing"));
-        }
-        tries.assert_nothing_from(&service).await;
-        client.assert_no_response(&format!("{service}.direct.exchange.request.queue")).await;
+        let expect = "rejected after its one retry";
+        assert_rejected_after_tries(&service, b"flaky:3", 2, &mut dead, &mut tries, &mut client, DEADLINE, expect).await;
         client.cleanup().await;
         dead.cleanup().await;
         host.stop().await.unwrap();

@@ -8,6 +8,8 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // A new wit-bindgen-go (a version bump in the lock file) brings its own package source.
+    println!("cargo:rerun-if-changed=../Cargo.lock");
     let pkg = wit_bindgen_go_source().join("src/pkg");
     let mut files = Vec::new();
     collect(&pkg, &pkg, &mut files);

@@ -81,6 +81,7 @@ pub fn build(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildE
     let go = go_toolchain(plugin, &target_dir.join("tools"))?;
     let (resolve, world) = handler_world(&work.join("wit"))?;
     write_module(&resolve, world, &work)?;
+    write_workspace(plugin, &work)?;
     let core = work.join(format!("{}.core.wasm", plugin.name));
     let mut command = Command::new(&go);
     command
@@ -94,7 +95,6 @@ pub fn build(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildE
         .arg("-o")
         .arg(&core)
         .arg(".");
-    write_workspace(plugin, &work)?;
     builder::run(plugin, "go build", &mut command)?;
     let component = componentize(plugin, &resolve, world, &core)?;
     let write_error = |e: std::io::Error| BuildError::Write { path: output.clone(), reason: e.to_string() };

@@ -44,13 +44,23 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
 fn wit_bindgen_go_source() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("Cargo.toml");
-    // Only this target's packages: cargo has downloaded exactly those, so `--offline` holds.
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
-    let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform", &target, "--manifest-path"])
-        .arg(&manifest)
-        .output()
-        .expect("running cargo metadata");
+    let metadata = |offline: bool| {
+        let mut command = Command::new(&cargo);
+        command.args(["metadata", "--format-version", "1", "--filter-platform", &target, "--manifest-path"]);
+        command.arg(&manifest);
+        if offline {
+            command.arg("--offline");
+        }
+        command.output().expect("running cargo metadata")
+    };
+    // Offline first (an offline or vendored build must not reach out). cargo metadata
+    // resolves the whole workspace, dev-dependencies included, which a `cargo build -p
+    // warren` on a fresh machine has not downloaded yet: then it may fetch them.
+    let mut output = metadata(true);
+    if !output.status.success() {
+        output = metadata(false);
+    }
     assert!(output.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata's JSON");
     let manifest_path = metadata["packages"]

@@ -184,6 +184,7 @@ fn main() {
         rows
     });
     let _ = child.kill();
+    let _ = child.wait();
 
     println!("{messages} messages each, one at a time, price service at {url} (another process)\n");
     println!("| handler | p50 µs | p99 µs | host CPU µs/msg |");

@@ -17,8 +17,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-/// Content type of everything Warren publishes (goamqp bodies are JSON).
-
 /// The frame size Warren asks for unless the URL names one (`?frame_max=`): RabbitMQ's default.
 pub const FRAME_MAX: u32 = 131_072;
 
@@ -30,6 +28,7 @@ pub const FRAME_MAX: u32 = 131_072;
 /// The stack is reserved, not committed: pages are touched only as deep as a frame goes.
 pub const IO_THREAD_STACK: usize = 64 << 20;
 
+/// Content type of everything Warren publishes (goamqp bodies are JSON).
 pub const CONTENT_TYPE: &str = "application/json";
 /// AMQP delivery mode 2: persistent.
 pub const PERSISTENT: u8 = 2;

@@ -72,6 +72,38 @@ broker_test! {
 }
 
 broker_test! {
+    async fn a_slow_message_holds_back_no_other_ack_and_no_ack_covers_it() {
+        // Acks that are ready together go in one `multiple` frame. Such a frame must never
+        // cover a message still being handled, and a slow message must not hold back the
+        // acks of the faster ones after it: the broker's own count shows both.
+        let mut s = Scenario::start("acks", &[("chaos", "chaos")], "[limits]\ntimeout_ms = 10000\n", &[]).await;
+        let slow_sent = Instant::now();
+        s.client.request("chaos", b"slow:4000").await;
+        for i in 0..20 {
+            s.client.request("chaos", format!("fast {i}").as_bytes()).await;
+        }
+        for _ in 0..20 {
+            let answer = s.client.response(DEADLINE).await.expect("each fast request is answered");
+            assert!(answer.data.starts_with(b"fast"), "the slow one cannot be done yet: {:?}", answer.data);
+        }
+        // The slow call runs for 4 s after its delivery: until then exactly it is unacked.
+        loop {
+            let counts = queue_counts(&s.request_queue()).await;
+            if counts == Some((0, 1)) {
+                break;
+            }
+            assert!(
+                slow_sent.elapsed() < Duration::from_millis(3500),
+                "(ready, unacked) = {counts:?} while the slow message runs; want (0, 1): the 20 fast ones acked, the slow one not"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(s.client.response(DEADLINE).await.expect("the slow one is answered").data, b"slow:4000");
+        s.finish().await; // and then it is acked too
+    }
+}
+
+broker_test! {
     async fn an_unknown_routing_key_is_rejected_and_the_consumer_keeps_serving() {
         let mut s = Scenario::start("unknown", &[("echo", "echo")], "", &["stray"]).await;
         // Another service bound a key to our queue that no handler of ours serves.

@@ -8,14 +8,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_lite::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use super::acks::Acks;
 use super::broker::{self, BrokerError, Delivered, Publisher};
 use super::headers::{
     self, HOST_FAILURES_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER, QUORUM_DELIVERY_COUNT, REASON_HEADER,
@@ -138,6 +137,7 @@ impl QueueConsumer {
         info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
         let _ = started.send(());
 
+        let acks = Acks::start(channel.clone());
         let mut in_flight = JoinSet::new();
         loop {
             tokio::select! {
@@ -145,8 +145,9 @@ impl QueueConsumer {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        let consumer = self.clone();
-                        in_flight.spawn(async move { consumer.handle(delivery).await });
+                        acks.taken(delivery.delivery_tag);
+                        let (consumer, acks) = (self.clone(), acks.clone());
+                        in_flight.spawn(async move { consumer.handle(delivery, &acks).await });
                     }
                     Some(Err(error)) => {
                         warn!(queue = %self.queue, %error, "consumer stopped by a broker error");
@@ -175,7 +176,7 @@ impl QueueConsumer {
 
     /// Handles one delivery end to end and settles it. A panic while deciding is caught and
     /// settled as a host-side failure: no delivery is left unsettled.
-    pub async fn handle(&self, delivery: Delivery) -> Outcome {
+    pub async fn handle(&self, delivery: Delivery, acks: &Acks) -> Outcome {
         let props = &delivery.properties;
         let table = props.headers().as_ref();
         let routing_key = match (delivery.exchange.as_str(), headers::text(table, ORIGINAL_KEY_HEADER)) {
@@ -196,7 +197,7 @@ impl QueueConsumer {
             Err(panic) => Outcome::Deferred(format!("the host panicked while handling it: {}", panic_text(&*panic))),
         };
         let seen = Seen { plugin: &plugin, generation, routing_key: &routing_key };
-        let (label, result) = self.settle(&delivery, &seen, &outcome).await;
+        let (label, result) = self.settle(&delivery, acks, &seen, &outcome).await;
         in_flight.finish(label, started.elapsed());
         if let Err(error) = result {
             // The channel is gone: RabbitMQ redelivers the message, nothing is lost.
@@ -210,9 +211,27 @@ impl QueueConsumer {
     async fn settle(
         &self,
         delivery: &Delivery,
+        acks: &Acks,
         seen: &Seen<'_>,
         outcome: &Outcome,
-    ) -> (&'static str, lapin::Result<bool>) {
+    ) -> (&'static str, lapin::Result<()>) {
+        let (label, result) = self.settle_by_outcome(delivery, acks, seen, outcome).await;
+        match result {
+            Settled::Acked(result) => (label, result),
+            Settled::Otherwise(result) => {
+                acks.settled_otherwise(delivery.delivery_tag);
+                (label, result.map(|_| ()))
+            }
+        }
+    }
+
+    async fn settle_by_outcome(
+        &self,
+        delivery: &Delivery,
+        acks: &Acks,
+        seen: &Seen<'_>,
+        outcome: &Outcome,
+    ) -> (&'static str, Settled) {
         let Seen { plugin, generation, routing_key } = *seen;
         let message_id = delivery.properties.message_id().as_ref().map_or("-".to_string(), |id| id.to_string());
         let log = |level: tracing::Level, reason: &str, what: &str| match level {
@@ -226,24 +245,26 @@ impl QueueConsumer {
         let reason = match outcome {
             Outcome::Acked | Outcome::Retried(_) => {
                 let label = if matches!(outcome, Outcome::Acked) { "acked" } else { "retried" };
-                return (label, delivery.ack(BasicAckOptions::default()).await);
+                return (label, Settled::Acked(acks.ack(delivery.delivery_tag).await));
             }
             Outcome::Requeued(reason) => {
                 log(tracing::Level::INFO, reason, "message requeued");
-                return ("requeued", delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await);
+                let nacked = delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                return ("requeued", Settled::Otherwise(nacked));
             }
             Outcome::Rejected(reason) | Outcome::Faulted(reason) => {
                 let label = if matches!(outcome, Outcome::Faulted(_)) { "faulted" } else { "rejected" };
                 match self.dead_letter(delivery, routing_key, reason).await {
                     DeadLetter::NotConfigured => {
                         log(tracing::Level::WARN, reason, "message rejected");
-                        return (label, delivery.reject(BasicRejectOptions { requeue: false }).await);
+                        let rejected = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                        return (label, Settled::Otherwise(rejected));
                     }
                     DeadLetter::Landed(exchange) => {
                         let what = format!("message rejected and dead-lettered to '{exchange}'");
                         log(tracing::Level::WARN, reason, &what);
                         let label = if label == "rejected" { "dead_lettered" } else { label };
-                        return (label, delivery.ack(BasicAckOptions::default()).await);
+                        return (label, Settled::Acked(acks.ack(delivery.delivery_tag).await));
                     }
                     DeadLetter::Failed(why) => format!("{reason}; and it could not be dead-lettered: {why}"),
                 }
@@ -258,7 +279,8 @@ impl QueueConsumer {
                 "message rejected after {HOST_RETRIES} host-side failures (the broker's own dead-letter policy applies, if any)"
             );
             log(tracing::Level::WARN, &reason, &what);
-            return ("rejected_host_failure", delivery.reject(BasicRejectOptions { requeue: false }).await);
+            let rejected = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            return ("rejected_host_failure", Settled::Otherwise(rejected));
         }
         let backoff = HOST_BACKOFF_MIN.saturating_mul(1 << (failures - 1).min(16)).min(HOST_BACKOFF_MAX);
         let what = format!(
@@ -274,8 +296,8 @@ impl QueueConsumer {
         table.insert(ShortString::from(ORIGINAL_KEY_HEADER), AMQPValue::LongString(LongString::from(routing_key)));
         let properties: BasicProperties = delivery.properties.clone().with_headers(table);
         let settled = match self.must_land.publish("", &self.queue, &delivery.data, properties).await {
-            Ok(Delivered::Routed) => delivery.ack(BasicAckOptions::default()).await,
-            _ => delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await,
+            Ok(Delivered::Routed) => Settled::Acked(acks.ack(delivery.delivery_tag).await),
+            _ => Settled::Otherwise(delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await),
         };
         ("requeued_host_failure", settled)
     }
@@ -452,6 +474,13 @@ impl QueueConsumer {
             Err(error) => Outcome::Deferred(format!("retry asked ({why}); republish failed ({error})")),
         }
     }
+}
+
+/// How a delivery was settled on the broker: acked (through [`Acks`]) or by its own frame
+/// (reject, requeue), with lapin's answer.
+enum Settled {
+    Acked(lapin::Result<()>),
+    Otherwise(lapin::Result<bool>),
 }
 
 /// Where a settled message came from, for its log line.

@@ -5,6 +5,8 @@
 //! - [`topology`]: what a config declares — exchanges, queues, bindings, who consumes what.
 //! - [`broker`]: the RabbitMQ connection: connect, declare, confirmed publish.
 //! - [`consumer`]: one queue's deliveries → handler → outcome (ack, reject, respond, retry).
+//! - [`acks`]: a consumer channel's acks, several in one `multiple` frame when they are ready
+//!   together.
 //! - [`routing`]: which handler a routing key goes to (exact or topic patterns).
 //! - [`headers`]: AMQP headers ↔ the plugin's typed headers, and the header names Warren uses.
 //! - [`outbox`]: what plugins send (events, requests, queue messages), published the goamqp
@@ -16,6 +18,7 @@
 //! This wing may use the plugin contract's types and call a [`crate::wasm::Plugin`]; the Wasm
 //! wing never imports this one.
 
+pub mod acks;
 pub mod bench;
 pub mod broker;
 pub mod client;

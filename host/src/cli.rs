@@ -169,6 +169,10 @@ pub enum Command {
         /// A second service, measured in the same run.
         #[arg(long)]
         against: Option<String>,
+        /// The client's prefetch (`basic.qos`, global, as goamqp's `WithPrefetchLimit`);
+        /// goamqp's default is 20.
+        #[arg(long, default_value_t = client::GOAMQP_PREFETCH)]
+        prefetch: u16,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -298,6 +302,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 duration,
                 count,
                 against,
+                prefetch,
                 json,
                 timeout_ms,
                 broker_url,
@@ -311,6 +316,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     duration: Duration::from_secs_f64(duration.max(0.1)),
                     count,
                     against,
+                    prefetch,
                     timeout: Duration::from_millis(timeout_ms),
                 };
                 let results = bench::run(&client_broker_url(broker_url, &config), &plan).await?;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warren::amqp::client::{self, Call, Client, ClientOptions, ReplyQueue};
+use warren::amqp::client::{self, Call, Client, ClientOptions, GOAMQP_PREFETCH};
 use warren_tests::*;
 
 /// The reply queues of clients of `service` that are still on the broker.
@@ -115,7 +115,7 @@ broker_test! {
         cleanup.service(&service);
         let go = GoService::start(&service, &["echo"], |_, body| body.to_vec()).await;
         let name = format!("{service}-client");
-        let options = ClientOptions { reply_queue: ReplyQueue::Transient, correlation_ids: false };
+        let options = ClientOptions::goamqp(GOAMQP_PREFETCH);
         let client = Arc::new(Client::connect_with(&broker_url(), &service, &name, &["echo"], options).await.unwrap());
 
         let mut calls = tokio::task::JoinSet::new();
@@ -185,7 +185,7 @@ broker_test! {
         cleanup.topology_of(&config);
         let server = start(&config).await;
         for correlation_ids in [false, true] {
-            let options = ClientOptions { reply_queue: ReplyQueue::Transient, correlation_ids };
+            let options = ClientOptions { correlation_ids, ..ClientOptions::goamqp(GOAMQP_PREFETCH) };
             let client = Client::connect_with(&broker_url(), &service, &format!("{service}-c"), &["echo"], options)
                 .await
                 .unwrap();
@@ -195,5 +195,54 @@ broker_test! {
             client.close().await;
         }
         server.stop().await.expect("the host stops cleanly");
+    }
+}
+
+/// The channels of the connection named `connection_name`, as the broker lists them.
+fn channels_of(connection_name: &str) -> Vec<serde_json::Value> {
+    let named = |c: &serde_json::Value| {
+        c["client_properties"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p[0] == "connection_name" && p[2] == connection_name)
+    };
+    let connection = broker_listing("list_connections", &["pid", "client_properties"])
+        .into_iter()
+        .find(named)
+        .unwrap_or_else(|| panic!("no connection named {connection_name}"));
+    broker_listing(
+        "list_channels",
+        &["connection", "global_prefetch_count", "prefetch_count", "confirm", "consumer_count"],
+    )
+    .into_iter()
+    .filter(|c| c["connection"] == connection["pid"])
+    .collect()
+}
+
+broker_test! {
+    /// `warren bench` loads a service as a goamqp client would: its requests are goamqp's
+    /// byte for byte, and the broker sees goamqp's one channel with `basic.qos(20, global)`,
+    /// the reply consumer on it, and no publisher confirms.
+    async fn the_bench_client_is_goamqp_on_the_wire_and_on_the_broker() {
+        let service = unique_service("interop-bench");
+        let cleanup = Cleanup::new();
+        cleanup.service(&service);
+        let go = GoService::start(&service, &["echo"], |_, body| body.to_vec()).await;
+        let name = format!("{service}-client");
+        let options = ClientOptions::goamqp(GOAMQP_PREFETCH);
+        let client = Client::connect_with(&broker_url(), &service, &name, &["echo"], options).await.unwrap();
+        let reply = client.call("echo", b"[7]", DEADLINE).await.expect("answered");
+        assert_eq!(reply.body, b"[7]");
+        assert_request_as_goamqp_sends_it(&go.wait_for_requests(1).await[0], &name, false);
+
+        let channels = tokio::task::spawn_blocking(move || channels_of(&format!("warren {name}"))).await.unwrap();
+        assert_eq!(channels.len(), 1, "one channel, as goamqp: {channels:?}");
+        let channel = &channels[0];
+        assert_eq!(channel["global_prefetch_count"], 20, "basic.qos(20, global): {channel}");
+        assert_eq!(channel["confirm"], false, "no publisher confirms: {channel}");
+        assert_eq!(channel["consumer_count"], 1, "the reply consumer shares it: {channel}");
+        client.close().await;
+        go.stop().await;
     }
 }

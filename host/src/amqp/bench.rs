@@ -1,8 +1,11 @@
-//! `warren bench`: a closed-loop load client for any goamqp service, Go or Warren. It sends
-//! requests the way goamqp does (no correlation id, header `service` only), keeps N of them
-//! in flight for a duration or a count, and reports answered requests per second and latency
-//! percentiles. With `--against`, two services are measured in alternating slices of one
-//! run, so their ratio is honest on a noisy machine.
+//! `warren bench`: a closed-loop load client for any goamqp service, Go or Warren. Its every
+//! frame is goamqp's (no correlation id, header `service` only, one channel with
+//! `basic.qos(prefetch, global)`, no publisher confirms), so a service is measured as a Go
+//! client would load it. It keeps N requests in flight for a duration or a count, and
+//! reports answered requests per second and latency percentiles. With `--against`, two
+//! services are measured in alternating slices of one run, so their ratio is honest on a
+//! noisy machine. Before loading, one confirmed request to each service checks that
+//! something serves the key (goamqp's unconfirmed requests would just go unanswered).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::client::{Client, ClientError, ClientOptions, ReplyQueue, generated_client_name};
+use super::client::{self, Call, Client, ClientError, ClientOptions, generated_client_name};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub struct BenchPlan {
     pub count: Option<u64>,
     /// A second service to measure in the same run.
     pub against: Option<String>,
+    /// The client's `basic.qos` (global), as goamqp's `WithPrefetchLimit`.
+    pub prefetch: u16,
     /// How long one request may wait for its answer before the run fails.
     pub timeout: Duration,
 }
@@ -53,7 +58,15 @@ pub async fn run(broker_url: &str, plan: &BenchPlan) -> Result<Vec<BenchResult>,
     services.extend(plan.against.clone());
     let mut clients = Vec::new();
     for service in &services {
-        let options = ClientOptions { reply_queue: ReplyQueue::Transient, correlation_ids: false };
+        let probe = Call {
+            service: service.clone(),
+            routing_key: plan.routing_key.clone(),
+            body: plan.body.clone(),
+            client: None,
+            timeout: plan.timeout,
+        };
+        client::request(broker_url, &probe).await?;
+        let options = ClientOptions::goamqp(plan.prefetch);
         let name = generated_client_name();
         clients.push(Arc::new(
             Client::connect_with(broker_url, service, &name, &[plan.routing_key.as_str()], options).await?,

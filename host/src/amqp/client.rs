@@ -44,7 +44,8 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation};
@@ -122,13 +123,43 @@ pub struct ClientOptions {
     /// Send a fresh `correlation_id` (and `message_id`) on each request. goamqp sends none
     /// and ignores them; a Warren host copies the correlation id back, making matching exact.
     pub correlation_ids: bool,
+    pub publishing: Publishing,
 }
 
 impl Default for ClientOptions {
     fn default() -> ClientOptions {
-        ClientOptions { reply_queue: ReplyQueue::Durable, correlation_ids: true }
+        ClientOptions { reply_queue: ReplyQueue::Durable, correlation_ids: true, publishing: Publishing::Confirmed }
     }
 }
+
+impl ClientOptions {
+    /// A client whose every frame is goamqp's: no correlation id, one channel with
+    /// `basic.qos(prefetch, global)`, no confirms; a transient reply queue of its own.
+    pub fn goamqp(prefetch: u16) -> ClientOptions {
+        ClientOptions {
+            reply_queue: ReplyQueue::Transient,
+            correlation_ids: false,
+            publishing: Publishing::Goamqp { prefetch },
+        }
+    }
+}
+
+/// How requests go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publishing {
+    /// As mandatory on a channel of their own in confirm mode: a request no queue takes
+    /// fails at once ("is the service running?") instead of timing out (`warren request`).
+    Confirmed,
+    /// goamqp's way (SPEC §1): requests and answers share one channel with
+    /// `basic.qos(prefetch, global)`; no confirms, not mandatory (`warren bench`).
+    Goamqp {
+        /// goamqp's default is 20 (`WithPrefetchLimit` changes it).
+        prefetch: u16,
+    },
+}
+
+/// goamqp's prefetch unless a service sets `WithPrefetchLimit`.
+pub const GOAMQP_PREFETCH: u16 = 20;
 
 /// What a goamqp client `client` of `service` declares to receive responses for
 /// `routing_keys`: both of the service's exchanges, its reply queue, one binding per key.
@@ -215,8 +246,7 @@ type Pending = Arc<Mutex<Waiting<oneshot::Sender<Reply>>>>;
 /// number of requests, concurrently; answers are matched as the module doc says.
 pub struct Client {
     connection: Arc<lapin::Connection>,
-    /// The request channel, in confirm mode (goamqp uses none; Warren's client wants to say
-    /// "no queue is bound" rather than time out).
+    /// The channel requests go out on (see [`Publishing`]).
     requests: Channel,
     /// Held while a call is registered and its request handed to the channel: calls wait in
     /// the order their requests go out.
@@ -264,6 +294,12 @@ impl Client {
         broker::declare(&connection, &topology).await?;
         let queue = topology.queues[0].name.clone();
         let channel = broker::open_channel(&connection).await?;
+        if let Publishing::Goamqp { prefetch } = options.publishing {
+            channel
+                .basic_qos(prefetch, BasicQosOptions { global: true })
+                .await
+                .map_err(|source| BrokerError::Channel { doing: "setting the prefetch".into(), source })?;
+        }
         let mut responses = channel
             .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
@@ -297,11 +333,17 @@ impl Client {
             }
             waiting.lock().expect("pending lock").close();
         });
-        let requests = broker::open_channel(&connection).await?;
-        requests
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|source| BrokerError::Channel { doing: "enabling publisher confirms".into(), source })?;
+        let requests = match options.publishing {
+            Publishing::Goamqp { .. } => channel,
+            Publishing::Confirmed => {
+                let requests = broker::open_channel(&connection).await?;
+                requests
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|source| BrokerError::Channel { doing: "enabling publisher confirms".into(), source })?;
+                requests
+            }
+        };
         Ok(Client {
             connection,
             requests,
@@ -342,7 +384,8 @@ impl Client {
             })
         };
         let (tx, rx) = oneshot::channel();
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let options =
+            BasicPublishOptions { mandatory: self.options.publishing == Publishing::Confirmed, ..Default::default() };
         let (id, sent) = {
             let _in_order = self.sending.lock().await;
             let id = {

@@ -1,15 +1,20 @@
-//! Acks one consumer channel's deliveries with as few frames as the contract allows.
+//! Acks one consumer channel's deliveries with as few frames and thread hand-offs as the
+//! contract allows.
 //!
 //! Every delivery a consumer takes is registered here, in delivery-tag order. A handled
-//! delivery asks for its ack and waits; one task per channel sends what is ready: the run
-//! of ready tags that starts at the oldest outstanding delivery goes as one `basic.ack`
-//! with `multiple` (RabbitMQ acks every tag up to it), any ready tag behind a delivery still
-//! being handled goes alone. Nothing waits for a batch to fill: a single ready ack is sent at
-//! once, and acks pile up into one frame only while the previous frame is being written,
-//! which is exactly when the host is busy. A slow message never holds back the acks of the
-//! faster ones after it (they go alone), and a multiple ack never covers a delivery that is
-//! still being handled or was rejected or requeued: those leave the outstanding set only
-//! after their own frame was written.
+//! delivery asks for its ack; one task per channel sends what is ready: the run of ready tags
+//! that starts at the oldest outstanding delivery goes as one `basic.ack` with `multiple`
+//! (RabbitMQ acks every tag up to it), any ready tag behind a delivery still being handled
+//! goes alone. Nothing waits for a batch to fill: the task first lets the other handlers that
+//! are ready to run finish (so under load their acks join one frame), then sends at once. A
+//! slow message never holds back the acks of the faster ones after it (they go alone), and a
+//! multiple ack never covers a delivery still being handled, rejected or requeued: those
+//! leave the outstanding set only after their own frame was written.
+//!
+//! An ack is handed to the connection and not waited for: waiting for lapin's I/O thread to
+//! report the write costs a thread wake-up per frame, and an ack that never reaches the
+//! broker (the connection drops) leaves the message unacked, so RabbitMQ redelivers it —
+//! at-least-once either way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -81,8 +86,10 @@ impl Acks {
         let sender = Arc::downgrade(&acks);
         tokio::spawn(async move {
             loop {
-                // A notification sent while the last frames were written is kept as a permit.
+                // A notification sent while the last acks went out is kept as a permit.
                 ready.notified().await;
+                // Let the other tasks that are ready to run (handlers finishing) ask first.
+                tokio::task::yield_now().await;
                 let Some(acks) = sender.upgrade() else { return };
                 acks.send_ready().await;
             }
@@ -96,7 +103,7 @@ impl Acks {
     }
 
     /// Acks `tag` (alone or with others) and returns once its frame was handed to the
-    /// connection, or with the error that closed the channel.
+    /// connection (not yet written), or with the error that closed the channel.
     pub async fn ack(&self, tag: DeliveryTag) -> lapin::Result<()> {
         let (done, answer) = oneshot::channel();
         self.state.lock().expect("acks lock").asking.insert(tag, done);
@@ -121,12 +128,17 @@ impl Acks {
             return;
         }
         let mut result = Ok(());
-        if let Some((last, count)) = frames.run {
-            result = self.channel.basic_ack(last, BasicAckOptions { multiple: count > 1 }).await;
-        }
-        for tag in frames.single {
+        let frames = frames
+            .run
+            .map(|(last, count)| (last, count > 1))
+            .into_iter()
+            .chain(frames.single.into_iter().map(|tag| (tag, false)));
+        for (tag, multiple) in frames {
             if result.is_ok() {
-                result = self.channel.basic_ack(tag, BasicAckOptions { multiple: false }).await;
+                // The first poll queues the frame (or fails on a closed channel); the rest of
+                // the future only waits for the write.
+                let ack = self.channel.basic_ack(tag, BasicAckOptions { multiple });
+                result = futures_lite::future::poll_once(ack).await.unwrap_or(Ok(()));
             }
         }
         for waiter in waiters {

@@ -368,7 +368,8 @@ impl QueueConsumer {
             Ok(Err(HandlerError::Failed(why))) => Outcome::Rejected(format!("failed in '{}': {why}", plugin.name())),
             Ok(Err(HandlerError::Retry(why))) => {
                 // The plugin's own `max_retries` (its `[plugin.<name>]` over `[limits]`).
-                self.retry(delivery, routing_key, &why, plugin.limits().max_retries, retry_delays).await
+                self.retry(delivery, routing_key, &why, (plugin.name(), plugin.limits().max_retries), retry_delays)
+                    .await
             }
             Ok(Ok(response)) => match (self.kind, requester) {
                 (ConsumerKind::Request, Some(requester)) => {
@@ -434,7 +435,7 @@ impl QueueConsumer {
         delivery: &Delivery,
         routing_key: &str,
         why: &str,
-        max_retries: u32,
+        (plugin, max_retries): (&str, u32),
         delays: &[Duration],
     ) -> Outcome {
         let props = &delivery.properties;
@@ -443,7 +444,11 @@ impl QueueConsumer {
         let retries = header_count(delivery, count_header);
         let max_retries = if delayed { delays.len() as u32 } else { max_retries };
         if retries >= max_retries {
-            let key = if delayed { "retry_delays_ms" } else { "limits.max_retries" };
+            let key = if delayed {
+                "the number of retry_delays_ms".to_string()
+            } else {
+                format!("max_retries = {max_retries} for '{plugin}': [plugin.{plugin}], else [limits]")
+            };
             return Outcome::Rejected(format!(
                 "retry asked ({why}) but the message was already retried {retries} times ({key})"
             ));

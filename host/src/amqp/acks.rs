@@ -49,12 +49,12 @@ struct Pending {
 
 /// The frames that ack what is ready: at most one `multiple` ack and any single ones.
 #[derive(Debug, PartialEq, Eq)]
-pub struct AckFrames {
+struct AckFrames {
     /// The last tag of the run that starts at the oldest outstanding delivery, and how many
     /// deliveries the run acks.
-    pub run: Option<(DeliveryTag, usize)>,
+    run: Option<(DeliveryTag, usize)>,
     /// Ready tags behind a delivery still being handled.
-    pub single: Vec<DeliveryTag>,
+    single: Vec<DeliveryTag>,
 }
 
 impl Pending {

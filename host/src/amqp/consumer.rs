@@ -368,8 +368,7 @@ impl QueueConsumer {
             Ok(Err(HandlerError::Failed(why))) => Outcome::Rejected(format!("failed in '{}': {why}", plugin.name())),
             Ok(Err(HandlerError::Retry(why))) => {
                 // The plugin's own `max_retries` (its `[plugin.<name>]` over `[limits]`).
-                self.retry(delivery, routing_key, &why, (plugin.name(), plugin.limits().max_retries), retry_delays)
-                    .await
+                self.retry(delivery, routing_key, &why, plugin.name(), plugin.limits().max_retries, retry_delays).await
             }
             Ok(Ok(response)) => match (self.kind, requester) {
                 (ConsumerKind::Request, Some(requester)) => {
@@ -435,7 +434,8 @@ impl QueueConsumer {
         delivery: &Delivery,
         routing_key: &str,
         why: &str,
-        (plugin, max_retries): (&str, u32),
+        plugin: &str,
+        max_retries: u32,
         delays: &[Duration],
     ) -> Outcome {
         let props = &delivery.properties;

@@ -111,6 +111,9 @@ impl Drop for Leftovers {
     }
 }
 
+/// A `[[request]]` table: the `echo` plugin serves routing key `echo`.
+const ECHO_REQUEST: &str = "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n";
+
 /// A fresh folder holding `warren.toml` with `body` after the `[service]` table; `leftovers`
 /// removes it.
 fn project(service: &str, body: &str, leftovers: &mut Leftovers) -> PathBuf {
@@ -274,7 +277,7 @@ fn build_run_and_request_from_the_command_line() {
 fn run_without_a_broker_says_how_to_start_one() {
     let service = unique("nobroker");
     let mut leftovers = Leftovers::of(&service);
-    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n", &mut leftovers);
+    let dir = project(&service, ECHO_REQUEST, &mut leftovers);
     build(&dir);
     let error = run_err(
         // --fail-fast: without it `warren run` waits for the broker (tests/cli_broker.rs).
@@ -326,7 +329,7 @@ fn check_names_each_bad_plugin_file_and_what_is_wrong() {
 fn check_passes_a_good_project_and_reports_config_typos_with_file_line_and_key() {
     let service = unique("typo");
     let mut leftovers = Leftovers::of(&service);
-    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n", &mut leftovers);
+    let dir = project(&service, ECHO_REQUEST, &mut leftovers);
     build(&dir);
     let ok = run_ok(warren().arg("check").arg("--config").arg(dir.join("warren.toml")));
     assert!(ok.contains("ok (1 plugins: echo)"), "{ok}");
@@ -345,7 +348,7 @@ fn check_passes_a_good_project_and_reports_config_typos_with_file_line_and_key()
 fn topology_prints_what_run_declares() {
     let service = unique("topo");
     let mut leftovers = Leftovers::of(&service);
-    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n", &mut leftovers);
+    let dir = project(&service, ECHO_REQUEST, &mut leftovers);
     let json = run_ok(warren().arg("topology").arg("--json").arg("--config").arg(dir.join("warren.toml")));
     let topology: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(topology["queues"][0]["name"], format!("{service}.direct.exchange.request.queue"));
@@ -553,7 +556,7 @@ const DEEP_HEADER_LEVELS: usize = 3_000;
 fn a_header_nested_thousands_deep_does_not_crash_the_host() {
     let service = unique("deep");
     let mut leftovers = Leftovers::of(&service);
-    let dir = project(&service, "[[request]]\nrouting_key = \"echo\"\nplugin = \"echo\"\n", &mut leftovers);
+    let dir = project(&service, ECHO_REQUEST, &mut leftovers);
     build(&dir);
     let host = Host::start(&dir);
     // lapin builds and parses frames recursively on its I/O thread: the publisher needs a

@@ -32,6 +32,20 @@ fn call(service: &str, key: &str, body: &str) -> Call {
     }
 }
 
+/// A goamqp service `t-<what>-…` (its name returned) echoing on key `echo`, and Warren's
+/// client of it speaking goamqp's frames (`ClientOptions::goamqp`); the `Cleanup` removes the
+/// service's topology.
+async fn go_echo_and_goamqp_client(what: &str) -> (Cleanup, GoService, String, Client) {
+    let service = unique_service(what);
+    let cleanup = Cleanup::new();
+    cleanup.service(&service);
+    let go = GoService::start(&service, &["echo"], |_, body| body.to_vec()).await;
+    let name = format!("{service}-client");
+    let options = ClientOptions::goamqp(GOAMQP_PREFETCH);
+    let client = Client::connect_with(&broker_url(), &service, &name, &["echo"], options).await.unwrap();
+    (cleanup, go, service, client)
+}
+
 /// What a goamqp service sees of a request from Warren's client: `service` = the client,
 /// JSON, persistent; with `ids`, Warren's correlation and message ids (goamqp ignores them).
 fn assert_request_as_goamqp_sends_it(seen: &Seen, client: &str, ids: bool) {
@@ -110,13 +124,9 @@ broker_test! {
     /// One client, many calls in flight on one key, no correlation ids at all (requests byte
     /// for byte goamqp's): the goamqp service answers in order and each call gets its own body.
     async fn calls_in_flight_on_one_key_are_matched_without_correlation_ids() {
-        let service = unique_service("interop-fifo");
-        let cleanup = Cleanup::new();
-        cleanup.service(&service);
-        let go = GoService::start(&service, &["echo"], |_, body| body.to_vec()).await;
-        let name = format!("{service}-client");
-        let options = ClientOptions::goamqp(GOAMQP_PREFETCH);
-        let client = Arc::new(Client::connect_with(&broker_url(), &service, &name, &["echo"], options).await.unwrap());
+        let (_cleanup, go, service, client) = go_echo_and_goamqp_client("interop-fifo").await;
+        let name = client.name().to_string();
+        let client = Arc::new(client);
 
         let mut calls = tokio::task::JoinSet::new();
         for n in 0..40 {
@@ -225,13 +235,8 @@ broker_test! {
     /// byte for byte, and the broker sees goamqp's one channel with `basic.qos(20, global)`,
     /// the reply consumer on it, and no publisher confirms.
     async fn the_bench_client_is_goamqp_on_the_wire_and_on_the_broker() {
-        let service = unique_service("interop-bench");
-        let cleanup = Cleanup::new();
-        cleanup.service(&service);
-        let go = GoService::start(&service, &["echo"], |_, body| body.to_vec()).await;
-        let name = format!("{service}-client");
-        let options = ClientOptions::goamqp(GOAMQP_PREFETCH);
-        let client = Client::connect_with(&broker_url(), &service, &name, &["echo"], options).await.unwrap();
+        let (_cleanup, go, _service, client) = go_echo_and_goamqp_client("interop-bench").await;
+        let name = client.name().to_string();
         let reply = client.call("echo", b"[7]", DEADLINE).await.expect("answered");
         assert_eq!(reply.body, b"[7]");
         assert_request_as_goamqp_sends_it(&go.wait_for_requests(1).await[0], &name, false);

@@ -19,6 +19,9 @@ pub const DEFAULT_CONFIG_FILE: &str = "warren.toml";
 /// The local broker, used when neither the config nor the environment names one.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const DEFAULT_PLUGINS_DIR: &str = "target/plugins";
+/// The environment variable that names the folder of Warren's private state (the compiled-
+/// code cache), over `service.state_dir`.
+pub const STATE_DIR_ENV: &str = "WARREN_STATE_DIR";
 
 /// A config file that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +217,11 @@ pub struct Config {
     pub service: String,
     /// The folder of `.wasm` plugins (already resolved against the config file's folder).
     pub plugins_dir: PathBuf,
+    /// This host's private state folder (the compiled-code cache, its key), outside the
+    /// plugins folder: `<root>/<service>-<12 hex of the plugins folder's path hash>`, the root
+    /// being `WARREN_STATE_DIR`, else `service.state_dir`, else systemd's `$STATE_DIRECTORY`,
+    /// else `$XDG_STATE_HOME/warren`, else `~/.local/state/warren`.
+    pub state_dir: PathBuf,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off when `None`.
     pub metrics: Option<std::net::SocketAddr>,
     /// The first broker URL, as written (`WARREN_BROKER_URL` wins over the file): what
@@ -379,6 +387,7 @@ struct RawService {
     name: Spanned<String>,
     plugins: Option<String>,
     metrics: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -619,12 +628,14 @@ impl RawConfig {
             .collect();
         let plugins = resolve_plugins(at, base, &self.plugin, &limits, &used)?;
         let metrics = resolve_metrics(at, self.service.metrics.as_ref())?;
+        let state_dir = resolve_state_dir(at, base, self.service.state_dir.as_ref(), &plugins_dir, &service)?;
         Ok(Config {
             source: at.path.to_path_buf(),
             metrics,
             plugins,
             service,
             plugins_dir,
+            state_dir,
             broker_url,
             broker,
             queue_profile: self.broker.queue_profile,
@@ -995,6 +1006,45 @@ fn resolve_http(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Result
     Ok(grant)
 }
 
+/// `service.state_dir` (or `WARREN_STATE_DIR`, or the XDG default): this deployment's
+/// folder under it, refused inside the plugins folder, where a plugin bundle could bring
+/// compiled code and a key of its own.
+fn resolve_state_dir(
+    at: &Locator,
+    base: &Path,
+    raw: Option<&Spanned<String>>,
+    plugins_dir: &Path,
+    service: &str,
+) -> Result<PathBuf, ConfigError> {
+    let from_env = std::env::var_os(STATE_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let home = |var: &str, under: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(|v| Path::new(&v).join(under));
+    let root = from_env
+        .or_else(|| raw.map(|dir| base.join(dir.get_ref())))
+        .or_else(|| home("STATE_DIRECTORY", ""))
+        .or_else(|| home("XDG_STATE_HOME", "warren"))
+        .or_else(|| home("HOME", ".local/state/warren"))
+        .ok_or_else(|| {
+            at.error(0, "service.state_dir", format!("no HOME to keep state in: set state_dir in [service] or {STATE_DIR_ENV}"))
+        })?;
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let plugins = absolute(plugins_dir);
+    if absolute(&root).starts_with(&plugins) {
+        let offset = raw.map_or(0, |dir| dir.span().start);
+        return Err(at.error(
+            offset,
+            "service.state_dir",
+            format!(
+                "{} is inside the plugins folder {}, where a plugin bundle could bring compiled code of its own: choose a folder outside it",
+                root.display(),
+                plugins.display()
+            ),
+        ));
+    }
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(plugins.as_os_str().as_encoded_bytes());
+    let id: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    Ok(root.join(format!("{service}-{id}")))
+}
+
 /// `service.metrics`: the address of the metrics endpoint, when set.
 fn resolve_metrics(
     at: &Locator,
@@ -1204,6 +1254,25 @@ mod tests {
         let echo = config.settings_for("echo").grants.http;
         assert!(echo.origins.is_empty(), "no origin unless granted");
         assert_eq!((echo.max_response_bytes, echo.max_concurrency), (1024 << 10, 16), "the defaults");
+    }
+
+    #[test]
+    fn the_state_folder_is_private_to_the_deployment_and_outside_the_plugins() {
+        if std::env::var_os(STATE_DIR_ENV).is_some() {
+            return; // the environment's folder wins over the file: nothing here to check
+        }
+        let with = |extra: &str| parse(&format!("[service]\nname = \"d\"\nplugins = \"p\"\n{extra}")).unwrap();
+        let state = with("state_dir = \"/var/lib/warren\"\n").state_dir;
+        let folder = state.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(state.starts_with("/var/lib/warren") && folder.starts_with("d-") && folder.len() == 14, "{state:?}");
+        let elsewhere = parse("[service]\nname = \"d\"\nplugins = \"q\"\nstate_dir = \"/var/lib/warren\"\n").unwrap();
+        assert_ne!(elsewhere.state_dir, state, "another plugins folder, another cache");
+        let inside = error("[service]\nname = \"d\"\nplugins = \"p\"\nstate_dir = \"p/.state\"\n");
+        assert!(
+            inside.starts_with("conf/warren.toml:4:13: service.state_dir: ") && inside.contains("inside the plugins folder"),
+            "{inside}"
+        );
+        assert!(!with("").state_dir.starts_with("conf/p"), "the default is outside the plugins folder");
     }
 
     #[test]

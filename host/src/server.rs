@@ -31,9 +31,6 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// How long in-flight messages may take to finish once shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// The folder, inside the plugins folder, where compiled plugins are cached.
-pub const CACHE_DIR: &str = ".warren-cache";
-
 /// Why a host could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -176,9 +173,9 @@ impl Server {
 
     /// The WebAssembly runtime `config` needs: an instance pool sized by the consumers and
     /// their prefetch, the largest memory limit, fuel counting if any plugin has a budget, and
-    /// the compiled-code cache in the plugins folder (`warren check` fills it for `run`).
+    /// the compiled-code cache in the private state folder (`warren check` fills it for `run`).
     pub fn runtime_for(config: &Config, topology: &Topology) -> Result<Arc<Runtime>, ServerError> {
-        let cache = config.plugins_dir.join(CACHE_DIR);
+        let cache = config.state_dir.clone();
         let settings: Vec<_> = config.plugin_names().iter().map(|name| config.settings_for(name)).collect();
         let max_memory = settings.iter().map(|s| s.limits.memory_bytes).fold(config.limits.memory_bytes, usize::max);
         let fuel = settings.iter().any(|s| s.limits.fuel.is_some());

@@ -145,11 +145,18 @@ pub fn config(service: &str, rest: &str) -> Config {
     config_in(service, plugins_dir(), rest)
 }
 
+/// Where the tests' hosts keep their private state (the code cache): one folder per service
+/// and plugins folder under it, never the user's own `~/.local/state/warren`.
+pub fn test_state_root() -> PathBuf {
+    std::env::temp_dir().join("warren-test-state")
+}
+
 /// A config for `service` with plugins from `plugins`; `rest` starts inside `[broker]`.
 pub fn config_in(service: &str, plugins: &Path, rest: &str) -> Config {
     let text = format!(
-        "[service]\nname = \"{service}\"\nplugins = \"{}\"\n[broker]\nurl = \"{}\"\n{rest}",
+        "[service]\nname = \"{service}\"\nplugins = \"{}\"\nstate_dir = \"{}\"\n[broker]\nurl = \"{}\"\n{rest}",
         plugins.display(),
+        test_state_root().display(),
         broker_url()
     );
     Config::parse(Path::new("test.toml"), &text, None).expect("the test config parses")
@@ -1034,6 +1041,13 @@ impl Drop for Cleanup {
         delete_on_broker(queues, exchanges);
         for dir in &declared.dirs {
             let _ = std::fs::remove_dir_all(dir).or_else(|_| std::fs::remove_file(dir));
+        }
+        // The services' private state folders (`<service>-<hash>` under the tests' root).
+        if let Ok(states) = std::fs::read_dir(test_state_root()) {
+            let theirs = |name: &str| declared.services.iter().any(|s| name.starts_with(&format!("{s}-")));
+            for state in states.flatten().filter(|e| e.file_name().to_str().is_some_and(theirs)) {
+                let _ = std::fs::remove_dir_all(state.path());
+            }
         }
 
         let mut shared = shared();

@@ -1,7 +1,8 @@
 //! A config reload is all or nothing: when the broker refuses the new topology, the old
 //! plugins, routes and grants keep serving, and the error says so in one line. The compiled
-//! code cache is loaded only when no other user could have written it, and keeps only what
-//! a live plugin uses.
+//! code cache lives in the host's private state folder, outside the plugins folder; an entry
+//! is loaded only when its MAC says this host wrote it and no other user could have written
+//! it, and the cache keeps only what a live plugin uses.
 
 use std::path::Path;
 
@@ -114,8 +115,9 @@ broker_test! {
     }
 }
 
-fn cache_entries(dir: &Path) -> Vec<String> {
-    let mut files: Vec<String> = std::fs::read_dir(dir.join(".warren-cache"))
+/// The compiled entries in `config`'s private state folder.
+fn cache_entries(config: &Config) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(config.state_dir.join("code"))
         .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
         .unwrap_or_default();
     files.sort();
@@ -129,7 +131,7 @@ fn source(plugins: &Plugins) -> CodeSource {
 /// A host start as far as its plugins: a fresh engine on the folder's code cache.
 async fn load(config: &Config) -> Plugins {
     init_logging();
-    let runtime = Runtime::new(4, 64 << 20, false, Some(config.plugins_dir.join(".warren-cache"))).unwrap();
+    let runtime = Runtime::new(4, 64 << 20, false, Some(config.state_dir.clone())).unwrap();
     Plugins::load_all(&runtime, config).await.unwrap_or_else(|e| panic!("the plugins load: {e}"))
 }
 
@@ -143,17 +145,28 @@ async fn a_cache_others_could_write_is_compiled_over_and_unused_entries_are_prun
     cleanup.dir(&plugins_folder(&service));
     let dir = private_plugins(&service, &[("hello", "echo")]);
     let config = config_in(&service, &dir, &requests(&[("hello", "hello")]));
-    let cache = dir.join(".warren-cache");
+    cleanup.dir(&config.state_dir);
+    let cache = config.state_dir.join("code");
+    assert!(!config.state_dir.starts_with(&dir), "the cache lives outside the plugins folder");
 
     let first = load(&config).await;
     assert_eq!(source(&first), CodeSource::Compiled, "a fresh folder compiles");
     let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "the cache folder is the host user's alone");
-    let entries = cache_entries(&dir);
+    let entries = cache_entries(&config);
     assert_eq!(entries.len(), 1, "{entries:?}");
     let entry = cache.join(&entries[0]);
     assert_eq!(std::fs::metadata(&entry).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(source(&load(&config).await), CodeSource::Cache, "a restart loads the cached code");
+
+    // An entry this host did not write (here: its MAC no longer fits its bytes, as with a
+    // .cwasm copied in from a bundle or another host): compiled over, never loaded.
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&entry, &bytes).unwrap();
+    assert_eq!(source(&load(&config).await), CodeSource::Compiled, "an entry that fails its MAC is compiled over");
+    assert_eq!(source(&load(&config).await), CodeSource::Cache, "and rewritten authenticated");
 
     // A folder others may write: its code is never loaded; the plugin is compiled instead.
     chmod(&cache, 0o777);
@@ -171,7 +184,7 @@ async fn a_cache_others_could_write_is_compiled_over_and_unused_entries_are_prun
     let reloading = plugins.clone();
     let reloaded = tokio::task::spawn_blocking(move || reloading.reload("hello")).await.unwrap().unwrap();
     let Reloaded::Swapped(status) = reloaded else { panic!("the new version serves: {reloaded:?}") };
-    let entries = cache_entries(&dir);
+    let entries = cache_entries(&config);
     assert_eq!(entries.len(), 1, "only the live version's code is kept: {entries:?}");
     assert!(entries[0].starts_with(&format!("hello-{}-", &status.hash[..32])), "{entries:?}");
 }

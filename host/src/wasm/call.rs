@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings;
 use super::http::CallHttp;
-use super::output::sanitize;
+use super::output::GuestOutput;
 use super::{Header, LogLevel, SendError};
 use crate::config::Grants;
 
@@ -68,6 +68,8 @@ pub struct CallState {
     pub(super) sends: SendBudget,
     /// Outbound HTTP: the allowlist, the deadline, the `traceparent` it sends.
     pub(super) http: CallHttp,
+    /// The call's output sink: stdout, stderr and the `log` import share its budget.
+    pub(super) output: GuestOutput,
 }
 
 /// What one call may send: how many messages, and how large each body.
@@ -76,9 +78,6 @@ pub(super) struct SendBudget {
     pub(super) max_sends: u32,
     pub(super) max_body_bytes: usize,
 }
-
-/// Longest log line a plugin may write through the host; longer ones are cut with a note.
-pub const MAX_LOG_LINE: usize = 4 * 1024;
 
 /// The store's memory limit, remembering the largest linear memory the call asked for.
 pub(super) struct MemoryLimiter {
@@ -201,20 +200,7 @@ impl bindings::warren::plugin::host::Host for CallState {
 
     async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
         if self.grants.log {
-            let plugin = &*self.plugin;
-            let cut = message.len() > MAX_LOG_LINE;
-            let mut end = message.len().min(MAX_LOG_LINE);
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            let message = format!("{}{}", sanitize(&message[..end]), if cut { " […line cut]" } else { "" });
-            match level {
-                LogLevel::Trace => tracing::trace!(plugin, "{message}"),
-                LogLevel::Debug => tracing::debug!(plugin, "{message}"),
-                LogLevel::Info => tracing::info!(plugin, "{message}"),
-                LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-                LogLevel::Error => tracing::error!(plugin, "{message}"),
-            }
+            self.output.host_log(level, &message);
         }
         Ok(())
     }

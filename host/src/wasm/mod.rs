@@ -1,7 +1,9 @@
 //! The Wasm wing: everything about running plugins in the sandbox, and nothing about AMQP.
 //!
-//! - [`engine`]: the wasmtime engine, instance pool, epoch ticker and compiled-code cache;
-//!   turns a `.wasm` file into a checked [`Plugin`].
+//! - [`engine`]: the wasmtime engine, instance pool and epoch ticker; turns a `.wasm` file
+//!   into a checked [`Plugin`].
+//! - [`cache`]: the compiled-code cache in the host's private state folder, each entry
+//!   authenticated with a host-local key.
 //! - [`plugin`]: a loaded plugin and one message's call on a fresh instance; the faults that
 //!   end a call ([`PluginFault`]).
 //! - [`call`]: one call's store state and the host imports a guest sees (grant checks, then
@@ -14,6 +16,7 @@
 //! The plugin contract's types (WIT `warren:plugin`) are re-exported here: they are what the
 //! AMQP wing converts deliveries to and from. This wing never imports the AMQP wing.
 
+pub mod cache;
 pub mod call;
 pub mod engine;
 pub mod http;

@@ -1,7 +1,8 @@
-//! A guest's stdout and stderr: every complete line goes to the host log as it is written,
-//! tagged with the plugin, up to a budget per call; past it the rest is dropped with one
-//! note. Writing never fails, so a plugin that prints a lot never fails its message. The
-//! last lines are also kept to explain a fault.
+//! A guest's stdout and stderr, and the lines it sends through the host's `log` import:
+//! every complete line goes to the host log as it is written, tagged with the plugin, up to
+//! one budget per call shared by all three; past it the rest is dropped with one note.
+//! Writing never fails, so a plugin that prints a lot never fails its message. The last
+//! lines of stdout and stderr are also kept to explain a fault.
 
 use std::io;
 use std::pin::Pin;
@@ -13,7 +14,8 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
-/// Bytes of output one call may send to the host log before the rest is dropped.
+/// Bytes of output (stdout, stderr and `log` together) one call may send to the host log
+/// before the rest is dropped.
 pub const OUTPUT_BUDGET: usize = 64 * 1024;
 /// Longest single line logged; longer lines are cut with a note.
 const MAX_LINE: usize = 4 * 1024;
@@ -73,6 +75,22 @@ impl GuestOutput {
         }
     }
 
+    /// Logs a line the guest sent through the host's `log` import, at its level, within the
+    /// call's output budget.
+    pub fn host_log(&self, level: super::LogLevel, message: &str) {
+        use super::LogLevel;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(message) = state.admit(message.as_bytes()) else { return };
+        let plugin = &*state.plugin;
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
     /// Logs what is left unfinished and, if anything was dropped, one note saying how much.
     /// Called once the call ends.
     pub fn finish(&self) {
@@ -107,15 +125,23 @@ impl State {
     }
 
     fn log(&mut self, stream: &str, line: &[u8]) {
-        if self.logged + line.len() > OUTPUT_BUDGET {
-            self.dropped += line.len() + 1;
-            return;
+        if let Some(text) = self.admit(line) {
+            tracing::info!(plugin = %self.plugin, stream, "{text}");
         }
-        self.logged += line.len() + 1;
-        let cut = line.len() > MAX_LINE;
-        let text = sanitize(&String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)]));
-        let note = if cut { " […line cut]" } else { "" };
-        tracing::info!(plugin = %self.plugin, stream, "{text}{note}");
+    }
+
+    /// `line` as it may be logged (escaped, cut past [`MAX_LINE`] with a note), what is
+    /// kept of it counted against the budget; `None` (and counted as dropped) once the
+    /// budget is spent.
+    fn admit(&mut self, line: &[u8]) -> Option<String> {
+        let kept = &line[..line.len().min(MAX_LINE)];
+        if self.logged + kept.len() > OUTPUT_BUDGET {
+            self.dropped += kept.len() + 1;
+            return None;
+        }
+        self.logged += kept.len() + 1;
+        let text = sanitize(&String::from_utf8_lossy(kept));
+        Some(format!("{text}{}", if kept.len() < line.len() { " […line cut]" } else { "" }))
     }
 }
 
@@ -203,5 +229,23 @@ mod tests {
         assert!(state.logged <= OUTPUT_BUDGET);
         assert_eq!(state.dropped, 10 * 1024);
         assert!(state.tail.len() <= TAIL);
+    }
+
+    #[test]
+    fn the_log_import_shares_the_output_budget() {
+        let output = GuestOutput::new("p".into());
+        let line = "y".repeat(1023);
+        for _ in 0..(OUTPUT_BUDGET / 1024) {
+            output.host_log(crate::wasm::LogLevel::Info, &line);
+        }
+        output.take(b"printed after the budget\n");
+        output.host_log(crate::wasm::LogLevel::Error, &line);
+        let state = output.state.lock().unwrap();
+        assert_eq!(state.logged, OUTPUT_BUDGET, "log lines count like printed ones");
+        assert_eq!(state.dropped, "printed after the budget".len() + 1 + 1024, "past it, both are dropped");
+        drop(state);
+        output.begin_call();
+        output.host_log(crate::wasm::LogLevel::Info, "a new call");
+        assert_eq!(output.state.lock().unwrap().logged, "a new call".len() + 1, "each call has its own");
     }
 }

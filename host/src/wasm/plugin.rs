@@ -304,7 +304,9 @@ impl Plugin {
         state.context = context.clone();
         state.deadline = deadline;
         state.sends = SendBudget { sent: 0, max_sends: limits.max_sends, max_body_bytes: limits.max_send_bytes };
-        state.http = CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, context.traceparent.clone());
+        let unread = state.http.unread();
+        state.http =
+            CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, context.traceparent.clone(), unread);
         store.set_epoch_deadline(1);
     }
 
@@ -325,7 +327,7 @@ impl Plugin {
         let traceparent = context.traceparent.clone();
         let state = CallState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table: resource_table(),
             limits: MemoryLimiter {
                 limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
                 peak: 0,
@@ -335,7 +337,8 @@ impl Plugin {
             grants: self.grants.clone(),
             context,
             sends: SendBudget { sent: 0, max_sends: limits.max_sends, max_body_bytes: limits.max_send_bytes },
-            http: CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, traceparent),
+            http: CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, traceparent, Arc::default()),
+            output: output.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -369,6 +372,19 @@ impl Plugin {
     }
 }
 
+/// Resources (streams, pollables, `wasi:http` requests, fields, bodies, …) one instance may
+/// hold at once in its store's table. Wasmtime's default is a million, each host memory
+/// outside `memory_mib`; a Python plugin uses a few dozen.
+pub const MAX_TABLE_ENTRIES: usize = 1024;
+
+/// A store's resource table, capped at [`MAX_TABLE_ENTRIES`]: past it a new resource fails
+/// in the guest (a trap or an error, as the import says), never a host allocation.
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_TABLE_ENTRIES);
+    table
+}
+
 /// The host could not set up a call's sandbox (e.g. a granted folder cannot be opened): not
 /// the message's fault.
 fn host_fault(error: wasmtime::Error) -> PluginFault {
@@ -379,4 +395,18 @@ fn host_fault(error: wasmtime::Error) -> PluginFault {
 /// it is granted no origin.
 pub(super) fn plugin_http(settings: &PluginSettings) -> Option<Arc<PluginHttp>> {
     (!settings.grants.http.origins.is_empty()).then(|| PluginHttp::new(&settings.grants.http))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calls_resource_table_is_capped() {
+        let mut table = resource_table();
+        for i in 0..MAX_TABLE_ENTRIES {
+            table.push(i).unwrap_or_else(|e| panic!("entry {i}: {e}"));
+        }
+        assert!(table.push(0usize).is_err(), "entry {} is over the cap", MAX_TABLE_ENTRIES + 1);
+    }
 }

@@ -103,6 +103,9 @@ pub struct Grants {
     pub request: Vec<String>,
     /// Queues the plugin may publish to directly (goamqp's queue publisher).
     pub queues: Vec<String>,
+    /// Services the plugin may answer later (`publish-response`, goamqp's
+    /// `PublishServiceResponse`).
+    pub respond: Vec<String>,
     /// Whether the plugin may write to the host's log.
     pub log: bool,
     /// Outbound HTTP: the origins the plugin may call (none by default) and its caps.
@@ -117,6 +120,7 @@ impl Default for Grants {
             publish: Vec::new(),
             request: Vec::new(),
             queues: Vec::new(),
+            respond: Vec::new(),
             log: true,
             http: HttpGrant::default(),
         }
@@ -252,6 +256,10 @@ pub struct RequestHandler {
     pub dead_letter_exchange: Option<String>,
     /// This handler's own `retry_delays_ms`, over its plugin's limits.
     pub retry_delays: Option<Vec<Duration>>,
+    /// Whether the handler's result is published as the answer (goamqp's
+    /// `RequestResponseHandler`, the default); `false`: goamqp's `ServiceRequestConsumer`,
+    /// success acks the request and publishes nothing.
+    pub respond: bool,
 }
 
 /// `[[event]]`: consume events matching `routing_key` (`*`, `#` allowed) from a stream.
@@ -440,6 +448,7 @@ struct RawLimits {
     publish: Option<Spanned<Vec<String>>>,
     request: Option<Spanned<Vec<String>>>,
     queues: Option<Spanned<Vec<String>>>,
+    respond: Option<Spanned<Vec<String>>>,
     log: Option<Spanned<bool>>,
     http: Option<Spanned<Vec<String>>>,
     http_max_response_kib: Option<Spanned<u32>>,
@@ -457,6 +466,7 @@ impl RawLimits {
             ("publish", self.publish.as_ref().map(Spanned::span)),
             ("request", self.request.as_ref().map(Spanned::span)),
             ("queues", self.queues.as_ref().map(Spanned::span)),
+            ("respond", self.respond.as_ref().map(Spanned::span)),
             ("log", self.log.as_ref().map(Spanned::span)),
             ("http", self.http.as_ref().map(Spanned::span)),
             ("http_max_response_kib", self.http_max_response_kib.as_ref().map(Spanned::span)),
@@ -521,6 +531,7 @@ struct RawRequest {
     plugin: Spanned<String>,
     dead_letter_exchange: Option<Spanned<String>>,
     retry_delays_ms: Option<Spanned<Vec<u64>>>,
+    respond: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -820,7 +831,8 @@ fn resolve_requests(at: &Locator, raw: &[RawRequest]) -> Result<Vec<RequestHandl
         let plugin = check_plugin(at, &raw.plugin, &format!("request[{i}].plugin"))?;
         let dead_letter_exchange = dead_letter(at, &raw.dead_letter_exchange, &format!("request[{i}]"))?;
         let retry_delays = handler_retry_delays(at, &raw.retry_delays_ms, &format!("request[{i}]"))?;
-        requests.push(RequestHandler { routing_key, plugin, dead_letter_exchange, retry_delays });
+        let respond = raw.respond.unwrap_or(true);
+        requests.push(RequestHandler { routing_key, plugin, dead_letter_exchange, retry_delays, respond });
     }
     Ok(requests)
 }
@@ -939,7 +951,9 @@ fn resolve_grants(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Resu
             return Err(at.at(dir_as, &format!("{key}.dir_as"), "must be an absolute guest path like \"/data\""));
         }
     }
-    for (field, names) in [("publish", &raw.publish), ("request", &raw.request), ("queues", &raw.queues)] {
+    let sends =
+        [("publish", &raw.publish), ("request", &raw.request), ("queues", &raw.queues), ("respond", &raw.respond)];
+    for (field, names) in sends {
         for entry in names.iter() {
             for value in entry.get_ref() {
                 check_name(at, &Spanned::new(entry.span(), value.clone()), &format!("{key}.{field}"))?;
@@ -953,6 +967,7 @@ fn resolve_grants(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Resu
         publish: list(&raw.publish),
         request: list(&raw.request),
         queues: list(&raw.queues),
+        respond: list(&raw.respond),
         log: raw.log.as_ref().is_none_or(|l| *l.get_ref()),
         http: resolve_http(at, base, key, raw)?,
     })
@@ -1106,7 +1121,8 @@ mod tests {
                 routing_key: "echo".into(),
                 plugin: "echo".into(),
                 dead_letter_exchange: None,
-                retry_delays: None
+                retry_delays: None,
+                respond: true
             }]
         );
         assert_eq!(config.events[0].stream, "events");
@@ -1210,14 +1226,41 @@ mod tests {
 
     #[test]
     fn grants_in_limits_are_refused_not_ignored() {
-        for grant in
-            ["publish = [\"events\"]", "request = [\"billing\"]", "queues = [\"q\"]", "log = false", "dir_as = \"/x\""]
-        {
+        for grant in [
+            "publish = [\"events\"]",
+            "request = [\"billing\"]",
+            "queues = [\"q\"]",
+            "respond = [\"billing\"]",
+            "log = false",
+            "dir_as = \"/x\"",
+        ] {
             let message = error(&format!("[service]\nname = \"d\"\n[limits]\n{grant}\n"));
             let key = grant.split(' ').next().unwrap();
             assert!(message.contains(&format!("limits.{key}: `{key}` is a grant")), "{message}");
             assert!(message.starts_with("conf/warren.toml:4:"), "{message}");
         }
+    }
+
+    #[test]
+    fn a_request_handler_may_answer_nothing_and_a_plugin_may_answer_later() {
+        let config = parse(
+            "[service]\nname = \"d\"\n[[request]]\nrouting_key = \"charge\"\nplugin = \"billing\"\nrespond = false\n\
+             [[request]]\nrouting_key = \"quote\"\nplugin = \"billing\"\n\
+             [plugin.billing]\nrespond = [\"orders\", \"shop-2\"]\n",
+        )
+        .unwrap();
+        assert!(!config.requests[0].respond, "respond = false: goamqp's ServiceRequestConsumer");
+        assert!(config.requests[1].respond, "answers by default: goamqp's RequestResponseHandler");
+        assert_eq!(config.settings_for("billing").grants.respond, ["orders", "shop-2"]);
+        let base = "[service]\nname = \"d\"\n[[request]]\nrouting_key = \"a\"\nplugin = \"p\"\n";
+        let not_bool = error(&format!("{base}respond = \"no\"\n"));
+        assert!(not_bool.starts_with("conf/warren.toml:6:11: "), "{not_bool}");
+        assert!(not_bool.contains("expected a boolean"), "{not_bool}");
+        let bad_name = error(&format!("{base}[plugin.p]\nrespond = [\"two words\"]\n"));
+        assert!(bad_name.contains("plugin.p.respond: 'two words' contains ' '"), "{bad_name}");
+        let on_event =
+            error("[service]\nname = \"d\"\n[[event]]\nrouting_key = \"a\"\nplugin = \"p\"\nrespond = false\n");
+        assert!(on_event.contains("unknown field `respond`"), "{on_event}");
     }
 
     #[test]

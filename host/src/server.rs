@@ -267,6 +267,7 @@ impl Server {
                     plugin,
                     dead_letter_exchange: route.dead_letter_exchange.clone(),
                     retry_delays: route.retry_delays_ms.iter().map(|&ms| Duration::from_millis(ms)).collect(),
+                    answers: route.answers,
                 },
             );
         }

@@ -66,6 +66,9 @@ pub struct Handler {
     /// Delays before each redelivery of a `retry` (through the queue's retry queues);
     /// empty: requeued at once, `max_retries` times.
     pub retry_delays: Vec<Duration>,
+    /// Whether a success publishes the handler's result to the requester (`[[request]]`,
+    /// unless `respond = false`: goamqp's `ServiceRequestConsumer` acks and publishes nothing).
+    pub answers: bool,
 }
 
 /// How a delivery was settled (logged, and counted by tests and metrics).
@@ -326,13 +329,14 @@ impl QueueConsumer {
 
     async fn decide(&self, delivery: &Delivery, routing_key: &str) -> Outcome {
         let routing = self.routing.load();
-        let Some(Handler { plugin: slot, retry_delays, .. }) = routing.routes.find(routing_key) else {
+        let Some(Handler { plugin: slot, retry_delays, answers, .. }) = routing.routes.find(routing_key) else {
             return Outcome::Rejected(format!("no handler for routing key '{routing_key}' on this queue"));
         };
         let props = &delivery.properties;
         let table = props.headers().as_ref();
         let requester = headers::text(table, SERVICE_HEADER);
-        if self.kind == ConsumerKind::Request && requester.is_none() {
+        // A handler that answers nothing needs no requester (goamqp's ServiceRequestConsumer never looks).
+        if self.kind == ConsumerKind::Request && *answers && requester.is_none() {
             return Outcome::Rejected("request without a string 'service' header: it can never be answered".into());
         }
 
@@ -371,7 +375,7 @@ impl QueueConsumer {
                 self.retry(delivery, routing_key, &why, plugin.name(), plugin.limits().max_retries, retry_delays).await
             }
             Ok(Ok(response)) => match (self.kind, requester) {
-                (ConsumerKind::Request, Some(requester)) => {
+                (ConsumerKind::Request, Some(requester)) if *answers => {
                     self.respond(delivery, routing_key, &requester, response, &traceparent, plugin.limits()).await
                 }
                 _ => Outcome::Acked,

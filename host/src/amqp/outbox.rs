@@ -1,5 +1,5 @@
-//! What plugins send (events, requests, queue messages), published the goamqp way and
-//! confirmed by the broker before the plugin's call returns.
+//! What plugins send (events, requests, queue messages, late answers), published the goamqp
+//! way and confirmed by the broker before the plugin's call returns.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -65,9 +65,16 @@ impl Outbox for BrokerOutbox {
             if let Some(traceparent) = traceparent.filter(|_| !table.contains_key(TRACEPARENT_HEADER)) {
                 table.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent)));
             }
+            // goamqp's `service` header names the sender, except on an answer: there it names
+            // the requester, whose response queue is bound on it (`PublishServiceResponse`).
+            let mut service_header = self.service.as_str();
             let exchange = match &to {
                 Destination::Event(stream) => naming::event_exchange(stream),
                 Destination::Request(service) => naming::request_exchange(service),
+                Destination::Response(requester) => {
+                    service_header = requester;
+                    naming::response_exchange(&self.service)
+                }
                 Destination::Queue(queue) => {
                     if routing_key != queue && self.names_a_queue(routing_key).await? {
                         return Err(SendError::Denied(format!(
@@ -80,14 +87,21 @@ impl Outbox for BrokerOutbox {
                     String::new()
                 }
             };
-            let properties = broker::message_properties(&self.service, table);
+            let properties = broker::message_properties(service_header, table);
             match self.publisher.publish(&exchange, routing_key, body, properties).await {
                 Ok(Delivered::Routed) => Ok(()),
                 // Nobody subscribed to this event (yet): that is not the publisher's problem.
                 Ok(Delivered::Unroutable) if matches!(to, Destination::Event(_)) => Ok(()),
-                Ok(Delivered::Unroutable) => Err(SendError::Failed(format!(
-                    "no queue takes '{routing_key}' on exchange '{exchange}': is the receiving service running?"
-                ))),
+                Ok(Delivered::Unroutable) => Err(SendError::Failed(match &to {
+                    Destination::Response(requester) => format!(
+                        "no queue of '{requester}' is bound to '{exchange}' (header service = '{requester}'), \
+                         so the answer to '{routing_key}' would be dropped: is '{requester}' consuming responses \
+                         from this service (goamqp's ServiceResponseConsumer)?"
+                    ),
+                    _ => format!(
+                        "no queue takes '{routing_key}' on exchange '{exchange}': is the receiving service running?"
+                    ),
+                })),
                 Err(error) => Err(SendError::Failed(error.to_string())),
             }
         })

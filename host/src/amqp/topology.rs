@@ -78,6 +78,10 @@ pub struct Route {
     /// Delays before each redelivery of a `retry`, through this queue's retry queues
     /// (empty: redelivered at once, `limits.max_retries` times).
     pub retry_delays_ms: Vec<u64>,
+    /// Whether a success publishes the handler's result as the answer to the requester: a
+    /// `[[request]]` handler (goamqp's `RequestResponseHandler`), unless it says
+    /// `respond = false` (goamqp's `ServiceRequestConsumer`). Never for events and responses.
+    pub answers: bool,
 }
 
 /// One consumer: a queue, what its messages are, and who handles each routing key.
@@ -120,7 +124,8 @@ impl Topology {
             for handler in &config.requests {
                 topology.bind(&queue, &exchange, &handler.routing_key, BTreeMap::new());
                 let dlx = handler.dead_letter_exchange.as_ref().or(config.dead_letter_exchange.as_ref());
-                let route = Route::new(config, &handler.routing_key, &handler.plugin, dlx, &handler.retry_delays);
+                let mut route = Route::new(config, &handler.routing_key, &handler.plugin, dlx, &handler.retry_delays);
+                route.answers = handler.respond;
                 topology.route(&queue, ConsumerKind::Request, KeyMatch::Exact, route, profile);
             }
         }
@@ -145,6 +150,10 @@ impl Topology {
             for target in &settings.grants.request {
                 topology.add_exchange(&naming::request_exchange(target), ExchangeKind::Direct);
                 topology.add_exchange(&naming::response_exchange(target), ExchangeKind::Headers);
+            }
+            // Late answers (`respond = [...]`) go out on this service's own response exchange.
+            if !settings.grants.respond.is_empty() {
+                topology.add_exchange(&naming::response_exchange(service), ExchangeKind::Headers);
             }
         }
 
@@ -205,7 +214,10 @@ impl Topology {
         let _ = writeln!(out, "HANDLERS");
         for c in &self.consumers {
             for r in &c.routes {
-                let _ = writeln!(out, "  {}  {}  -> plugin {}", c.queue, r.routing_key, r.plugin);
+                let silent = c.kind == ConsumerKind::Request && !r.answers;
+                let note =
+                    if silent { "  (respond = false: answers nothing, goamqp's ServiceRequestConsumer)" } else { "" };
+                let _ = writeln!(out, "  {}  {}  -> plugin {}{note}", c.queue, r.routing_key, r.plugin);
             }
         }
         out
@@ -317,6 +329,7 @@ impl Route {
             plugin: plugin.to_string(),
             dead_letter_exchange: dlx.cloned(),
             retry_delays_ms: delays.iter().map(|d| d.as_millis() as u64).collect(),
+            answers: false,
         }
     }
 }
@@ -350,6 +363,40 @@ mod tests {
         assert_eq!(keys, ["echo", "greet"]);
         assert_eq!(t.consumers.len(), 1);
         assert_eq!(t.consumers[0].routes.len(), 2);
+    }
+
+    #[test]
+    fn a_request_handler_that_answers_nothing_declares_what_goamqps_service_request_consumer_does() {
+        let silent = topology(
+            "[service]\nname = \"billing\"\n[[request]]\nrouting_key = \"charge\"\nplugin = \"p\"\nrespond = false\n",
+        );
+        let answering =
+            topology("[service]\nname = \"billing\"\n[[request]]\nrouting_key = \"charge\"\nplugin = \"p\"\n");
+        // ServiceRequestConsumer declares the response exchange, the request exchange, the
+        // queue and the binding, exactly as RequestResponseHandler (which wraps it) does.
+        assert_eq!(
+            (&silent.exchanges, &silent.queues, &silent.bindings),
+            (&answering.exchanges, &answering.queues, &answering.bindings)
+        );
+        let response_exchange =
+            Exchange { name: "billing.headers.exchange.response".into(), kind: ExchangeKind::Headers };
+        assert!(silent.exchanges.contains(&response_exchange));
+        assert!(!silent.consumers[0].routes[0].answers);
+        assert!(answering.consumers[0].routes[0].answers);
+        let table = silent.to_table();
+        assert!(table.contains("charge  -> plugin p  (respond = false: answers nothing"), "{table}");
+        assert!(!answering.to_table().contains("respond = false"));
+    }
+
+    #[test]
+    fn a_respond_grant_declares_the_services_own_response_exchange() {
+        let t = topology(
+            "[service]\nname = \"billing\"\n[[event]]\nrouting_key = \"saga.done\"\nplugin = \"p\"\n[plugin.p]\nrespond = [\"orders\"]\n",
+        );
+        let response_exchange =
+            Exchange { name: "billing.headers.exchange.response".into(), kind: ExchangeKind::Headers };
+        assert!(t.exchanges.contains(&response_exchange));
+        assert!(!t.consumers[0].routes[0].answers, "an event handler never answers by itself");
     }
 
     #[test]
@@ -425,6 +472,10 @@ impl Topology {
                 d.edge(&client, &exchange);
                 let queue = d.binding(binding);
                 d.edge(&queue, &me);
+                // `respond = false` (goamqp's ServiceRequestConsumer): no answer loop.
+                if !consumer.routes.iter().any(|r| r.routing_key == binding.routing_key && r.answers) {
+                    continue;
+                }
                 let answer = Binding {
                     queue: naming::response_queue(service, MERMAID_ANY_CLIENT),
                     exchange: naming::response_exchange(service),
@@ -478,6 +529,10 @@ impl Topology {
             }
             for target in &settings.grants.request {
                 let exchange = d.node(Shape::Exchange, &naming::request_exchange(target));
+                d.edge(&me, &exchange);
+            }
+            if !settings.grants.respond.is_empty() {
+                let exchange = d.node(Shape::Exchange, &naming::response_exchange(service));
                 d.edge(&me, &exchange);
             }
         }
@@ -729,6 +784,18 @@ mod mermaid_tests {
             &chart,
             &["{publishers}", "users.topic.exchange", "Binding<br/>routingKey: 'user.*'", transient, "audit"],
         );
+    }
+
+    #[test]
+    fn a_handler_that_answers_nothing_draws_no_answer_loop() {
+        let chart = mermaid(
+            "[service]\nname = \"svc\"\n[[request]]\nrouting_key = \"cmd\"\nplugin = \"p\"\nrespond = false\n\
+             [plugin.p]\nrespond = [\"orders\"]\n",
+        );
+        let request = ["{client}", "svc.direct.exchange.request", "Binding<br/>routingKey: 'cmd'"];
+        assert_path(&chart, &[&request[..], &["svc.direct.exchange.request.queue", "svc"]].concat());
+        assert!(!chart.contains("service: '{client}'"), "no answer goes back by itself: {chart}");
+        assert_path(&chart, &["svc", "svc.headers.exchange.response"]);
     }
 
     #[test]

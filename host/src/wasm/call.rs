@@ -29,6 +29,9 @@ pub enum Destination {
     Request(String),
     /// Straight to a queue, as goamqp's queue publisher does.
     Queue(String),
+    /// A late answer to service `T` (goamqp's `PublishServiceResponse`): this service's own
+    /// response exchange, header `service` = `T`.
+    Response(String),
 }
 
 /// The host's way out for plugins: publishes with broker confirms. Implemented next to the
@@ -132,6 +135,11 @@ impl CallState {
                     format!("publish to queue '{queue}'"),
                     format!("queues = [\"{queue}\"]"),
                 ),
+                Destination::Response(service) => (
+                    grants.respond.contains(service),
+                    format!("answer service '{service}'"),
+                    format!("respond = [\"{service}\"]"),
+                ),
             };
             if !granted {
                 let refusal = format!("plugin '{plugin}' may not {what}: grant it with {key} in [plugin.{plugin}]");
@@ -196,6 +204,16 @@ impl bindings::warren::plugin::host::Host for CallState {
         headers: Vec<Header>,
     ) -> wasmtime::Result<Result<(), SendError>> {
         Ok(self.send(Destination::Queue(queue), routing_key, body, headers).await)
+    }
+
+    async fn publish_response(
+        &mut self,
+        service: String,
+        routing_key: String,
+        body: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), SendError>> {
+        Ok(self.send(Destination::Response(service), routing_key, body, headers).await)
     }
 
     async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {

@@ -20,5 +20,11 @@ func SendToQueue(queue, routingKey string, body []byte, headers Headers) error {
 	return ErrNotInWarren
 }
 
+// PublishResponse answers service later, as goamqp's PublishServiceResponse does
+// (`<S>.headers.exchange.response`, header `service` = service).
+func PublishResponse(service, routingKey string, body []byte, headers Headers) error {
+	return ErrNotInWarren
+}
+
 // Log writes a line to the host's log; natively it is dropped.
 func Log(level Level, message string) {}

@@ -163,6 +163,13 @@ func SendToQueue(queue, routingKey string, body []byte, headers Headers) error {
 	return sendWith(warren_plugin_host.SendToQueue, queue, routingKey, body, headers)
 }
 
+// PublishResponse answers service later, as goamqp's PublishServiceResponse does: this
+// service's own `<S>.headers.exchange.response`, routing key routingKey, header
+// `service` = service (granted by `respond = ["<service>"]`), confirmed before it returns.
+func PublishResponse(service, routingKey string, body []byte, headers Headers) error {
+	return sendWith(warren_plugin_host.PublishResponse, service, routingKey, body, headers)
+}
+
 // Log writes a line to the host's log, tagged with the plugin's name.
 func Log(level Level, message string) {
 	warren_plugin_host.Log(warren_plugin_host.LogLevel(level), message)

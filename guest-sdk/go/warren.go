@@ -34,7 +34,7 @@
 // other error is a Retry too, as goamqp requeues a message whose handler failed. A panic
 // traps: the host discards the instance and rejects the message.
 //
-// The host's imports (PublishEvent, SendRequest, SendToQueue, Log) are granted per plugin
+// The host's imports (PublishEvent, SendRequest, SendToQueue, PublishResponse, Log) are granted per plugin
 // in the host's config. A refused or unconfirmed send returns a *SendError; returned from
 // the handler as it is, a denial refuses the message and a failed send retries it.
 //
@@ -221,6 +221,16 @@ func SendRequestJSON(service, routingKey string, value any, headers Headers) err
 		return Failed(fmt.Sprintf("cannot serialise the request: %v", err))
 	}
 	return SendRequest(service, routingKey, body, headers)
+}
+
+// PublishResponseJSON answers service later with value as JSON (goamqp's
+// PublishServiceResponse).
+func PublishResponseJSON(service, routingKey string, value any, headers Headers) error {
+	body, err := json.Marshal(value)
+	if err != nil {
+		return Failed(fmt.Sprintf("cannot serialise the response: %v", err))
+	}
+	return PublishResponse(service, routingKey, body, headers)
 }
 
 // Level is a log line's level.

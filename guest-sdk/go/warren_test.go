@@ -75,4 +75,7 @@ func TestAJSONHandlerRefusesABodyThatDoesNotParse(t *testing.T) {
 	if err := PublishEvent("s", "k", nil, nil); !errors.Is(err, ErrNotInWarren) {
 		t.Fatalf("natively the host's imports say so, got %v", err)
 	}
+	if err := PublishResponseJSON("orders", "k", map[string]int{"n": 1}, nil); !errors.Is(err, ErrNotInWarren) {
+		t.Fatalf("natively publishing a response says so too, got %v", err)
+	}
 }

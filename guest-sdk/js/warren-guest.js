@@ -21,7 +21,7 @@
  * {@link Response}. Throw `BadRequest`, `Retry` or `Failed` to refuse a message; any other
  * exception traps: the host discards the instance and rejects the message.
  *
- * The host's imports — `publishEvent`, `sendRequest`, `sendToQueue`, `log` — are granted per
+ * The host's imports — `publishEvent`, `sendRequest`, `sendToQueue`, `publishResponse`, `log` — are granted per
  * plugin in the host's config; a refused or unconfirmed send throws {@link SendError}, which,
  * left uncaught, refuses the message (`denied` → `failed`, otherwise `retry`).
  *
@@ -255,6 +255,19 @@ export function sendRequestJson(service, routingKey, value, headers = {}) {
 /** Publishes to queue `queue` through the default exchange, as goamqp's queue publisher. */
 export function sendToQueue(queue, routingKey, body, headers = {}) {
   send(host.sendToQueue, queue, routingKey, bytes(body), toWitHeaders(headers));
+}
+
+/**
+ * Answers `service` later, as goamqp's `PublishServiceResponse`: this service's own
+ * `<S>.headers.exchange.response`, header `service` = `service` (grant `respond`).
+ */
+export function publishResponse(service, routingKey, body, headers = {}) {
+  send(host.publishResponse, service, routingKey, bytes(body), toWitHeaders(headers));
+}
+
+/** Answers `service` later with `value` as JSON. */
+export function publishResponseJson(service, routingKey, value, headers = {}) {
+  publishResponse(service, routingKey, JSON.stringify(value), headers);
 }
 
 /** Writes a line to the host's log: `level` is trace, debug, info, warn or error. */

@@ -145,7 +145,8 @@ where
 pub mod http;
 
 /// Publishing, requests and logging through the host. Each destination must be granted to
-/// the plugin in the host's config (`[plugin.<name>]`: `publish`, `request`, `queues`);
+/// the plugin in the host's config (`[plugin.<name>]`: `publish`, `request`, `queues`,
+/// `respond`);
 /// everything sent is confirmed by the broker before the call returns, so it is safe before
 /// the message being handled is acked. (Natively, outside a host, these calls panic.)
 pub mod host {
@@ -195,6 +196,27 @@ pub mod host {
     /// Publishes to `queue` as goamqp's queue publisher does.
     pub fn send_to_queue(queue: &str, routing_key: &str, body: &[u8], headers: &[Header]) -> Result<(), SendError> {
         imports::send_to_queue(queue, routing_key, body, headers)
+    }
+
+    /// Answers `service` later, as goamqp's `PublishServiceResponse` does: this service's own
+    /// `<S>.headers.exchange.response`, routing key `routing_key`, header `service` =
+    /// `service`, where that service's response queue is bound (grant `respond`).
+    pub fn publish_response(
+        service: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: &[Header],
+    ) -> Result<(), SendError> {
+        imports::publish_response(service, routing_key, body, headers)
+    }
+
+    /// Answers `service` later with `response` as JSON.
+    pub fn publish_response_json<T: serde::Serialize>(
+        service: &str,
+        routing_key: &str,
+        response: &T,
+    ) -> Result<(), HandlerError> {
+        Ok(publish_response(service, routing_key, &json(response)?, &[])?)
     }
 
     /// Writes `message` to the host's log, tagged with this plugin's name.

@@ -29,7 +29,7 @@ maps each to its AMQP outcome). Any other exception traps: the host discards the
 and rejects the message, exactly as for a Rust panic.
 
 The host's imports — :func:`publish_event`, :func:`send_request`, :func:`send_to_queue`,
-:func:`log` — are granted per plugin in the host's config; a refused or unconfirmed send
+:func:`publish_response`, :func:`log` — are granted per plugin in the host's config; a refused or unconfirmed send
 raises :class:`SendError`, which, left uncaught, refuses the message (``denied`` →
 ``failed``, ``failed`` → ``retry``).
 
@@ -92,6 +92,8 @@ __all__ = [
     "send_request",
     "send_request_json",
     "send_to_queue",
+    "publish_response",
+    "publish_response_json",
 ]
 
 
@@ -317,6 +319,17 @@ def send_request_json(service: str, routing_key: str, value: Any, headers: Optio
 def send_to_queue(queue: str, routing_key: str, body: bytes, headers: Optional[dict] = None) -> None:
     """Publishes to queue ``queue`` through the default exchange, as goamqp's queue publisher."""
     _send(_host.send_to_queue, queue, routing_key, bytes(body), _to_wit_headers(headers))
+
+
+def publish_response(service: str, routing_key: str, body: bytes, headers: Optional[dict] = None) -> None:
+    """Answers ``service`` later, as goamqp's ``PublishServiceResponse``: this service's own
+    ``<S>.headers.exchange.response``, header ``service`` = ``service`` (grant ``respond``)."""
+    _send(_host.publish_response, service, routing_key, bytes(body), _to_wit_headers(headers))
+
+
+def publish_response_json(service: str, routing_key: str, value: Any, headers: Optional[dict] = None) -> None:
+    """Answers ``service`` later with ``value`` as JSON."""
+    publish_response(service, routing_key, _to_json(value), headers)
 
 
 def log(level: str, message: str) -> None:

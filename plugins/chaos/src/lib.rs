@@ -13,10 +13,16 @@
 //! - `headers`: answers with every request header copied onto the response (a fidelity check)
 //! - `queue:<name>`: publishes `queued` to queue `<name>` through the host (needs the grant
 //!   `queues = ["<name>"]`), then answers `sent` or the refusal
+//! - `answer:<service>:<key>`: answers service `<service>` later, as goamqp's
+//!   `PublishServiceResponse` does (`answered`, routing key `<key>`; needs the grant
+//!   `respond = ["<service>"]`), then answers `sent` or the refusal
 //! - `env:<NAME>`: answers the environment variable's value, or `unset` (nothing is granted
 //!   unless the config says so)
 //! - `read:<path>`: answers the file's content, or `denied: <error>` (no folder is granted
 //!   unless the config says so)
+//! - `write:<path>`: writes `written by chaos` to the file (creating or replacing it), then
+//!   answers `wrote`, or `denied: <error>` (a granted folder is read-only)
+//! - `remove:<path>`: removes the file, then answers `removed`, or `denied: <error>`
 //! - anything else: echoed back unchanged
 
 use std::time::{Duration, Instant};
@@ -34,12 +40,14 @@ pub fn chaos(message: Message) -> Result<Response, HandlerError> {
         return Ok(Response::new(std::env::var(name).unwrap_or_else(|_| "unset".into())));
     } else if let Some(path) = text.strip_prefix("read:") {
         return Ok(Response::new(std::fs::read(path).unwrap_or_else(|e| format!("denied: {e}").into_bytes())));
+    } else if let Some(path) = text.strip_prefix("write:") {
+        return Ok(Response::new(outcome(std::fs::write(path, b"written by chaos"), "wrote")));
+    } else if let Some(path) = text.strip_prefix("remove:") {
+        return Ok(Response::new(outcome(std::fs::remove_file(path), "removed")));
     } else if let Some(queue) = text.strip_prefix("queue:") {
-        let sent = warren_guest::host::send_to_queue(queue, "chaos", b"queued", &[]);
-        return Ok(Response::new(match sent {
-            Ok(()) => "sent".to_string(),
-            Err(error) => format!("refused: {error:?}"),
-        }));
+        return Ok(told(warren_guest::host::send_to_queue(queue, "chaos", b"queued", &[])));
+    } else if let Some((service, key)) = text.strip_prefix("answer:").and_then(|rest| rest.split_once(':')) {
+        return Ok(told(warren_guest::host::publish_response(service, key, b"answered", &[])));
     } else if text == "headers" {
         let mut response = Response::new(message.body.clone());
         response.headers =
@@ -83,6 +91,19 @@ pub fn chaos(message: Message) -> Result<Response, HandlerError> {
         }
     }
     Ok(Response::new(message.body))
+}
+
+/// `sent`, or the host's refusal as it came.
+fn told(sent: Result<(), warren_guest::SendError>) -> Response {
+    Response::new(match sent {
+        Ok(()) => "sent".to_string(),
+        Err(error) => format!("refused: {error:?}"),
+    })
+}
+
+/// `done` if a file operation succeeded, else `denied: <error>`.
+fn outcome(result: std::io::Result<()>, done: &str) -> String {
+    result.map_or_else(|e| format!("denied: {e}"), |()| done.to_string())
 }
 
 fn bad(why: &str) -> HandlerError {

@@ -1139,6 +1139,8 @@ pub async fn delete_service(service: &str) {
 /// While alive, the broker application is stopped (`rabbitmqctl stop_app`); dropping it —
 /// also when the test panics — starts it again and waits until it is up.
 pub struct BrokerStopped {
+    /// Set only once `start_app` and `await_startup` both succeeded: a start that failed is
+    /// tried again (by [`Drop`]), never taken for done.
     started: bool,
 }
 
@@ -1149,26 +1151,32 @@ impl BrokerStopped {
         guard
     }
 
-    /// Starts the broker again now.
+    /// Starts the broker again now; panics (and `Drop` tries again) if it does not come up.
     pub fn start_app(mut self) {
-        self.start();
+        if let Err(error) = self.start() {
+            panic!("restarting the broker: {error}");
+        }
     }
 
-    fn start(&mut self) {
+    fn start(&mut self) -> Result<(), String> {
         if !self.started {
+            try_rabbitmqctl(&["start_app"])?;
+            try_rabbitmqctl(&["await_startup"])?;
             self.started = true;
-            for args in [&["start_app"][..], &["await_startup"][..]] {
-                if let Err(error) = try_rabbitmqctl(args) {
-                    eprintln!("restarting the broker: {error}");
-                }
-            }
         }
+        Ok(())
     }
 }
 
 impl Drop for BrokerStopped {
+    /// Starts the broker unless a start already succeeded; a failed start is tried once more.
     fn drop(&mut self) {
-        self.start();
+        for attempt in 1..=2 {
+            match self.start() {
+                Ok(()) => return,
+                Err(error) => eprintln!("restarting the broker (attempt {attempt} of 2): {error}"),
+            }
+        }
     }
 }
 

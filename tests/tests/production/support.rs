@@ -169,20 +169,26 @@ impl NodeDown {
         guard
     }
 
-    /// Starts the node again now; `Err` says what the harness printed.
+    /// Starts the node again now; `Err` says what the harness printed. The node counts as up
+    /// only once `node-start` succeeded: after a failure, [`Drop`] tries again.
     pub fn start(&mut self) -> Result<(), String> {
         if self.up {
             return Ok(());
         }
+        harness(&["node-start", &self.n.to_string()])?;
         self.up = true;
-        harness(&["node-start", &self.n.to_string()]).map(drop)
+        Ok(())
     }
 }
 
 impl Drop for NodeDown {
+    /// Starts the node unless a start already succeeded; a failed start is tried once more.
     fn drop(&mut self) {
-        if let Err(error) = self.start() {
-            eprintln!("bringing node {} back: {error}", self.n);
+        for attempt in 1..=2 {
+            match self.start() {
+                Ok(()) => return,
+                Err(error) => eprintln!("bringing node {} back (attempt {attempt} of 2): {error}", self.n),
+            }
         }
     }
 }

@@ -817,9 +817,16 @@ pub struct DeadLetters {
 impl DeadLetters {
     /// Call before the host declares its queues: policies apply to queues as they appear.
     pub async fn catch(service: &str) -> DeadLetters {
-        let exchange = format!("{service}.dlx");
-        let queue = format!("{service}.dead-letters");
-        let policy = format!("{service}-dlx");
+        DeadLetters::catch_as(service, "dlx", "dead-letters").await
+    }
+
+    /// Like [`DeadLetters::catch`], through exchange `<service>.<exchange>` into queue
+    /// `<service>.<queue>` (policy `<service>-<exchange>`): for a test whose host dead-letters
+    /// to `<service>.dlx` itself.
+    pub async fn catch_as(service: &str, exchange: &str, queue: &str) -> DeadLetters {
+        let policy = format!("{service}-{exchange}");
+        let exchange = format!("{service}.{exchange}");
+        let queue = format!("{service}.{queue}");
         let cleanup = Cleanup::new();
         cleanup.queue(&queue).exchange(&exchange).policy(&policy);
         let connection = connect().await;

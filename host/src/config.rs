@@ -166,7 +166,13 @@ pub struct BrokerConfig {
     pub password: Option<Secret>,
     /// Certificates for `amqps://` URLs.
     pub tls: TlsConfig,
+    /// The AMQP heartbeat asked for (`heartbeat_s`; `None`: [`DEFAULT_HEARTBEAT_S`]; 0: off).
+    /// A link that goes silent is given up after two missed beats.
+    pub heartbeat_s: Option<u16>,
 }
+
+/// The AMQP heartbeat Warren asks for unless told otherwise: amqp091-go's (goamqp's) default.
+pub const DEFAULT_HEARTBEAT_S: u16 = 10;
 
 /// `[broker.tls]`, with the files already read and checked.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -409,6 +415,7 @@ struct RawBroker {
     queue_profile: QueueProfile,
     prefetch: Option<Spanned<u16>>,
     dead_letter_exchange: Option<Spanned<String>>,
+    heartbeat_s: Option<u16>,
 }
 
 /// `[broker.tls]`.
@@ -683,7 +690,7 @@ fn resolve_broker(at: &Locator, base: &Path, raw: &RawBroker, env: BrokerEnv) ->
     if let (Some(tls_table), false) = (&raw.tls, urls.iter().any(|u| u.starts_with("amqps://"))) {
         return Err(at.at(tls_table, "broker.tls", "TLS settings need amqps:// URLs; change the URLs' scheme"));
     }
-    Ok(BrokerConfig { urls, password, tls })
+    Ok(BrokerConfig { urls, password, tls, heartbeat_s: raw.heartbeat_s })
 }
 
 /// The broker URLs: the environment's comma list, else `urls`, else `url`, else the local broker.

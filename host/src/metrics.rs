@@ -33,6 +33,9 @@ struct BrokerCounters {
     channel_reopens: u64,
     /// Publishes that did not land, by exchange and why (`returned`, `refused`).
     failed_publishes: BTreeMap<(String, &'static str), u64>,
+    /// Deliveries whose text was not UTF-8 (or whose header table could not be read),
+    /// repaired before lapin parsed them, by queue.
+    repaired: BTreeMap<String, u64>,
 }
 
 /// The host's counters. Cheap to update from every message task.
@@ -73,6 +76,11 @@ impl Metrics {
     pub fn publish_failed(&self, exchange: &str, why: &'static str) {
         *self.broker.lock().expect("metrics lock").failed_publishes.entry((exchange.to_string(), why)).or_default() +=
             1;
+    }
+
+    /// A delivery from `queue` was repaired on the way in (see `amqp::frame_repair`).
+    pub fn message_repaired(&self, queue: &str) {
+        *self.broker.lock().expect("metrics lock").repaired.entry(queue.to_string()).or_default() += 1;
     }
 
     /// A message `started` earlier was settled with `outcome` after `took`.
@@ -141,6 +149,13 @@ impl Metrics {
         );
         for ((exchange, why), n) in &broker.failed_publishes {
             let _ = writeln!(out, "warren_publish_failures_total{{exchange=\"{exchange}\",reason=\"{why}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP warren_repaired_messages_total Deliveries with text that was not UTF-8 or an unreadable header table, repaired and handled, by queue.\n# TYPE warren_repaired_messages_total counter"
+        );
+        for (queue, n) in &broker.repaired {
+            let _ = writeln!(out, "warren_repaired_messages_total{{queue=\"{queue}\"}} {n}");
         }
         drop(broker);
         // One gauge per live plugin, from the plugin table.

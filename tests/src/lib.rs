@@ -16,6 +16,9 @@
 //! Every test uses its own service name ([`unique_service`]), so tests never see each other's
 //! queues, and holds a [`Cleanup`] that removes them.
 
+pub mod raw;
+pub mod relay;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -123,6 +126,14 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("an HTTP status line");
     let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_string();
     (status, body)
+}
+
+/// `warren_messages_total{plugin, outcome}` on the host's `/metrics` at `addr` (0 if absent).
+pub fn messages_total(addr: std::net::SocketAddr, plugin: &str, outcome: &str) -> f64 {
+    let (status, text) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "/metrics: {text}");
+    let sample = format!("warren_messages_total{{plugin=\"{plugin}\",outcome=\"{outcome}\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(&sample)?.parse().ok()).unwrap_or(0.0)
 }
 
 /// Waits until `condition` holds, checking every 20 ms; panics with `what` at the deadline.
@@ -889,6 +900,21 @@ impl DeadLetters {
     }
 }
 
+/// The host's connection(s) as the broker lists them: the pid of each connection whose
+/// client-given name is `warren <service>`.
+pub async fn host_connections(service: &str) -> Vec<String> {
+    let name = format!("warren {service}");
+    tokio::task::spawn_blocking(move || {
+        broker_listing("list_connections", &["pid", "client_properties"])
+            .into_iter()
+            .filter(|c| c["client_properties"].to_string().contains(&format!("\"{name}\"")))
+            .map(|c| c["pid"].to_string())
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs `rabbitmqctl` with `args` (quiet) and returns its stdout; panics if it fails.
 pub fn rabbitmqctl(args: &[&str]) -> String {
     try_rabbitmqctl(args).unwrap_or_else(|e| panic!("{e}"))
@@ -996,6 +1022,11 @@ impl Cleanup {
 
     pub fn policy(&self, policy: &str) -> &Cleanup {
         self.with(|d| d.policies.push(policy.to_string()))
+    }
+
+    /// A broker user a test made (`rabbitmqctl add_user`): deleted with `delete_user`.
+    pub fn user(&self, user: &str) -> &Cleanup {
+        self.with(|d| d.users.push(user.to_string()))
     }
 
     pub fn dir(&self, dir: &Path) -> &Cleanup {

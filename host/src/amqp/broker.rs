@@ -6,12 +6,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPUri, SASLMechanism};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connect, Connection, ConnectionProperties, ExchangeKind as LapinKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind as LapinKind};
 
 use super::topology::{ArgValue, ExchangeKind, Topology};
-use crate::config::{BrokerConfig, redact_url, url_has_password};
+use super::transport;
+use crate::config::{BrokerConfig, DEFAULT_HEARTBEAT_S, redact_url, url_has_password};
 use crate::metrics::Metrics;
 use std::sync::Arc;
 
@@ -56,6 +55,11 @@ pub enum BrokerError {
     Cancelled { queue: String },
     #[error("RabbitMQ did not confirm the publish to exchange '{exchange}' (routing key '{routing_key}'): {reason}")]
     NotConfirmed { exchange: String, routing_key: String, reason: String },
+    /// Refused before sending, for good: sending it again cannot help.
+    #[error(
+        "a message to exchange '{exchange}' was not sent: its header table is {size} bytes, over the {max} bytes one frame can carry (RabbitMQ would close the connection)"
+    )]
+    HeadersTooLarge { exchange: String, size: usize, max: usize },
 }
 
 /// Opens a connection to `url` alone, with only what the URL says (clients, tools).
@@ -111,12 +115,17 @@ pub async fn connect_to(broker: &BrokerConfig, url: &str, service: &str) -> Resu
         // stack is sized for (see `IO_THREAD_STACK`).
         uri.query.frame_max = Some(FRAME_MAX);
     }
+    if uri.query.heartbeat.is_none() {
+        // A link that goes silent is given up after two missed beats: 20 s by default, not the
+        // broker's 60 s (which left deliveries stuck in a dead socket for minutes).
+        uri.query.heartbeat = Some(broker.heartbeat_s.unwrap_or(DEFAULT_HEARTBEAT_S));
+    }
     let user = uri.authority.userinfo.username.clone();
     let host = uri.authority.host.clone();
     let properties = ConnectionProperties::default().with_connection_name(format!("warren {service}").into());
-    let runtime = lapin::runtime::default_runtime()
-        .map_err(|e| BrokerError::Connect { url: shown.clone(), reason: e.to_string() })?;
-    uri.connect_with_config(properties, super::tls::lapin_config(&broker.tls), runtime)
+    let tls = super::tls::lapin_config(&broker.tls);
+    let connect = async move |uri: AMQPUri, _runtime| transport::connect(&uri, &tls).await.map_err(lapin::Error::from);
+    Connection::connector(uri, transport::runtime(), connect, properties)
         .await
         .map_err(|e| classify_connect_error(e, &shown, &user, &host))
 }
@@ -384,10 +393,11 @@ impl Publisher {
         if let Some(table) = properties.headers() {
             let size = super::headers::encoded_len(table);
             if size > self.max_header_bytes {
-                return Err(not_confirmed(format!(
-                    "its header table is {size} bytes, over the {} bytes one frame can carry; not sent",
-                    self.max_header_bytes
-                )));
+                return Err(BrokerError::HeadersTooLarge {
+                    exchange: exchange.to_string(),
+                    size,
+                    max: self.max_header_bytes,
+                });
             }
         }
         let _turn = match &self.turn {

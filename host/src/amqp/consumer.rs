@@ -16,13 +16,15 @@ use tracing::{debug, info, warn};
 
 use super::acks::Acks;
 use super::broker::{self, BrokerError, Delivered, Publisher};
+use super::copies;
 use super::headers::{
-    self, HOST_FAILURES_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER, QUORUM_DELIVERY_COUNT, REASON_HEADER,
-    RETRIES_HEADER, SERVICE_HEADER, TRACEPARENT_HEADER, new_traceparent,
+    self, Escaped, HOST_FAILURES_HEADER, ORIGINAL_KEY_HEADER, QUEUE_HEADER, QUORUM_DELIVERY_COUNT, REASON_HEADER,
+    RETRIES_HEADER, SERVICE_HEADER, TRACEPARENT_HEADER, new_traceparent, valid_traceparent,
 };
 use super::naming;
 use super::routing::RouteTable;
 use super::topology::ConsumerKind;
+use super::transport::RepairedDeliveries;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -149,8 +151,9 @@ impl QueueConsumer {
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         acks.taken(delivery.delivery_tag);
+                        let repaired = RepairedDeliveries::global().take(&tag, delivery.delivery_tag);
                         let (consumer, acks) = (self.clone(), acks.clone());
-                        in_flight.spawn(async move { consumer.handle(delivery, &acks).await });
+                        in_flight.spawn(async move { consumer.handle(delivery, repaired, &acks).await });
                     }
                     Some(Err(error)) => {
                         warn!(queue = %self.queue, %error, "consumer stopped by a broker error");
@@ -178,8 +181,9 @@ impl QueueConsumer {
     }
 
     /// Handles one delivery end to end and settles it. A panic while deciding is caught and
-    /// settled as a host-side failure: no delivery is left unsettled.
-    pub async fn handle(&self, delivery: Delivery, acks: &Acks) -> Outcome {
+    /// settled as a host-side failure: no delivery is left unsettled. `repaired` names the
+    /// fields [`super::frame_repair`] changed on the way in (text that was not UTF-8).
+    pub async fn handle(&self, delivery: Delivery, repaired: Option<Vec<&'static str>>, acks: &Acks) -> Outcome {
         let props = &delivery.properties;
         let table = props.headers().as_ref();
         let routing_key = match (delivery.exchange.as_str(), headers::text(table, ORIGINAL_KEY_HEADER)) {
@@ -193,6 +197,12 @@ impl QueueConsumer {
             }
             None => ("-".to_string(), 0),
         };
+        if let Some(fields) = &repaired {
+            let message_id = message_id(&delivery);
+            warn!(queue = %self.queue, routing_key = %Escaped(&routing_key), message_id = %Escaped(&message_id), fields = %fields.join(", "),
+                "the message had text that is not UTF-8 (each such byte now reads '?') or a header table that could not be read (emptied); it is handled as repaired");
+            self.metrics.message_repaired(&self.queue);
+        }
         let started = std::time::Instant::now();
         let in_flight = self.metrics.started(&plugin);
         let outcome = match std::panic::AssertUnwindSafe(self.decide(&delivery, &routing_key)).catch_unwind().await {
@@ -236,13 +246,16 @@ impl QueueConsumer {
         outcome: &Outcome,
     ) -> (&'static str, Settled) {
         let Seen { plugin, generation, routing_key } = *seen;
-        let message_id = delivery.properties.message_id().as_ref().map_or("-".to_string(), |id| id.to_string());
+        let message_id = message_id(delivery);
+        // The routing key, message id and reason carry a publisher's text: escaped, so a
+        // newline cannot forge a log line.
+        let (routing_key_text, message_id) = (Escaped(routing_key), Escaped(&message_id));
         let log = |level: tracing::Level, reason: &str, what: &str| match level {
             tracing::Level::WARN => {
-                warn!(service = %self.service, plugin, generation, queue = %self.queue, routing_key, message_id = %message_id, reason, "{what}")
+                warn!(service = %self.service, plugin, generation, queue = %self.queue, routing_key = %routing_key_text, message_id = %message_id, reason = %Escaped(reason), "{what}")
             }
             _ => {
-                info!(service = %self.service, plugin, generation, queue = %self.queue, routing_key, message_id = %message_id, reason, "{what}")
+                info!(service = %self.service, plugin, generation, queue = %self.queue, routing_key = %routing_key_text, message_id = %message_id, reason = %Escaped(reason), "{what}")
             }
         };
         let reason = match outcome {
@@ -276,7 +289,7 @@ impl QueueConsumer {
         };
         // A host-side failure: requeue after a backoff, a bounded number of times. The count
         // travels with the message (goamqp sends no message id to count by).
-        let failures = header_count(delivery, HOST_FAILURES_HEADER) + 1;
+        let failures = header_count(delivery, HOST_FAILURES_HEADER).saturating_add(1);
         if failures > HOST_RETRIES {
             let what = format!(
                 "message rejected after {HOST_RETRIES} host-side failures (the broker's own dead-letter policy applies, if any)"
@@ -293,13 +306,23 @@ impl QueueConsumer {
         log(tracing::Level::WARN, &reason, &what);
         tokio::time::sleep(backoff).await;
         // A copy carrying the count goes back to the queue, then the original is acked; if the
-        // broker does not take the copy, the original is requeued as it is.
-        let mut table = delivery.properties.headers().clone().unwrap_or_default();
+        // broker does not take the copy, the original is requeued as it is — unless the copy
+        // can never be sent (its headers are over a frame): then it is rejected for good.
+        let mut table = copies::headers(&delivery.properties);
         table.insert(ShortString::from(HOST_FAILURES_HEADER), AMQPValue::LongLongInt(i64::from(failures)));
         table.insert(ShortString::from(ORIGINAL_KEY_HEADER), AMQPValue::LongString(LongString::from(routing_key)));
-        let properties: BasicProperties = delivery.properties.clone().with_headers(table);
+        let properties: BasicProperties = copies::properties(&delivery.properties, table);
         let settled = match self.must_land.publish("", &self.queue, &delivery.data, properties).await {
             Ok(Delivered::Routed) => Settled::Acked(acks.ack(delivery.delivery_tag).await),
+            Err(error @ BrokerError::HeadersTooLarge { .. }) => {
+                log(
+                    tracing::Level::WARN,
+                    &format!("{reason}; and its requeued copy cannot be sent: {error}"),
+                    "message rejected",
+                );
+                let rejected = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                return ("rejected_host_failure", Settled::Otherwise(rejected));
+            }
             _ => Settled::Otherwise(delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await),
         };
         ("requeued_host_failure", settled)
@@ -314,17 +337,37 @@ impl QueueConsumer {
             None => routing.dead_letter_exchange.clone(),
         };
         let Some(exchange) = exchange else { return DeadLetter::NotConfigured };
-        let mut table = delivery.properties.headers().clone().unwrap_or_default();
-        table.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
-        table.insert(QUEUE_HEADER.into(), AMQPValue::LongString(LongString::from(self.queue.as_str())));
-        let properties = delivery.properties.clone().with_headers(table);
-        match self.must_land.publish(&exchange, routing_key, &delivery.data, properties).await {
+        let mut landed = self
+            .dead_letter_copy(&exchange, delivery, routing_key, reason, copies::headers(&delivery.properties))
+            .await;
+        if let Err(BrokerError::HeadersTooLarge { size, .. }) = landed {
+            // The publisher's headers do not fit beside the reason: the copy keeps the body
+            // and Warren's own headers, and says what was dropped.
+            let reason = format!("{reason}; its {size} bytes of headers were dropped from this copy (over a frame)");
+            landed = self.dead_letter_copy(&exchange, delivery, routing_key, &reason, FieldTable::default()).await;
+        }
+        match landed {
             Ok(Delivered::Routed) => DeadLetter::Landed(exchange),
             Ok(Delivered::Unroutable) => DeadLetter::Failed(format!(
                 "no queue is bound to dead-letter exchange '{exchange}', so RabbitMQ would drop the copy; bind one"
             )),
             Err(error) => DeadLetter::Failed(error.to_string()),
         }
+    }
+
+    /// Publishes one dead-letter copy of `delivery` carrying `table` plus the reason.
+    async fn dead_letter_copy(
+        &self,
+        exchange: &str,
+        delivery: &Delivery,
+        routing_key: &str,
+        reason: &str,
+        mut table: FieldTable,
+    ) -> Result<Delivered, BrokerError> {
+        table.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
+        table.insert(QUEUE_HEADER.into(), AMQPValue::LongString(LongString::from(self.queue.as_str())));
+        let properties = copies::properties(&delivery.properties, table);
+        self.must_land.publish(exchange, routing_key, &delivery.data, properties).await
     }
 
     async fn decide(&self, delivery: &Delivery, routing_key: &str) -> Outcome {
@@ -357,7 +400,9 @@ impl QueueConsumer {
         let plugin_headers = headers::to_plugin(table, routing_key);
         debug!(queue = %self.queue, routing_key, plugin = plugin.name(), "calling plugin");
         // W3C trace context: carried on, or started here when none came in.
-        let traceparent = headers::text(table, TRACEPARENT_HEADER).unwrap_or_else(new_traceparent);
+        // Only in W3C's form: anything else (any length a publisher likes) starts a new trace.
+        let traceparent =
+            headers::text(table, TRACEPARENT_HEADER).and_then(valid_traceparent).unwrap_or_else(new_traceparent);
         let context = CallContext { outbox: Some(self.outbox.clone()), traceparent: Some(traceparent.clone()) };
         match plugin.handle(&request, &plugin_headers, &context).await {
             Err(fault @ PluginFault::Busy(_)) => Outcome::Deferred(format!(
@@ -468,10 +513,10 @@ impl QueueConsumer {
             Some(delay) => naming::retry_queue(&self.queue, delay.as_millis() as u64),
             None => self.queue.clone(),
         };
-        let mut table = props.headers().clone().unwrap_or_default();
+        let mut table = copies::headers(props);
         table.insert(ShortString::from(RETRIES_HEADER), AMQPValue::LongLongInt(i64::from(retries) + 1));
         table.insert(ShortString::from(ORIGINAL_KEY_HEADER), AMQPValue::LongString(LongString::from(routing_key)));
-        let properties: BasicProperties = props.clone().with_headers(table);
+        let properties: BasicProperties = copies::properties(props, table);
         match self.must_land.publish("", &target, &delivery.data, properties).await {
             Ok(Delivered::Routed) => {
                 info!(queue = %self.queue, routing_key, retry = retries + 1, max = max_retries, via = %target, reason = why, "retry requested; message requeued");
@@ -480,6 +525,9 @@ impl QueueConsumer {
             Ok(Delivered::Unroutable) => Outcome::Deferred(format!(
                 "retry asked ({why}); queue '{target}' is gone (deleted by hand?), so the copy was dropped"
             )),
+            Err(error @ BrokerError::HeadersTooLarge { .. }) => {
+                Outcome::Rejected(format!("retry asked ({why}) but its copy can never be sent: {error}"))
+            }
             Err(error) => Outcome::Deferred(format!("retry asked ({why}); republish failed ({error})")),
         }
     }
@@ -500,13 +548,25 @@ struct Seen<'a> {
     routing_key: &'a str,
 }
 
-/// The integer header `name` of `delivery` (a count Warren keeps on the message), or 0.
+/// The integer header `name` of `delivery` (a count Warren keeps on the message), or 0. A
+/// publisher may forge it: a negative count reads 0, a huge one saturates at `u32::MAX`.
 fn header_count(delivery: &Delivery, name: &str) -> u32 {
-    match delivery.properties.headers().as_ref().and_then(|t| t.inner().get(name)) {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+    let count = match delivery.properties.headers().as_ref().and_then(|t| t.inner().get(name)) {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
         _ => 0,
-    }
+    };
+    u32::try_from(count.max(0)).unwrap_or(u32::MAX)
+}
+
+/// The delivery's message id, or `-`.
+fn message_id(delivery: &Delivery) -> String {
+    delivery.properties.message_id().as_ref().map_or("-".to_string(), |id| id.to_string())
 }
 
 /// A panic's message, when it has one.

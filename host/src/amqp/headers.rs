@@ -28,6 +28,38 @@ pub fn new_traceparent() -> String {
     format!("00-{trace}-{span}-01")
 }
 
+/// `value` if it is a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, lowercase, ids not
+/// all zero); a later version is taken by its first 55 characters, as W3C asks. Anything else
+/// is `None`: a publisher's header of any length is never copied into every send.
+pub fn valid_traceparent(value: String) -> Option<String> {
+    let head = value.get(..55)?;
+    let parts: Vec<&str> = head.split('-').collect();
+    let [version, trace, span, flags] = parts.as_slice() else { return None };
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let well_formed = hex(version, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2);
+    let later_version_ok = value.len() == 55 || (*version != "00" && value.as_bytes()[55] == b'-');
+    (well_formed && *version != "ff" && !zero(trace) && !zero(span) && later_version_ok).then(|| head.to_string())
+}
+
+/// Text from outside (a publisher's routing key, message id, a reason quoting them) for a log
+/// line: control characters escaped, so a newline cannot forge a line in the text format.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => write!(f, "{}", c.escape_default())?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Header naming why Warren dead-lettered a message.
 pub const REASON_HEADER: &str = "x-warren-reason";
 /// Header naming the queue a dead-lettered message was taken from.
@@ -296,6 +328,35 @@ mod tests {
 
     fn value<'a>(headers: &'a [Header], name: &str) -> &'a HeaderValue {
         &headers.iter().find(|h| h.name == name).unwrap().value
+    }
+
+    #[test]
+    fn only_w3c_traceparents_are_carried() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(valid_traceparent(good.into()).as_deref(), Some(good));
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
+        assert_eq!(valid_traceparent(later.into()).as_deref(), Some(&later[..55]));
+        for bad in [
+            "",
+            "garbage",
+            &format!("{good}-more"),                                   // version 00 is exactly 55
+            &good.to_uppercase(),                                      // lowercase only
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // forbidden version
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero span id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0\n",
+            &"x".repeat(100_000),
+        ] {
+            assert_eq!(valid_traceparent(bad.to_string()), None, "{bad:.60}");
+        }
+    }
+
+    #[test]
+    fn escaped_text_cannot_forge_a_log_line() {
+        let forged = "id-1\n2026-12-06T00:00:00Z  INFO forged line\r\u{2028}ok é";
+        let shown = Escaped(forged).to_string();
+        assert!(!shown.contains('\n') && !shown.contains('\r') && !shown.contains('\u{2028}'));
+        assert_eq!(shown, "id-1\\n2026-12-06T00:00:00Z  INFO forged line\\r\\u{2028}ok é");
     }
 
     #[test]

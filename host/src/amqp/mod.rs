@@ -4,7 +4,11 @@
 //! - [`naming`]: goamqp's exchange and queue names (SPEC §1), each rule with its example.
 //! - [`topology`]: what a config declares — exchanges, queues, bindings, who consumes what.
 //! - [`broker`]: the RabbitMQ connection: connect, declare, confirmed publish.
+//! - [`transport`]: the connection's byte stream — TCP keepalive, TLS, and every frame read
+//!   repaired by [`frame_repair`] so that no publisher's bytes can stop lapin's parser.
 //! - [`consumer`]: one queue's deliveries → handler → outcome (ack, reject, respond, retry).
+//! - [`copies`]: the retry, dead-letter and host-failure copies of a delivery, cleaned of
+//!   what would route them elsewhere (`CC`, `BCC`) or be refused (`user_id`).
 //! - [`acks`]: a consumer channel's acks, several in one `multiple` frame when they are ready
 //!   together.
 //! - [`routing`]: which handler a routing key goes to (exact or topic patterns).
@@ -23,9 +27,12 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod consumer;
+pub mod copies;
+pub mod frame_repair;
 pub mod headers;
 pub mod naming;
 pub mod outbox;
 pub mod routing;
 pub mod tls;
 pub mod topology;
+pub mod transport;

@@ -544,6 +544,77 @@ fn two_hosts_share_a_queue_and_nothing_is_lost_when_one_is_killed_or_stopped() {
     runtime.block_on(Arc::into_inner(client).unwrap().close());
 }
 
+/// README, "Reliability": on SIGTERM `warren run` stops consuming and waits for in-flight
+/// messages; a second signal exits at once, leaving what was unacked to the broker. One request
+/// sleeps 20 s in the `adversary` plugin (a WASI sleep, deadline 60 s); after the first SIGTERM
+/// the host still runs and the message is still unacked; after the second the process exits
+/// with 130 within 5 s and the broker holds the message ready again. Fails if the second signal
+/// were ignored (the process would exit only after the sleep, with 0, the message acked) or if
+/// the first one did not wait (the process would be gone before the second was sent).
+#[test]
+fn a_second_sigterm_exits_at_once_while_the_first_waits_for_in_flight_messages() {
+    let service = unique("sigterm");
+    let mut leftovers = Leftovers::of(&service);
+    let body =
+        "[[request]]\nrouting_key = \"sleep\"\nplugin = \"adversary\"\n\n[plugin.adversary]\ntimeout_ms = 60000\n";
+    let dir = project(&service, body, &mut leftovers);
+    build(&dir);
+    let mut host = Host::start(&dir);
+    let queue = format!("{service}.direct.exchange.request.queue");
+    let counts = || queue_counts(&queue).into_iter().find(|(q, _, _)| *q == queue).map(|(_, r, u)| (r, u));
+    // A requester of its own, killed at the end; its answer never comes.
+    let _requester = KillOnDrop(
+        warren()
+            .args(["request", &service, "sleep", "sleep:20000", "--timeout-ms", "60000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + DEADLINE;
+    while counts() != Some((0, 1)) {
+        assert!(Instant::now() < until, "the host never took the sleeping request: {:?}", counts());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = host.child.as_ref().expect("started by Host::start").id().to_string();
+    let term = || assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    term();
+    host.wait_for_log("shutting down: no new messages; in-flight messages finish");
+    let child = host.child.as_mut().unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "warren run exited on the first SIGTERM with a message in flight");
+    assert_eq!(counts(), Some((0, 1)), "the message in flight is still unacked after the first SIGTERM");
+
+    let second = Instant::now();
+    term();
+    let status = loop {
+        if let Some(status) = host.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(second.elapsed() < Duration::from_secs(5), "warren run still runs 5 s after a second SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    host.child = None;
+    assert_eq!(status.code(), Some(130), "a second signal exits with 130: {status}");
+    host.wait_for_log("second signal: exiting now");
+    // Nothing was acked: RabbitMQ has the message ready for the next host.
+    let until = Instant::now() + DEADLINE;
+    while counts() != Some((1, 0)) {
+        assert!(Instant::now() < until, "the unacked message did not go back to the queue: {:?}", counts());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process killed when dropped (also when the test fails).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// How deep the hostile header nests: AMQP arrays inside arrays, 5 bytes a level (15 KB).
 /// With lapin's default 2 MiB I/O-thread stack this aborted the host, debug or release
 /// (release overflowed between 1,000 and 3,000 levels). A release host with Warren's stack
@@ -552,6 +623,16 @@ fn two_hosts_share_a_queue_and_nothing_is_lost_when_one_is_killed_or_stopped() {
 /// stack per level, so this test stays at a depth both builds must survive.
 const DEEP_HEADER_LEVELS: usize = 3_000;
 
+/// The requester name the deep-header publisher uses: its answers land in
+/// `<service>.headers.exchange.response.queue.deep-client`, which it declares.
+const DEEP_CLIENT: &str = "deep-client";
+
+/// A publisher sends one request whose header nests [`DEEP_HEADER_LEVELS`] deep; the promise:
+/// the host parses it without overflowing a stack, answers it, and keeps serving. Fails if
+/// the host crashes (no answer, `warren request` fails), if the message never reached the host
+/// (the publish is mandatory and confirmed, and the answer to that very message — body `deep`
+/// on the publisher's own response queue — must arrive), or if the child process ran no test
+/// (it must print `1 passed`).
 #[test]
 fn a_header_nested_thousands_deep_does_not_crash_the_host() {
     let service = unique("deep");
@@ -562,18 +643,42 @@ fn a_header_nested_thousands_deep_does_not_crash_the_host() {
     // lapin builds and parses frames recursively on its I/O thread: the publisher needs a
     // large stack too, so it runs as a child process of this test binary that has one.
     let publisher = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "deep_header_publisher", "--include-ignored", "--nocapture"])
+        .args(["--exact", "deep_header_publisher", "--include-ignored", "--nocapture", "--test-threads=1"])
         .env("RUST_MIN_STACK", (256usize << 20).to_string())
         .env("WARREN_TEST_DEEP_SERVICE", &service)
         .output()
         .unwrap();
-    assert!(publisher.status.success(), "the publisher failed:\n{}", String::from_utf8_lossy(&publisher.stdout));
-    // The host took the message (it is settled on the broker) and still answers.
+    let stdout = String::from_utf8_lossy(&publisher.stdout);
+    let stderr = String::from_utf8_lossy(&publisher.stderr);
+    assert!(publisher.status.success(), "the publisher failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "the child ran no publisher (its filter matched nothing?):\n{stdout}");
+    assert!(stdout.contains("published and confirmed, routed"), "the publisher did not confirm its publish:\n{stdout}");
+    // The host took that very message, answered it, and settled it: the request queue is
+    // empty and the publisher's own response queue holds one answer, with the body it sent.
+    let requests = format!("{service}.direct.exchange.request.queue");
+    let answers = format!("{service}.headers.exchange.response.queue.{DEEP_CLIENT}");
     let until = Instant::now() + DEADLINE;
-    while queue_counts(&format!("{service}.direct.exchange.request.queue")).iter().any(|(_, r, u)| r + u > 0) {
-        assert!(Instant::now() < until, "the deep message was never settled");
+    loop {
+        let counts = queue_counts(&service);
+        let of = |name: &str| counts.iter().find(|(q, _, _)| q == name).map(|(_, r, u)| (*r, *u));
+        if of(&requests) == Some((0, 0)) && of(&answers) == Some((1, 0)) {
+            break;
+        }
+        assert!(Instant::now() < until, "the deep message was never answered and settled: {counts:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answer = runtime.block_on(async {
+        let url = warren::config::DEFAULT_BROKER_URL;
+        let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let options = lapin::options::BasicGetOptions { no_ack: true };
+        let got = channel.basic_get(answers.as_str().into(), options).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "done".into())).await;
+        got.expect("the answer counted on the broker").delivery
+    });
+    assert_eq!(answer.data, b"deep", "the answer to the deep message");
+    assert_eq!(answer.routing_key.as_str(), "echo");
     let answer = run_ok(warren().args(["request", &service, "echo", "still here"]));
     assert_eq!(answer, "still here", "the host survived the deep header");
     assert!(host.terminate(), "warren run exits cleanly on SIGTERM");
@@ -593,22 +698,43 @@ fn deep_header_publisher() {
         value = AMQPValue::FieldArray(FieldArray::from(vec![value]));
     }
     let mut headers = FieldTable::default();
-    headers.insert("service".into(), AMQPValue::LongString(LongString::from("deep-client")));
+    headers.insert("service".into(), AMQPValue::LongString(LongString::from(DEEP_CLIENT)));
     headers.insert("deep".into(), value);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let url = std::env::var("WARREN_BROKER_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
         let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
+        // The publisher's response queue, as a goamqp client of the service declares it.
+        let answers = format!("{service}.headers.exchange.response.queue.{DEEP_CLIENT}");
+        let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(answers.as_str().into(), durable, FieldTable::default()).await.unwrap();
+        let mut binding = FieldTable::default();
+        binding.insert("service".into(), AMQPValue::LongString(LongString::from(DEEP_CLIENT)));
+        let response_exchange = format!("{service}.headers.exchange.response");
+        channel
+            .queue_bind(
+                answers.as_str().into(),
+                response_exchange.as_str().into(),
+                "echo".into(),
+                Default::default(),
+                binding,
+            )
+            .await
+            .unwrap();
         channel.confirm_select(Default::default()).await.unwrap();
         let properties = lapin::BasicProperties::default().with_headers(headers).with_delivery_mode(2);
         let exchange = format!("{service}.direct.exchange.request");
-        channel
-            .basic_publish(exchange.as_str().into(), "echo".into(), Default::default(), b"deep", properties)
+        let mandatory = lapin::options::BasicPublishOptions { mandatory: true, ..Default::default() };
+        let confirmation = channel
+            .basic_publish(exchange.as_str().into(), "echo".into(), mandatory, b"deep", properties)
             .await
             .unwrap()
             .await
             .unwrap();
+        assert!(confirmation.is_ack(), "the broker did not take the deep message: {confirmation:?}");
+        assert!(confirmation.take_message().is_none(), "the deep message reached no queue (returned)");
+        println!("published and confirmed, routed to the request queue");
         connection.close(200, "done".into()).await.unwrap();
     });
 }

@@ -270,7 +270,13 @@ proptest! {
         prop_assert_eq!(from_plugin_value(&HeaderValue::Table(text.clone())), AMQPValue::LongString(text.as_str().into()));
     }
 
-    /// Whatever headers a plugin sets, the host gets a table or a reason, never a panic.
+    /// Whatever headers a plugin sets, the host gets a table or a reason, never a panic — and
+    /// which one is decided by the names: the first name past AMQP's 255 bytes (many of these
+    /// are: up to 300 characters of any script) refuses the whole table, naming its size and
+    /// the limit; otherwise every header is in the table (`service` aside: the host sets it),
+    /// the last of a repeated name winning, with the value its JSON converts to. Fails if a
+    /// long name were cut, dropped or passed on (RabbitMQ would refuse the frame), or a short
+    /// one refused.
     #[test]
     fn plugin_headers_never_panic_the_host(
         headers in proptest::collection::vec((".{0,300}", json_value()), 0..4)
@@ -279,7 +285,31 @@ proptest! {
             .into_iter()
             .map(|(name, json)| Header { name, value: HeaderValue::Table(json.to_string()) })
             .collect();
-        let _ = from_plugin(&headers);
+        prop_assume!(!headers.iter().any(|h| h.name.eq_ignore_ascii_case("CC") || h.name.eq_ignore_ascii_case("BCC")));
+        let result = from_plugin(&headers);
+        match headers.iter().find(|h| h.name.len() > 255) {
+            Some(long) => {
+                let error = result.expect_err("a header name past 255 bytes is refused");
+                prop_assert!(
+                    error.contains(&format!("is {} bytes, over AMQP's 255", long.name.len())),
+                    "{} bytes: {error}",
+                    long.name.len()
+                );
+            }
+            None => {
+                let table = result.map_err(|e| TestCaseError::fail(format!("refused: {e}")))?;
+                let mut expected = BTreeMap::new();
+                for header in headers.iter().filter(|h| h.name != "service") {
+                    expected.insert(header.name.clone(), from_plugin_value(&header.value));
+                }
+                let got: BTreeMap<String, AMQPValue> =
+                    table.inner().iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                prop_assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+                for (name, value) in &expected {
+                    prop_assert!(same(&got[name], value), "{name}: {:?} against {value:?}", got[name]);
+                }
+            }
+        }
     }
 }
 

@@ -245,3 +245,54 @@ broker_test! {
         s.finish().await;
     }
 }
+
+broker_test! {
+    /// README, "Reliability": a response the broker does not confirm makes Warren nack the
+    /// request with requeue, so it is handled again. A broker policy on the requester's
+    /// response queue (`max-length` 0, `overflow` `reject-publish`) makes RabbitMQ nack every
+    /// answer routed there. While it holds, the request stays on the broker and is handled
+    /// again and again (host-side requeues), never acked, rejected or answered; once the
+    /// policy is cleared the next try is answered, once, and the request settles. Fails if a
+    /// nack were taken for a confirm (the request acked at once, its answer lost: no requeue,
+    /// no answer ever) or for a refusal (a dead letter).
+    async fn a_response_the_broker_nacks_leaves_the_request_requeued_until_it_is_answered() {
+        let service = unique_service("nacked");
+        let metrics = free_address();
+        let mut config = config(&service, &requests(&[("echo", "echo")]));
+        config.metrics = Some(metrics);
+        let mut s = Scenario::from_config(config, &["echo"]).await;
+        let policy = format!("{service}-reject-answers");
+        s.cleanup.policy(&policy);
+        let answers = s.client.response_queue().to_string();
+        let pattern = format!("^{}$", answers.replace('.', "\\.").replace('-', "\\-"));
+        let definition = r#"{"max-length":0,"overflow":"reject-publish"}"#;
+        rabbitmqctl(&["set_policy", &policy, &pattern, definition, "--apply-to", "queues", "--priority", "10"]);
+        let applied = || {
+            broker_listing("list_queues", &["name", "policy"])
+                .iter()
+                .any(|q| q["name"] == answers.as_str() && q["policy"] == policy.as_str())
+        };
+        eventually("the broker applies the policy to the response queue", applied).await;
+
+        s.client.request("echo", b"held").await;
+        let until = Instant::now() + DEADLINE;
+        while messages_total(metrics, "echo", "requeued_host_failure") < 2.0 {
+            // A requeue publishes the copy before it acks the original: never 0 in between.
+            let (ready, unacked) = queue_counts(&s.request_queue()).await.expect("the request queue");
+            assert!(ready + unacked >= 1, "the request whose answer was nacked left the broker");
+            assert!(Instant::now() < until, "the request was not handled twice with its answer nacked");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(messages_total(metrics, "echo", "acked"), 0.0, "acked although its answer was nacked");
+        assert!(s.dead.try_next().is_none(), "rejected instead of requeued");
+        assert_eq!(queue_counts(&answers).await, Some((0, 0)), "an answer got past the policy");
+
+        rabbitmqctl(&["clear_policy", &policy]);
+        let answer = s.client.response(Duration::from_secs(30)).await.expect("answered once the broker takes answers");
+        assert_eq!(answer.data, b"held");
+        s.assert_no_response().await; // one answer, and the request settled
+        eventually("the answered request counted as acked", || messages_total(metrics, "echo", "acked") == 1.0).await;
+        assert!(s.dead.try_next().is_none(), "dead-lettered as well as answered");
+        s.finish().await;
+    }
+}

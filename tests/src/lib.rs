@@ -952,6 +952,7 @@ struct Declared {
     queues: Vec<String>,
     exchanges: Vec<String>,
     policies: Vec<String>,
+    users: Vec<String>,
     dirs: Vec<PathBuf>,
 }
 
@@ -975,7 +976,8 @@ fn shared() -> std::sync::MutexGuard<'static, Shared> {
 /// - [`Cleanup::service`]: every queue and exchange whose name contains the (unique) service
 ///   name, found in the broker's own listing: what the host declared, dead-letter exchanges,
 ///   retry queues, the queues of its clients, transient queues.
-/// - [`Cleanup::queue`], [`Cleanup::exchange`], [`Cleanup::policy`], [`Cleanup::dir`]: by name.
+/// - [`Cleanup::queue`], [`Cleanup::exchange`], [`Cleanup::policy`], [`Cleanup::user`],
+///   [`Cleanup::dir`]: by name.
 /// - [`Cleanup::shared_exchange`]: an exchange other tests may use too; deleted with
 ///   `if-unused` once no `Cleanup` of this test binary is alive.
 ///
@@ -1052,6 +1054,11 @@ impl Drop for Cleanup {
         let declared = std::mem::take(&mut *self.declared.lock().unwrap_or_else(|p| p.into_inner()));
         for policy in &declared.policies {
             if let Err(error) = try_rabbitmqctl(&["clear_policy", policy]) {
+                eprintln!("cleanup: {error}");
+            }
+        }
+        for user in &declared.users {
+            if let Err(error) = try_rabbitmqctl(&["delete_user", user]) {
                 eprintln!("cleanup: {error}");
             }
         }

@@ -693,3 +693,52 @@ async fn bad_input_wrong_credentials_say_the_broker_refused_the_user() {
     })
     .await;
 }
+
+/// `broker.password_file` against the real broker (README, "Secrets"): a user of the test's
+/// own (`rabbitmqctl add_user`, full rights on `/`, deleted afterwards also when the test
+/// fails) whose password is only in a file; the URL names the user and no password. The host
+/// logs in (the broker lists its connection under that user) and answers a goamqp request;
+/// the same config with a wrong password in the file is refused, naming the user. Fails if the
+/// file were not read (RabbitMQ refuses a login without the password) or another identity
+/// were used (the connection would be listed under `guest`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_file_logs_in_to_the_real_broker_as_its_user() {
+    within("password_file_logs_in_to_the_real_broker_as_its_user", async {
+        let service = unique("prod-pwfile");
+        let cleanup = warren_tests::Cleanup::new();
+        cleanup.service(&service);
+        let user = format!("{service}-user");
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        cleanup.user(&user);
+        warren_tests::rabbitmqctl(&["add_user", &user, &password]);
+        warren_tests::rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+        let dir = std::env::temp_dir().join(format!("warren-production-{service}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        cleanup.dir(&dir);
+        let config_with = |secret: &str| {
+            let file = dir.join("amqp-password");
+            std::fs::write(&file, format!("{secret}\n")).unwrap();
+            let broker = format!("url = \"amqp://{user}@127.0.0.1:5672/%2f\"\npassword_file = \"{}\"", file.display());
+            write_config(&service, &config_text(&service, "", &broker)).1.expect("the config parses")
+        };
+
+        init_logging();
+        let refused = match Server::start(&config_with("not-the-password")).await {
+            Ok(_) => panic!("the broker accepted a wrong password from the file"),
+            Err(error) => error.to_string(),
+        };
+        assert!(refused.contains(&format!("refused user '{user}'")), "{refused}");
+
+        let host = Host::start(&config_with(&password)).await;
+        let connections = warren_tests::broker_listing("list_connections", &["user", "client_properties"]);
+        let users: Vec<_> = connections.iter().filter(|c| is_host_of(c, &service)).map(|c| c["user"].clone()).collect();
+        assert_eq!(users, [serde_json::json!(user)], "the host's connection, by user, on the broker");
+        let mut client = warren_tests::GoClient::new(&service, "go-client", &["echo"]).await;
+        client.request("echo", b"through the password file").await;
+        let answer = client.response(warren_tests::DEADLINE).await.expect("answered");
+        assert_eq!(answer.data, b"through the password file");
+        host.stop().await.expect("the host stops cleanly");
+        client.cleanup().await;
+    })
+    .await;
+}

@@ -126,6 +126,13 @@ broker_test! {
         assert!(dead[0].2 < Duration::from_millis(2500), "the sleeper held the permit past its deadline: {dead:?}");
         assert_eq!(answers.len(), WAITING, "{answers:?}");
         assert!(answers.iter().all(|(a, _)| a == "slept"), "{answers:?}");
+        // The waiters' own times: none ran before the sleeper gave the permit back at its 1 s
+        // deadline (max_concurrency held), and none was held anywhere near the 5 s sleep: each
+        // waited at most its own 1 s deadline, plus a 0.5 s host-side requeue if it ran out,
+        // plus the few ms each short call takes in turn (3 s leaves room for a busy machine).
+        let (first, last) = (answers.iter().map(|a| a.1).min().unwrap(), answers.iter().map(|a| a.1).max().unwrap());
+        assert!(first >= Duration::from_millis(900), "a waiter ran while the sleeper held the only permit: {answers:?}");
+        assert!(last < Duration::from_secs(3), "a waiter was held past its deadline and one requeue: {answers:?}");
         assert_eq!(m.outcome("adversary", "rejected_host_failure"), 0.0, "{}", m.text);
         // No settlement took as long as the sleep: every one is in the 5 s bucket.
         assert_eq!(
@@ -391,13 +398,18 @@ broker_test! {
     /// `dead_letter_exchange = "<S>.dlx"` and nothing bound to it. Every dead-letter copy is
     /// returned by the broker; none may be taken for landed (the message would be acked and
     /// lost), and no echo answer may be taken for returned. Once the host stops, the broker
-    /// holds all thirty.
+    /// holds all thirty: in the request queue, or — for one that used up its 6 host-side
+    /// requeues (≈ 25 s) on a slow run — rejected into the queue of a broker dead-letter
+    /// policy the test set. Counted, not timed: the test holds however long the run takes.
     async fn a_returned_dead_letter_is_never_taken_for_landed_under_load() {
         let service = unique_service("adv-return");
         let dlx = format!("{service}.dlx");
         let tail = format!(
             "[[request]]\nrouting_key = \"adversary\"\nplugin = \"adversary\"\ndead_letter_exchange = \"{dlx}\"\n"
         );
+        // What the host rejects for good (after its host-side requeues) lands here, by the
+        // broker's own policy: the host's `<S>.dlx` keeps nothing bound.
+        let mut rejected_for_good = DeadLetters::catch_as(&service, "final", "final-letters").await;
         let mut arena = Arena::start(&service, &tail, &["adversary", "echo"], false).await;
         let flood = EchoStream::start_as(&service, "flood", Duration::from_millis(2)).await;
         const ROUNDS: usize = 3;
@@ -432,10 +444,24 @@ broker_test! {
         arena.stop_echo().await.assert_all_answered(false);
         arena.server.take().unwrap().stop().await.expect("the host stops cleanly");
         let kept = queue_counts(&arena.request_queue()).await.expect("the request queue exists");
-        println!("after the host stopped, the broker holds (ready, unacked) = {kept:?}");
+        // The policy's queue is consumed by the test: what reached it is in the receiver.
+        let final_queue = format!("{service}.final-letters");
+        wait_until_settled(&final_queue).await;
+        let mut finally_rejected = Vec::new();
+        while let Some(letter) = rejected_for_good.try_next() {
+            finally_rejected.push(String::from_utf8_lossy(&letter.data).to_string());
+        }
+        println!("after the host stopped, the broker holds (ready, unacked) = {kept:?}; rejected for good: {finally_rejected:?}");
         assert_eq!(landed, 0.0, "dead-letter copies the broker returned were taken for landed:\n{claimed:#?}\n{}", m.text);
         assert_eq!(echo_returned, 0.0, "echo answers that reached their queue were taken for returned:\n{}", m.text);
-        assert_eq!(kept, (refused as u64, 0), "requests lost: acked although their dead-letter copy was dropped");
+        assert!(finally_rejected.iter().all(|b| b.starts_with("big-header:")), "{finally_rejected:?}");
+        assert_eq!(kept.1, 0, "unacked after the host stopped");
+        assert_eq!(
+            kept.0 + finally_rejected.len() as u64,
+            refused as u64,
+            "requests lost: acked although their dead-letter copy was dropped"
+        );
+        rejected_for_good.cleanup().await;
         // They are left on purpose; the cleanup removes the queue.
     }
 }
@@ -520,9 +546,18 @@ broker_test! {
 
         let log = captured_log();
         let line_1k = "x".repeat(1023);
-        let stderr_lines = log.lines().filter(|l| l.contains(&line_1k) && l.contains("stderr")).count();
-        assert_eq!(stderr_lines, 64, "stderr lines in the host log");
-        assert!(log.contains("plugin output over its budget for one call"), "no note of dropped output");
+        // A line of the plugin's own: exactly one 1023-byte run of `x` (log-big's cut line is
+        // a 4 KiB run).
+        let output_lines = |stream: &str| {
+            log.lines().filter(|l| l.contains(stream) && l.split(|c| c != 'x').any(|run| run.len() == line_1k.len())).count()
+        };
+        assert_eq!(output_lines("stderr"), 64, "stderr lines in the host log");
+        // print:64 fits its 64 KiB budget (64 lines of 1 KiB); print:256 gets the same 64 lines
+        // logged and its other 192 (196,608 bytes) dropped with one note.
+        assert_eq!(output_lines("stdout"), 64 + 64, "stdout lines in the host log (print:64, then print:256 cut at its budget)");
+        let notes: Vec<_> = log.lines().filter(|l| l.contains("plugin output over its budget for one call")).collect();
+        assert_eq!(notes.len(), 1, "one note of dropped output, for print:256: {notes:?}");
+        assert!(notes[0].contains("dropped_bytes=196608"), "print:256 dropped 192 lines of 1 KiB: {}", notes[0]);
         // log-big: one line, cut at 4 KiB with a note.
         let longest_run = log.lines().map(|l| l.split(|c| c != 'x').map(str::len).max().unwrap_or(0)).max().unwrap_or(0);
         assert!(longest_run <= 4096, "a plugin wrote a {longest_run}-byte run into one host log line");

@@ -87,18 +87,26 @@ broker_test! {
     }
 }
 
+/// A folder of the test's own to grant, `warren-data-<service>` holding `greeting.txt` =
+/// `granted file`; `files` removes it.
+fn data_folder(service: &str, files: &Cleanup) -> std::path::PathBuf {
+    let data = std::env::temp_dir().join(format!("warren-data-{service}"));
+    std::fs::create_dir_all(&data).unwrap();
+    files.dir(&data);
+    std::fs::write(data.join("greeting.txt"), "granted file").unwrap();
+    data
+}
+
 broker_test! {
     async fn plugins_reach_only_the_env_and_folder_the_config_grants() {
         let service = unique_service("grants");
         let files = Cleanup::new();
-        let data = std::env::temp_dir().join(format!("warren-data-{service}"));
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(data.join("greeting.txt"), "granted file").unwrap();
+        let data = data_folder(&service, &files);
         let outside = data.with_extension("outside");
         std::fs::write(&outside, "secret").unwrap();
 
         let plugins = private_plugins(&service, &[("open", "chaos"), ("closed", "chaos")]);
-        files.dir(&data).dir(&outside).dir(&plugins);
+        files.dir(&outside).dir(&plugins);
         let grants = format!("[plugin.open]\nenv = [\"CARGO_MANIFEST_DIR\"]\ndir = \"{}\"\ndir_as = \"/data\"", data.display());
         let handlers = [("open", "open"), ("closed", "closed")];
         let mut s = Scenario::start_in(&service, &plugins, &handlers, &grants, &[]).await;
@@ -113,6 +121,36 @@ broker_test! {
         assert!(ask("open", &format!("read:{}", outside.display())).await.starts_with("denied"));
         assert_eq!(ask("closed", "env:CARGO_MANIFEST_DIR").await, "unset", "nothing granted by default");
         assert!(ask("closed", "read:/data/greeting.txt").await.starts_with("denied"));
+        s.finish().await;
+    }
+}
+
+broker_test! {
+    /// README: a granted `dir` is read-only to the plugin. `chaos` granted a folder as `/data`
+    /// reads a file in it (the grant works), then tries to overwrite that file, create a new
+    /// one and remove the file: each is refused with a WASI error in the plugin, and the host's
+    /// folder is unchanged (the file's content, no new file). Fails if the folder were
+    /// preopened writable: the plugin would answer `wrote` / `removed` and the folder change.
+    async fn a_granted_folder_is_read_only_to_the_plugin() {
+        let service = unique_service("dir-ro");
+        let files = Cleanup::new();
+        let data = data_folder(&service, &files);
+        let grant = format!("[plugin.chaos]\ndir = \"{}\"\ndir_as = \"/data\"", data.display());
+        let mut s = Scenario::start_in(&service, plugins_dir(), &[("chaos", "chaos")], &grant, &[]).await;
+        let mut ask = async |body: &str| {
+            s.client.request("chaos", body.as_bytes()).await;
+            String::from_utf8(s.client.response(DEADLINE).await.expect("answered").data).unwrap()
+        };
+
+        assert_eq!(ask("read:/data/greeting.txt").await, "granted file", "the grant lets the plugin read");
+        for attempt in ["write:/data/greeting.txt", "write:/data/new.txt", "remove:/data/greeting.txt"] {
+            let answer = ask(attempt).await;
+            assert!(answer.starts_with("denied: "), "{attempt}: the plugin saw {answer}");
+        }
+        assert_eq!(std::fs::read_to_string(data.join("greeting.txt")).unwrap(), "granted file", "the file changed");
+        let mut names: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["greeting.txt"], "the folder changed");
         s.finish().await;
     }
 }

@@ -21,9 +21,10 @@
  * {@link Response}. Throw `BadRequest`, `Retry` or `Failed` to refuse a message; any other
  * exception traps: the host discards the instance and rejects the message.
  *
- * The host's imports — `publishEvent`, `sendRequest`, `sendToQueue`, `publishResponse`, `log` — are granted per
- * plugin in the host's config; a refused or unconfirmed send throws {@link SendError}, which,
- * left uncaught, refuses the message (`denied` → `failed`, otherwise `retry`).
+ * The host's imports — `publishEvent`, `sendRequest`, `sendToQueue`, `publishResponse`, `log`
+ * — are granted per plugin in the host's config; a refused or unconfirmed send throws
+ * {@link SendError}, which, left uncaught, refuses the message (`denied` → `failed`,
+ * otherwise `retry`).
  *
  * Outbound HTTP is plain `fetch` (componentize-js implements it over wasi:http): set
  * `"warren": {"http": true}` in the plugin's package.json, and grant the origin in the host's

@@ -29,9 +29,9 @@ maps each to its AMQP outcome). Any other exception traps: the host discards the
 and rejects the message, exactly as for a Rust panic.
 
 The host's imports — :func:`publish_event`, :func:`send_request`, :func:`send_to_queue`,
-:func:`publish_response`, :func:`log` — are granted per plugin in the host's config; a refused or unconfirmed send
-raises :class:`SendError`, which, left uncaught, refuses the message (``denied`` →
-``failed``, ``failed`` → ``retry``).
+:func:`publish_response`, :func:`log` — are granted per plugin in the host's config; a
+refused or unconfirmed send raises :class:`SendError`, which, left uncaught, refuses the
+message (``denied`` → ``failed``, ``failed`` → ``retry``).
 
 :mod:`warren_guest.http` calls HTTP services (``http.get(url).raise_for_status().json()``)
 when the plugin is built with ``http = true`` under ``[tool.warren]`` and the host grants

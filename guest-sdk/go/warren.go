@@ -35,8 +35,9 @@
 // traps: the host discards the instance and rejects the message.
 //
 // The host's imports (PublishEvent, SendRequest, SendToQueue, PublishResponse, Log) are
-// granted per plugin in the host's config. A refused or unconfirmed send returns a *SendError; returned from
-// the handler as it is, a denial refuses the message and a failed send retries it.
+// granted per plugin in the host's config. A refused or unconfirmed send returns a
+// *SendError; returned from the handler as it is, a denial refuses the message and a failed
+// send retries it.
 //
 // Headers keep their AMQP types, as goamqp's Headers (a map[string]any) do: string,
 // int64, float64, bool, []byte, map[string]any (a table), []any (an array), time.Time (a

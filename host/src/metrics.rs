@@ -36,6 +36,8 @@ struct BrokerCounters {
     /// Deliveries whose text was not UTF-8 (or whose header table could not be read),
     /// repaired before lapin parsed them, by queue.
     repaired: BTreeMap<String, u64>,
+    /// Messages rejected to the broker after every host-side retry, by queue.
+    given_up: BTreeMap<String, u64>,
 }
 
 /// The host's counters. Cheap to update from every message task.
@@ -81,6 +83,11 @@ impl Metrics {
     /// A delivery from `queue` was repaired on the way in (see `amqp::frame_repair`).
     pub fn message_repaired(&self, queue: &str) {
         *self.broker.lock().expect("metrics lock").repaired.entry(queue.to_string()).or_default() += 1;
+    }
+
+    /// A message of `queue` was rejected to the broker after every host-side retry.
+    pub fn message_given_up(&self, queue: &str) {
+        *self.broker.lock().expect("metrics lock").given_up.entry(queue.to_string()).or_default() += 1;
     }
 
     /// A message `started` earlier was settled with `outcome` after `took`.
@@ -156,6 +163,13 @@ impl Metrics {
         );
         for (queue, n) in &broker.repaired {
             let _ = writeln!(out, "warren_repaired_messages_total{{queue=\"{queue}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP warren_given_up_messages_total Messages rejected to the broker after every host-side retry (dropped unless the queue has a dead-letter policy), by queue.\n# TYPE warren_given_up_messages_total counter"
+        );
+        for (queue, n) in &broker.given_up {
+            let _ = writeln!(out, "warren_given_up_messages_total{{queue=\"{queue}\"}} {n}");
         }
         drop(broker);
         // One gauge per live plugin, from the plugin table.

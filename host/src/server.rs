@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::amqp::broker::{self, BrokerError, Publisher};
 use crate::amqp::consumer::{Handler, QueueConsumer, Routing};
+use crate::amqp::dead_letters;
 use crate::amqp::outbox::BrokerOutbox;
 use crate::amqp::routing::RouteTable;
 use crate::amqp::topology::{ConsumerSpec, Topology};
@@ -214,6 +215,7 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let publisher = Publisher::open(&connection).await?.with_metrics(metrics.clone());
         let must_land = Publisher::open(&connection).await?.with_metrics(metrics.clone()).one_at_a_time();
+        dead_letters::warn_if_unbound(&must_land, &topology).await;
         let metrics_server = match config.metrics {
             Some(addr) => Some(MetricsServer::start(addr, metrics.clone(), plugins.clone())?),
             None => None,
@@ -360,6 +362,7 @@ impl Server {
         // new topology: a failure up to there leaves the old config serving whole.
         let prepared = self.plugins.prepare(&config).await?;
         broker::declare(&self.connection, &topology).await.map_err(ReloadError::Declare)?;
+        dead_letters::warn_if_unbound(&self.must_land, &topology).await;
         let stale = self.plugins.commit(prepared);
         self.config = config;
         let old = std::mem::replace(&mut self.topology, topology.clone());

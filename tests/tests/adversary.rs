@@ -377,7 +377,17 @@ broker_test! {
             "echo answers (their client's queue is bound) were counted as returned:\n{}",
             m.text
         );
+        assert_eq!(
+            m.get(&format!("warren_given_up_messages_total{{queue=\"{queue}\"}}")),
+            3.0,
+            "each message given up is counted:\n{}",
+            m.text
+        );
         let lines = log_lines(&service);
+        let warned = format!("dead-letter exchange '{dlx}' has no queue bound");
+        assert_eq!(lines.iter().filter(|l| l.contains(&warned)).count(), 1, "one warning at start: {warned}");
+        let given_up: Vec<_> = lines.iter().filter(|l| l.contains("ERROR") && l.contains("RabbitMQ drops it unless")).collect();
+        assert_eq!(given_up.len(), 3, "each message given up is logged at ERROR: {given_up:?}");
         let claimed: Vec<_> = lines.iter().filter(|l| l.contains("dead-lettered to")).collect();
         assert!(claimed.is_empty(), "the log claims a dead-letter that did not land: {claimed:?}");
         let kept = lines.iter().filter(|l| l.contains("could not be dead-lettered")).count();

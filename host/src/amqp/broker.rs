@@ -318,6 +318,11 @@ impl Publisher {
         self
     }
 
+    /// This publisher without its metrics: for probes, which are not failed publishes.
+    pub fn unmetered(&self) -> Publisher {
+        Publisher { metrics: None, ..self.clone() }
+    }
+
     /// The largest header table, in encoded bytes, that one message may carry.
     pub fn max_header_bytes(&self) -> usize {
         self.max_header_bytes

@@ -12,7 +12,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::acks::Acks;
 use super::broker::{self, BrokerError, Delivered, Publisher};
@@ -251,6 +251,9 @@ impl QueueConsumer {
         // newline cannot forge a log line.
         let (routing_key_text, message_id) = (Escaped(routing_key), Escaped(&message_id));
         let log = |level: tracing::Level, reason: &str, what: &str| match level {
+            tracing::Level::ERROR => {
+                error!(service = %self.service, plugin, generation, queue = %self.queue, routing_key = %routing_key_text, message_id = %message_id, reason = %Escaped(reason), "{what}")
+            }
             tracing::Level::WARN => {
                 warn!(service = %self.service, plugin, generation, queue = %self.queue, routing_key = %routing_key_text, message_id = %message_id, reason = %Escaped(reason), "{what}")
             }
@@ -292,9 +295,11 @@ impl QueueConsumer {
         let failures = header_count(delivery, HOST_FAILURES_HEADER).saturating_add(1);
         if failures > HOST_RETRIES {
             let what = format!(
-                "message rejected after {HOST_RETRIES} host-side failures (the broker's own dead-letter policy applies, if any)"
+                "message rejected after {HOST_RETRIES} host-side failures: RabbitMQ drops it unless queue '{}' has a dead-letter policy of its own",
+                self.queue
             );
-            log(tracing::Level::WARN, &reason, &what);
+            log(tracing::Level::ERROR, &reason, &what);
+            self.metrics.message_given_up(&self.queue);
             let rejected = delivery.reject(BasicRejectOptions { requeue: false }).await;
             return ("rejected_host_failure", Settled::Otherwise(rejected));
         }

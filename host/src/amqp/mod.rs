@@ -7,6 +7,7 @@
 //! - [`transport`]: the connection's byte stream — TCP keepalive, TLS, and every frame read
 //!   repaired by [`frame_repair`] so that no publisher's bytes can stop lapin's parser.
 //! - [`consumer`]: one queue's deliveries → handler → outcome (ack, reject, respond, retry).
+//! - [`dead_letters`]: the check that each dead-letter exchange has a queue bound.
 //! - [`copies`]: the retry, dead-letter and host-failure copies of a delivery, cleaned of
 //!   what would route them elsewhere (`CC`, `BCC`) or be refused (`user_id`).
 //! - [`acks`]: a consumer channel's acks, several in one `multiple` frame when they are ready
@@ -28,6 +29,7 @@ pub mod broker;
 pub mod client;
 pub mod consumer;
 pub mod copies;
+pub mod dead_letters;
 pub mod frame_repair;
 pub mod headers;
 pub mod naming;

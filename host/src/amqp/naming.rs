@@ -1,8 +1,9 @@
 //! goamqp's naming conventions (SPEC §1): the one place that turns service and stream names
 //! into exchange and queue names. Other teams' Go services depend on these exact strings.
 
-/// The stream consumed by `[[event]]` handlers that name none.
-pub const DEFAULT_STREAM: &str = "events";
+/// The stream consumed by `[[event]]` handlers that name none (the config's default for
+/// `stream`, which the config resolves before this wing is used).
+pub use crate::config::DEFAULT_STREAM;
 
 /// `S.direct.exchange.request`: the direct exchange that carries requests to service `S`.
 pub fn request_exchange(service: &str) -> String {

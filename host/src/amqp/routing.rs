@@ -58,24 +58,6 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     matches(&pattern, &key)
 }
 
-/// Whether some routing key matches both topic patterns `a` and `b` (goamqp refuses two
-/// handlers on one queue whose patterns overlap: the delivery could not pick one).
-pub fn patterns_overlap(a: &str, b: &str) -> bool {
-    fn overlap(a: &[&str], b: &[&str]) -> bool {
-        match (a.split_first(), b.split_first()) {
-            (None, None) => true,
-            (None, Some(_)) => b.iter().all(|w| *w == "#"),
-            (Some(_), None) => a.iter().all(|w| *w == "#"),
-            (Some((&"#", a_rest)), _) => overlap(a_rest, b) || overlap(a, &b[1..]),
-            (_, Some((&"#", b_rest))) => overlap(a, b_rest) || overlap(&a[1..], b),
-            (Some((x, a_rest)), Some((y, b_rest))) => (*x == "*" || *y == "*" || x == y) && overlap(a_rest, b_rest),
-        }
-    }
-    let a: Vec<&str> = a.split('.').collect();
-    let b: Vec<&str> = b.split('.').collect();
-    overlap(&a, &b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,19 +85,6 @@ mod tests {
     fn literal_words_must_match() {
         assert!(topic_matches("order.created", "order.created"));
         assert!(!topic_matches("order.created", "order.deleted"));
-    }
-
-    #[test]
-    fn overlapping_patterns_share_a_key() {
-        assert!(patterns_overlap("order.#", "order.created"));
-        assert!(patterns_overlap("order.*", "order.#"));
-        assert!(patterns_overlap("*.created", "order.*"));
-        assert!(patterns_overlap("#", "anything"));
-        assert!(patterns_overlap("a.#.z", "a.b.#"));
-        assert!(!patterns_overlap("order.*", "user.*"));
-        assert!(!patterns_overlap("order.created", "order.deleted"));
-        assert!(!patterns_overlap("order.*", "order.created.eu"));
-        assert!(!patterns_overlap("a.*.c", "a.b"));
     }
 
     #[test]

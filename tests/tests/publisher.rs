@@ -286,3 +286,85 @@ broker_test! {
         tokio::time::timeout(DEADLINE, serving).await.expect("serve returns after the signal").unwrap().expect("a clean stop");
     }
 }
+
+broker_test! {
+    /// Warren's own counters travel on the message, so a publisher can forge them: a request
+    /// whose handler faults, with a dead-letter exchange nothing is bound to (a host-side
+    /// failure: the message is kept and requeued with its count in `x-warren-host-failures`),
+    /// carrying the count `-1` or `i64::MAX`. Before, `-1` read as `u32::MAX` and the `+ 1`
+    /// overflowed outside the code that catches panics: the message was never settled. Now `-1`
+    /// reads 0 (requeued, counted from there) and a huge count saturates (given up at once);
+    /// the host answers the next request.
+    async fn forged_counters_saturate() {
+        let service = unique_service("counters");
+        let cleanup = Cleanup::new();
+        cleanup.service(&service);
+        let addr = free_address();
+        let rest = format!(
+            "dead_letter_exchange = \"{service}.dlx\"\n{}[[request]]\nrouting_key = \"chaos\"\nplugin = \"chaos\"\n",
+            requests(&[("echo", "echo")])
+        );
+        let mut config = config(&service, &rest);
+        config.metrics = Some(addr);
+        let host = start(&config).await;
+        let mut client = GoClient::new(&service, &format!("{service}-client"), &["echo", "chaos"]).await;
+        let forged = |count: i64| {
+            let mut headers = FieldTable::default();
+            headers.insert("service".into(), AMQPValue::LongString(LongString::from(client.name.as_str())));
+            headers.insert("x-warren-host-failures".into(), AMQPValue::LongLongInt(count));
+            BasicProperties::default().with_headers(headers)
+        };
+        client.publish("chaos", b"panic", forged(i64::MAX)).await;
+        eventually("a huge forged count is given up at once", || {
+            messages_total(addr, "chaos", "rejected_host_failure") == 1.0
+        })
+        .await;
+        assert_eq!(messages_total(addr, "chaos", "requeued_host_failure"), 0.0);
+        client.publish("chaos", b"panic", forged(-1)).await;
+        eventually("a negative forged count reads 0: requeued", || {
+            messages_total(addr, "chaos", "requeued_host_failure") >= 1.0
+        })
+        .await;
+        client.request("echo", b"still here").await;
+        assert_eq!(client.response(DEADLINE).await.expect("the next request is answered").data, b"still here");
+        client.cleanup().await;
+        host.stop().await.unwrap();
+    }
+}
+
+broker_test! {
+    /// A `traceparent` is copied into the answer and into everything the handler sends, so a
+    /// publisher's header of any length would be too. Only W3C's form is carried: a 10,000-byte
+    /// one, or one with a zero trace id, starts a new trace; a valid one goes through unchanged.
+    async fn only_a_w3c_traceparent_is_carried() {
+        let service = unique_service("traceparent");
+        let cleanup = Cleanup::new();
+        cleanup.service(&service);
+        let host = start(&config(&service, &requests(&[("echo", "echo")]))).await;
+        let mut client = GoClient::new(&service, &format!("{service}-client"), &["echo"]).await;
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let zero = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        let long = "x".repeat(10_000);
+        for (body, sent) in [("valid", valid), ("zero", zero), ("long", long.as_str())] {
+            let mut headers = FieldTable::default();
+            headers.insert("service".into(), AMQPValue::LongString(LongString::from(client.name.as_str())));
+            headers.insert("traceparent".into(), AMQPValue::LongString(LongString::from(sent)));
+            client.publish("echo", body.as_bytes(), BasicProperties::default().with_headers(headers)).await;
+            let answer = client.response(DEADLINE).await.expect("answered");
+            assert_eq!(answer.data, body.as_bytes());
+            let carried = header(&answer, "traceparent").expect("the answer carries a traceparent");
+            match body {
+                "valid" => assert_eq!(carried, valid),
+                _ => {
+                    assert_ne!(carried, sent);
+                    let well_formed = carried.len() == 55
+                        && carried.starts_with("00-")
+                        && carried.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit());
+                    assert!(well_formed, "a new W3C traceparent instead of {body}: {carried}");
+                }
+            }
+        }
+        client.cleanup().await;
+        host.stop().await.unwrap();
+    }
+}

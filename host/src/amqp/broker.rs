@@ -265,6 +265,10 @@ pub enum Delivered {
     Routed,
     /// The broker took the message but no queue was bound for it (returned as unroutable).
     Unroutable,
+    /// Written to the connection, not confirmed: a publisher in goamqp's mode
+    /// ([`Publisher::open_unconfirmed`], `[service] delivery = "goamqp"`). Whether the broker
+    /// took it, and routed it, is not known.
+    Written,
 }
 
 /// A channel in confirm mode: every publish waits for the broker's ack. When the broker
@@ -283,6 +287,8 @@ pub struct Publisher {
     /// Held from publish to confirm when only one publish may be in flight (see
     /// [`Publisher::one_at_a_time`]).
     turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Whether the channel is in confirm mode (the default) or publishes as goamqp does.
+    confirmed: bool,
 }
 
 /// Room left in a content-header frame for the properties beside the header table.
@@ -291,7 +297,20 @@ const PROPERTIES_RESERVE: usize = 4096;
 impl Publisher {
     /// Opens a channel on `connection` and turns publisher confirms on.
     pub async fn open(connection: &Arc<Connection>) -> Result<Publisher, BrokerError> {
-        let channel = confirm_channel(connection).await?;
+        Publisher::open_with(connection, true).await
+    }
+
+    /// Opens a channel on `connection` that publishes as goamqp does: no confirms, not
+    /// mandatory; a publish returns once its frames are written ([`Delivered::Written`]).
+    pub async fn open_unconfirmed(connection: &Arc<Connection>) -> Result<Publisher, BrokerError> {
+        Publisher::open_with(connection, false).await
+    }
+
+    async fn open_with(connection: &Arc<Connection>, confirmed: bool) -> Result<Publisher, BrokerError> {
+        let channel = match confirmed {
+            true => confirm_channel(connection).await?,
+            false => open_channel(connection).await?,
+        };
         let frame_max = connection.configuration().frame_max() as usize;
         Ok(Publisher {
             connection: connection.clone(),
@@ -300,7 +319,13 @@ impl Publisher {
             metrics: None,
             max_header_bytes: frame_max.saturating_sub(PROPERTIES_RESERVE).max(PROPERTIES_RESERVE),
             turn: None,
+            confirmed,
         })
+    }
+
+    /// Whether publishes wait for the broker's confirm.
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
     }
 
     /// This publisher with one publish in flight at a time, for publishes whose return
@@ -355,7 +380,10 @@ impl Publisher {
         if current.status().connected() {
             return Ok((*current).clone());
         }
-        let fresh = confirm_channel(&self.connection).await?;
+        let fresh = match self.confirmed {
+            true => confirm_channel(&self.connection).await?,
+            false => open_channel(&self.connection).await?,
+        };
         tracing::warn!("the broker closed the publish channel; opened a new one");
         if let Some(metrics) = &self.metrics {
             metrics.channel_reopened();
@@ -377,7 +405,7 @@ impl Publisher {
             match &result {
                 Ok(Delivered::Unroutable) => metrics.publish_failed(exchange, "returned"),
                 Err(_) => metrics.publish_failed(exchange, "refused"),
-                Ok(Delivered::Routed) => {}
+                Ok(Delivered::Routed | Delivered::Written) => {}
             }
         }
         result
@@ -410,13 +438,15 @@ impl Publisher {
             None => None,
         };
         let channel = self.channel().await?;
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let confirm = channel
+        let options = BasicPublishOptions { mandatory: self.confirmed, ..Default::default() };
+        let published = channel
             .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
             .await
-            .map_err(|e| not_confirmed(e.to_string()))?
-            .await
             .map_err(|e| not_confirmed(e.to_string()))?;
+        if !self.confirmed {
+            return Ok(Delivered::Written);
+        }
+        let confirm = published.await.map_err(|e| not_confirmed(e.to_string()))?;
         match confirm {
             Confirmation::Ack(None) => Ok(Delivered::Routed),
             Confirmation::Ack(Some(_returned)) => Ok(Delivered::Unroutable),

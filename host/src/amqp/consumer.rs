@@ -356,6 +356,7 @@ impl QueueConsumer {
             Ok(Delivered::Unroutable) => DeadLetter::Failed(format!(
                 "no queue is bound to dead-letter exchange '{exchange}', so RabbitMQ would drop the copy; bind one"
             )),
+            Ok(Delivered::Written) => DeadLetter::Failed(NOT_CONFIRMED_COPY.into()),
             Err(error) => DeadLetter::Failed(error.to_string()),
         }
     }
@@ -470,7 +471,8 @@ impl QueueConsumer {
         }
         let exchange = naming::response_exchange(&self.service);
         match self.publisher.publish(&exchange, routing_key, &response.body, properties).await {
-            Ok(Delivered::Routed) => Outcome::Acked,
+            // Written: `delivery = "goamqp"`, acked once the answer is written, as goamqp does.
+            Ok(Delivered::Routed | Delivered::Written) => Outcome::Acked,
             Ok(Delivered::Unroutable) => {
                 warn!(exchange = %exchange, routing_key, requester, "response unroutable: no queue of '{requester}' is bound for it; the request is acked");
                 Outcome::Acked
@@ -533,10 +535,15 @@ impl QueueConsumer {
             Err(error @ BrokerError::HeadersTooLarge { .. }) => {
                 Outcome::Rejected(format!("retry asked ({why}) but its copy can never be sent: {error}"))
             }
+            Ok(Delivered::Written) => Outcome::Deferred(format!("retry asked ({why}); {NOT_CONFIRMED_COPY}")),
             Err(error) => Outcome::Deferred(format!("retry asked ({why}); republish failed ({error})")),
         }
     }
 }
+
+/// A copy that must land went out unconfirmed: `must_land` must be a confirming publisher.
+const NOT_CONFIRMED_COPY: &str =
+    "the copy was published without a confirm, so whether it landed is not known (a host bug: copies are always confirmed)";
 
 /// How a delivery was settled on the broker: acked (through [`Acks`]) or by its own frame
 /// (reject, requeue), with lapin's answer.

@@ -49,7 +49,7 @@ pub async fn unbound(publisher: &Publisher, topology: &Topology) -> Vec<String> 
         let probe = BasicProperties::default().with_headers(headers).with_expiration("0".into()).with_delivery_mode(1);
         match publisher.unmetered().publish(&exchange, "warren.probe", b"", probe).await {
             Ok(Delivered::Unroutable) => unbound.push(exchange),
-            Ok(Delivered::Routed) => {}
+            Ok(Delivered::Routed | Delivered::Written) => {}
             Err(error) => {
                 tracing::warn!(%exchange, %error, "could not check the dead-letter exchange for a bound queue")
             }

@@ -89,7 +89,7 @@ impl Outbox for BrokerOutbox {
             };
             let properties = broker::message_properties(service_header, table);
             match self.publisher.publish(&exchange, routing_key, body, properties).await {
-                Ok(Delivered::Routed) => Ok(()),
+                Ok(Delivered::Routed | Delivered::Written) => Ok(()),
                 // Nobody subscribed to this event (yet): that is not the publisher's problem.
                 Ok(Delivered::Unroutable) if matches!(to, Destination::Event(_)) => Ok(()),
                 Ok(Delivered::Unroutable) => Err(SendError::Failed(match &to {

@@ -17,7 +17,7 @@ use crate::amqp::dead_letters;
 use crate::amqp::outbox::BrokerOutbox;
 use crate::amqp::routing::RouteTable;
 use crate::amqp::topology::{ConsumerSpec, Topology};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Delivery};
 use crate::metrics::{Metrics, MetricsError, MetricsServer};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::wasm::plugins::{LoadErrors, PluginStatus, Plugins};
@@ -108,6 +108,25 @@ impl Backoff {
         let wait = self.delay / 2 + self.delay.mul_f64(f64::from(nanos % 1000) / 2000.0);
         self.delay = (self.delay * 2).min(RECONNECT_MAX);
         wait
+    }
+}
+
+/// The publisher of answers and of what plugins send: confirmed, or goamqp's way
+/// (`service.delivery`). Dead-letter and retry copies always go through a confirmed one.
+async fn answers_publisher(connection: &Arc<lapin::Connection>, delivery: Delivery) -> Result<Publisher, BrokerError> {
+    match delivery {
+        Delivery::Confirmed => Publisher::open(connection).await,
+        Delivery::Goamqp => Publisher::open_unconfirmed(connection).await,
+    }
+}
+
+/// What the start line adds about the delivery guarantee.
+fn delivery_note(delivery: Delivery) -> &'static str {
+    match delivery {
+        Delivery::Confirmed => " (a message is acked only after its answer and sends are confirmed by the broker)",
+        Delivery::Goamqp => {
+            " (delivery = goamqp: answers and sends are not confirmed; one the broker loses after it was written is lost, as with goamqp)"
+        }
     }
 }
 
@@ -213,7 +232,7 @@ impl Server {
             "topology declared"
         );
         let metrics = Arc::new(Metrics::default());
-        let publisher = Publisher::open(&connection).await?.with_metrics(metrics.clone());
+        let publisher = answers_publisher(&connection, config.delivery).await?.with_metrics(metrics.clone());
         let must_land = Publisher::open(&connection).await?.with_metrics(metrics.clone()).one_at_a_time();
         dead_letters::warn_if_unbound(&must_land, &topology).await;
         let metrics_server = match config.metrics {
@@ -239,7 +258,7 @@ impl Server {
             server.start_consumer(spec).await?;
         }
         server.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        info!(service = %config.service, consumers = server.consumers.len(), "serving");
+        info!(service = %config.service, consumers = server.consumers.len(), delivery = %config.delivery, "serving{}", delivery_note(config.delivery));
         Ok(server)
     }
 
@@ -340,7 +359,8 @@ impl Server {
     /// plugins, routes and grants keep serving, and the error says so in one line.
     pub async fn reload(&mut self, config: Config) -> Result<(), ReloadError> {
         let old = &self.config;
-        let restart_only: [(&'static str, bool); 6] = [
+        let restart_only: [(&'static str, bool); 7] = [
+            ("service.delivery", config.delivery != old.delivery),
             ("service.name", config.service != old.service),
             ("service.plugins", config.plugins_dir != old.plugins_dir),
             ("broker.url / broker.urls / broker.tls / the password", config.broker != old.broker),
@@ -514,7 +534,8 @@ impl Server {
         info!(service = %self.config.service, broker = %node, "connected");
         self.connection = Arc::new(connection);
         broker::declare(&self.connection, &self.topology).await?;
-        self.publisher = Publisher::open(&self.connection).await?.with_metrics(self.metrics.clone());
+        self.publisher =
+            answers_publisher(&self.connection, self.config.delivery).await?.with_metrics(self.metrics.clone());
         self.must_land = Publisher::open(&self.connection).await?.with_metrics(self.metrics.clone()).one_at_a_time();
         for spec in self.topology.consumers.clone() {
             self.start_consumer(&spec).await?;

@@ -39,7 +39,8 @@ pub struct BrokerConfig {
     pub password: Option<Secret>,
     /// Certificates for `amqps://` URLs.
     pub tls: TlsConfig,
-    /// The AMQP heartbeat asked for (`heartbeat_s`; `None`: [`DEFAULT_HEARTBEAT_S`]; 0: off).
+    /// The AMQP heartbeat asked for (`heartbeat_s`; `None`: [`DEFAULT_HEARTBEAT_S`]; 0: the
+    /// broker's own, RabbitMQ's 60 s — AMQP lets the lower non-zero value win).
     /// A link that goes silent is given up after two missed beats.
     pub heartbeat_s: Option<u16>,
 }

@@ -46,7 +46,7 @@ pub use handlers::{DEFAULT_STREAM, EventHandler, RequestHandler, ResponseHandler
 pub use limits::{Limits, MAX_REUSE};
 pub use origin::Origin;
 pub use plugins::{Grants, HttpGrant, PluginSettings};
-pub use service::STATE_DIR_ENV;
+pub use service::{Delivery, STATE_DIR_ENV};
 
 use broker::{RawBroker, resolve_broker, resolve_prefetch};
 use handlers::{RawEvent, RawRequest, RawResponse, resolve_events, resolve_requests, resolve_responses};
@@ -86,6 +86,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off when `None`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// What a message waits for before it is acked (`service.delivery`).
+    pub delivery: Delivery,
     /// The first broker URL, as written (`WARREN_BROKER_URL` wins over the file): what
     /// one-shot clients use. The host itself connects by [`Config::broker`].
     pub broker_url: String,
@@ -203,6 +205,7 @@ impl RawConfig {
         Ok(Config {
             source: at.path.to_path_buf(),
             metrics,
+            delivery: self.service.delivery,
             plugins,
             service,
             plugins_dir,

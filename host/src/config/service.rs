@@ -1,5 +1,6 @@
 //! `[service]`: the service's name (`S` in goamqp's names), the plugins folder, the private
-//! state folder (the compiled-code cache, outside the plugins folder) and the metrics address.
+//! state folder (the compiled-code cache, outside the plugins folder), the metrics address
+//! and the delivery guarantee (`delivery`).
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,30 @@ pub(super) struct RawService {
     pub(super) plugins: Option<String>,
     pub(super) metrics: Option<Spanned<String>>,
     pub(super) state_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) delivery: Delivery,
+}
+
+/// `service.delivery`: what Warren waits for before it acks a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// A message is acked only after its answer and everything its handler sent were
+    /// confirmed by the broker (publisher confirms): nothing is lost when the broker fails.
+    #[default]
+    Confirmed,
+    /// goamqp's own guarantee: answers and sends are published without confirms, and a
+    /// message is acked as soon as they are written to the connection.
+    Goamqp,
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Delivery::Confirmed => "confirmed",
+            Delivery::Goamqp => "goamqp",
+        })
+    }
 }
 
 /// `service.plugins`, relative to the config's folder `base` (default `target/plugins`).

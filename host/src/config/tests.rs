@@ -312,3 +312,15 @@ fn passwords_come_from_a_file_and_are_never_printed() {
     assert!(both.contains("amqp://u:***@h/%2f already has a password") && !both.contains("u:p@"), "{both}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn delivery_is_confirmed_unless_goamqp_is_chosen() {
+    let text = |delivery: &str| {
+        format!("[service]\nname = \"s\"\n{delivery}\n[[request]]\nrouting_key = \"k\"\nplugin = \"p\"\n")
+    };
+    let parse = |t: String| Config::parse(Path::new("w.toml"), &t, None);
+    assert_eq!(parse(text("")).unwrap().delivery, Delivery::Confirmed);
+    assert_eq!(parse(text("delivery = \"goamqp\"")).unwrap().delivery, Delivery::Goamqp);
+    let error = parse(text("delivery = \"fast\"")).unwrap_err().to_string();
+    assert!(error.starts_with("w.toml:3:12") && error.contains("goamqp"), "{error}");
+}

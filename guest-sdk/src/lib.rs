@@ -53,6 +53,12 @@
 //! [`http`] sends requests over `wasi:http` to the origins the host's config grants the
 //! plugin (`[plugin.<name>] http = ["https://api.example.com"]`), JSON in and out:
 //! `let price: Price = warren_guest::http::get_json(&url)?;`.
+//!
+//! # Config values
+//!
+//! [`config`] reads what the host's config gives this plugin (`[plugin.<name>.config]`, and
+//! `config_files` for secrets) through the standard `wasi:config/store`:
+//! `let key = warren_guest::config::require("api_key")?;`.
 
 // Lets the generated bindings name this crate the way plugin crates do.
 extern crate self as warren_guest;
@@ -67,6 +73,9 @@ pub mod bindings {
         default_bindings_module: "warren_guest::bindings",
         runtime_path: "warren_guest::__private::wit_bindgen::rt",
         additional_derives: [PartialEq],
+        // The standard interfaces the world imports (wasi:keyvalue, wasi:config) are
+        // generated here too; a plugin imports only those it calls.
+        generate_all,
     });
 }
 
@@ -142,6 +151,7 @@ where
     Response::json(&handler(input)?)
 }
 
+pub mod config;
 pub mod http;
 
 /// Publishing, requests and logging through the host. Each destination must be granted to

@@ -17,6 +17,8 @@
 //! - [`server`]: config → plugins → topology → consumers, until shutdown; reconnects and
 //!   config reloads. [`shutdown`] stops it.
 //! - [`metrics`]: counters and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - [`wasi_config`]: `wasi:config/store` (both versions) serving each plugin its own
+//!   `[plugin.<name>.config]` and `config_files` values; needs nothing from either wing.
 //! - [`watch`]: debounced file watching (plugins folder, config file, plugin sources).
 //! - [`cli`]: the `warren` command line.
 
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod tooling;
+pub mod wasi_config;
 pub mod wasm;
 pub mod watch;
 

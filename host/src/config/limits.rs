@@ -81,6 +81,10 @@ pub(super) struct RawLimits {
     pub(super) http_max_response_kib: Option<Spanned<u32>>,
     pub(super) http_max_concurrency: Option<Spanned<u32>>,
     pub(super) http_ca_file: Option<Spanned<String>>,
+    /// `[plugin.<name>.config]`: wasi:config values (strings).
+    pub(super) config: Option<Spanned<super::values::RawValues>>,
+    /// `[plugin.<name>.config_files]`: wasi:config values read from files (secrets).
+    pub(super) config_files: Option<Spanned<super::values::RawFiles>>,
 }
 
 impl RawLimits {

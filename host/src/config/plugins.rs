@@ -1,6 +1,7 @@
 //! `[plugin.<name>]`: one plugin's limits over `[limits]`, and its grants — env, a read-only
 //! folder (`dir`, `dir_as`), where it may send (`publish`, `request`, `queues`, `respond`),
-//! `log`, and outbound HTTP (`http` origins and the `http_*` caps). Nothing is granted unless
+//! `log`, outbound HTTP (`http` origins and the `http_*` caps), and the `wasi:config` values
+//! (`[plugin.<name>.config]`, `config_files`: `values.rs`). Nothing is granted unless
 //! written here; a table for a plugin no handler uses is refused.
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use super::limits::{Limits, RawLimits};
 use super::locate::Locator;
 use super::names::check_name;
 use super::origin::Origin;
+use super::values::{ConfigValues, resolve_values};
 
 /// What a plugin may reach beyond its own memory; nothing unless the config grants it
 /// (except logging through the host, on unless `log = false`).
@@ -36,6 +38,8 @@ pub struct Grants {
     pub log: bool,
     /// Outbound HTTP: the origins the plugin may call (none by default) and its caps.
     pub http: HttpGrant,
+    /// What `wasi:config/store` gives the plugin (`[plugin.<name>.config]` and `config_files`).
+    pub config: ConfigValues,
 }
 
 impl Default for Grants {
@@ -49,6 +53,7 @@ impl Default for Grants {
             respond: Vec::new(),
             log: true,
             http: HttpGrant::default(),
+            config: ConfigValues::default(),
         }
     }
 }
@@ -98,6 +103,8 @@ impl RawLimits {
             ("http_max_response_kib", self.http_max_response_kib.as_ref().map(Spanned::span)),
             ("http_max_concurrency", self.http_max_concurrency.as_ref().map(Spanned::span)),
             ("http_ca_file", self.http_ca_file.as_ref().map(Spanned::span)),
+            ("config", self.config.as_ref().map(Spanned::span)),
+            ("config_files", self.config_files.as_ref().map(Spanned::span)),
         ];
         spans.into_iter().filter_map(|(key, span)| span.map(|s| (key, s))).collect()
     }
@@ -162,6 +169,13 @@ fn resolve_grants(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Resu
         respond: list(&raw.respond),
         log: raw.log.as_ref().is_none_or(|l| *l.get_ref()),
         http: resolve_http(at, base, key, raw)?,
+        config: resolve_values(
+            at,
+            base,
+            key,
+            raw.config.as_ref().map(Spanned::get_ref),
+            raw.config_files.as_ref().map(Spanned::get_ref),
+        )?,
     })
 }
 

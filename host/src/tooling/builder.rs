@@ -32,11 +32,12 @@ pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 /// The WIT package the host implements, given to the Python and JavaScript toolchains.
 pub(super) const WIT: &str = include_str!("../../../wit/handler.wit");
 
-/// The WASI packages `wit/handler.wit` uses (its `handler-http` world imports `wasi:http`),
-/// written to `wit/deps/` next to it.
-const WIT_DEPS: [(&str, &str); 7] = [
+/// The WASI packages `wit/handler.wit` uses (its `handler` world imports `wasi:config`, its
+/// `handler-http` world `wasi:http`), written to `wit/deps/` next to it.
+const WIT_DEPS: &[(&str, &str)] = &[
     ("cli.wit", include_str!("../../../wit/deps/cli.wit")),
     ("clocks.wit", include_str!("../../../wit/deps/clocks.wit")),
+    ("config.wit", include_str!("../../../wit/deps/config.wit")),
     ("filesystem.wit", include_str!("../../../wit/deps/filesystem.wit")),
     ("http.wit", include_str!("../../../wit/deps/http.wit")),
     ("io.wit", include_str!("../../../wit/deps/io.wit")),
@@ -52,7 +53,7 @@ const PYTHON_SDK_HTTP: &str = include_str!("../../../guest-sdk/python/warren_gue
 /// Writes the WIT package (and its WASI dependencies) into `dir`; returns `dir`.
 pub(super) fn write_wit(dir: &Path) -> Result<PathBuf, BuildError> {
     write_file(&dir.join("handler.wit"), WIT)?;
-    for (name, text) in WIT_DEPS {
+    for &(name, text) in WIT_DEPS {
         write_file(&dir.join("deps").join(name), text)?;
     }
     Ok(dir.to_path_buf())
@@ -367,6 +368,10 @@ pub(super) fn pip_tool(
     Ok(program)
 }
 
+/// The interfaces the JavaScript guest SDK imports from the host: left as imports of the
+/// bundle (rolldown's comma-separated `--external`), for componentize-js to bind.
+const JS_HOST_IMPORTS: &str = "warren:plugin/host@0.1.0,wasi:config/store@0.2.0-draft";
+
 fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildError> {
     let work = target_dir.join("javascript");
     // componentize-js reads the WIT inside its working folder, next to the bundle.
@@ -386,7 +391,7 @@ fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf,
         "--platform",
         "neutral",
         "--external",
-        "warren:plugin/host@0.1.0",
+        JS_HOST_IMPORTS,
     ]);
     run(plugin, "rolldown (bundling)", &mut command)?;
 

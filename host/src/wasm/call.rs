@@ -15,6 +15,7 @@ use super::http::CallHttp;
 use super::output::GuestOutput;
 use super::{Header, LogLevel, SendError};
 use crate::config::Grants;
+use crate::wasi_config::{CallConfig, WasiConfigView};
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields
 /// (1 ms: a deadline is met within about a millisecond; see the README's isolation figures).
@@ -73,6 +74,8 @@ pub struct CallState {
     pub(super) http: CallHttp,
     /// The call's output sink: stdout, stderr and the `log` import share its budget.
     pub(super) output: GuestOutput,
+    /// The plugin's `wasi:config` values.
+    pub(super) config: CallConfig,
 }
 
 /// What one call may send: how many messages, and how large each body.
@@ -227,6 +230,12 @@ impl bindings::warren::plugin::host::Host for CallState {
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiConfigView for CallState {
+    fn wasi_config(&mut self) -> &mut CallConfig {
+        &mut self.config
     }
 }
 

@@ -117,8 +117,15 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        bindings::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+        // The world's own interfaces one by one (not `Handler::add_to_linker`): each standard
+        // interface it imports is linked by the module that serves it, below.
+        type Own = wasmtime::component::HasSelf<CallState>;
+        bindings::warren::plugin::types::add_to_linker::<_, Own>(&mut linker, |state| state)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::warren::plugin::host::add_to_linker::<_, Own>(&mut linker, |state| state)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        // wasi:config/store at 0.2.0-draft and 0.2.0-rc.1: each plugin's own values.
+        crate::wasi_config::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         // wasi:http/outgoing-handler behind each plugin's allowlist (SPEC §3 `http = [...]`);
         // a plugin that does not import it links as before.
         super::call::add_http_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
@@ -199,6 +206,9 @@ impl Runtime {
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::HandlerPre::new(instance_pre).map_err(wrong_world)?;
+        // Its wasi:config values (config_files were read with the config: again on a reload).
+        let values = &settings.grants.config;
+        let config = crate::wasi_config::PluginConfig::new(&values.plain, &values.files);
         let plugin = Plugin {
             name: name.clone(),
             path: file.clone(),
@@ -219,6 +229,7 @@ impl Runtime {
                 image.end as usize - image.start as usize
             },
             warm: Default::default(),
+            config,
         };
 
         // Instantiate once now, so a plugin that cannot start is refused at load time.
@@ -269,6 +280,7 @@ impl Runtime {
             peak_memory: Arc::default(),
             code_size: 0,
             warm: Default::default(),
+            config: crate::wasi_config::PluginConfig::default(),
         }
     }
 }

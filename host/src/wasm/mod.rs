@@ -33,6 +33,10 @@ pub mod bindings {
         imports: { default: async | trappable },
         exports: { default: async },
         additional_derives: [PartialEq],
+        // Standard interfaces the world imports are served by modules of their own.
+        with: {
+            "wasi:config/store@0.2.0-draft": crate::wasi_config::draft::store,
+        },
     });
 }
 

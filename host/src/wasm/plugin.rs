@@ -94,6 +94,8 @@ pub struct Plugin {
     pub(super) http: Option<Arc<PluginHttp>>,
     /// Idle instances that may serve more messages (`reuse` > 1), newest last.
     pub(super) warm: std::sync::Mutex<Vec<Warm>>,
+    /// The `wasi:config` values of this version (its config's, files read at load).
+    pub(super) config: crate::wasi_config::PluginConfig,
 }
 
 /// Warm instances one plugin version keeps idle at most (each holds its linear memory and
@@ -339,6 +341,7 @@ impl Plugin {
             sends: SendBudget { sent: 0, max_sends: limits.max_sends, max_body_bytes: limits.max_send_bytes },
             http: CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, traceparent, Arc::default()),
             output: output.clone(),
+            config: self.config.call(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);

@@ -45,12 +45,13 @@ pub(super) fn resolve_values(
                 values.plain.insert(name.clone(), text.clone());
             }
             other => {
+                let kind = other.type_str();
+                let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
                 return Err(at.at(
                     value,
                     &setting,
                     format!(
-                        "is a {}, but wasi:config values are strings: write {name} = \"{}\"",
-                        other.type_str(),
+                        "is {article} {kind}, but wasi:config values are strings: write {name} = \"{}\"",
                         other.to_string().trim_matches('"')
                     ),
                 ));
@@ -148,7 +149,10 @@ mod tests {
     fn mistakes_name_the_key_where_it_stands_and_what_to_do() {
         let number = parse("[plugin.p.config]\nport = 8080\n").unwrap_err();
         assert!(number.starts_with("conf/warren.toml:9:8: plugin.p.config.port"), "{number}");
-        assert!(number.contains("wasi:config values are strings: write port = \"8080\""), "{number}");
+        assert!(
+            number.contains("is an integer, but wasi:config values are strings: write port = \"8080\""),
+            "{number}"
+        );
 
         let missing = parse("[plugin.p.config_files]\napi_key = \"no-such-file\"\n").unwrap_err();
         assert!(missing.contains("plugin.p.config_files.api_key: cannot read conf/no-such-file"), "{missing}");

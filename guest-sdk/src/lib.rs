@@ -59,11 +59,20 @@
 //! [`config`] reads what the host's config gives this plugin (`[plugin.<name>.config]`, and
 //! `config_files` for secrets) through the standard `wasi:config/store`:
 //! `let key = warren_guest::config::require("api_key")?;`.
+//!
+//! # Postgres
+//!
+//! [`pg`] runs SQL through Spin's `spin:postgres@4.0.0` on the databases the host's config
+//! grants the plugin, by name (`[plugin.<name>] databases = ["orders"]`):
+//! `pg::Connection::open("orders")?.execute("INSERT …", &[pg::text(id)])?`. With
+//! `transaction = true` the call's statements commit only when the handler succeeds.
 
 // Lets the generated bindings name this crate the way plugin crates do.
 extern crate self as warren_guest;
 
 #[doc(hidden)]
+// The generated glue of spin:postgres takes a datetime as its seven flattened fields.
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
@@ -153,6 +162,7 @@ where
 
 pub mod config;
 pub mod http;
+pub mod pg;
 
 /// Publishing, requests and logging through the host. Each destination must be granted to
 /// the plugin in the host's config (`[plugin.<name>]`: `publish`, `request`, `queues`,

@@ -25,6 +25,7 @@
 pub mod amqp;
 pub mod cli;
 pub mod config;
+pub mod database;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;

@@ -45,6 +45,8 @@ pub enum ServerError {
     Watch(#[from] WatchError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Database(#[from] crate::database::DatabaseError),
 }
 
 /// Why a new config was refused; the old one keeps serving.
@@ -220,6 +222,9 @@ impl Server {
         let topology = Topology::for_config(config);
         let max_instances = instances_needed(config, &topology);
         let runtime = Server::runtime_for(config, &topology)?;
+        if !config.databases.is_empty() {
+            runtime.attach_databases(crate::database::Databases::open(&config.databases)?);
+        }
         let plugins = Arc::new(Plugins::load_all_with_natives(&runtime, config, natives).await?);
         let watcher = PluginWatcher::start(&config.plugins_dir, plugins.clone())?;
 
@@ -359,7 +364,7 @@ impl Server {
     /// plugins, routes and grants keep serving, and the error says so in one line.
     pub async fn reload(&mut self, config: Config) -> Result<(), ReloadError> {
         let old = &self.config;
-        let restart_only: [(&'static str, bool); 7] = [
+        let restart_only: [(&'static str, bool); 8] = [
             ("service.delivery", config.delivery != old.delivery),
             ("service.name", config.service != old.service),
             ("service.plugins", config.plugins_dir != old.plugins_dir),
@@ -367,6 +372,7 @@ impl Server {
             ("broker.queue_profile", config.queue_profile != old.queue_profile),
             ("broker.prefetch", config.prefetch != old.prefetch),
             ("limits.memory_mib (above its value at start)", config.limits.memory_bytes > old.limits.memory_bytes),
+            ("[database.<name>] (the pools are made at start)", config.databases != old.databases),
         ];
         if let Some((key, _)) = restart_only.into_iter().find(|(_, changed)| *changed) {
             return Err(ReloadError::NeedsRestart { key });

@@ -35,6 +35,10 @@ pub struct Limits {
     pub retry_delays: Vec<Duration>,
     /// Messages one instance may serve in sequence (1: a fresh instance for each).
     pub reuse: u32,
+    /// Rows one call may read from its databases, over all its statements.
+    pub database_max_rows: u64,
+    /// Bytes one call may read from its databases (values as the server sent them).
+    pub database_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +54,8 @@ impl Default for Limits {
             max_send_bytes: 16 << 20,
             retry_delays: Vec::new(),
             reuse: 1,
+            database_max_rows: 10_000,
+            database_max_bytes: 16 << 20,
         }
     }
 }
@@ -69,6 +75,8 @@ pub(super) struct RawLimits {
     pub(super) max_send_kib: Option<Spanned<u32>>,
     pub(super) retry_delays_ms: Option<Spanned<Vec<u64>>>,
     pub(super) reuse: Option<Spanned<u32>>,
+    pub(super) database_max_rows: Option<Spanned<u64>>,
+    pub(super) database_max_kib: Option<Spanned<u64>>,
     pub(super) env: Option<Spanned<Vec<String>>>,
     pub(super) dir: Option<Spanned<String>>,
     pub(super) dir_as: Option<Spanned<String>>,
@@ -81,6 +89,8 @@ pub(super) struct RawLimits {
     pub(super) http_max_response_kib: Option<Spanned<u32>>,
     pub(super) http_max_concurrency: Option<Spanned<u32>>,
     pub(super) http_ca_file: Option<Spanned<String>>,
+    pub(super) databases: Option<Spanned<Vec<String>>>,
+    pub(super) transaction: Option<Spanned<bool>>,
     /// `[plugin.<name>.config]`: wasi:config values (strings).
     pub(super) config: Option<Spanned<super::values::RawValues>>,
     /// `[plugin.<name>.config_files]`: wasi:config values read from files (secrets).
@@ -128,6 +138,12 @@ impl RawLimits {
         }
         if let Some(reuse) = widen(&self.reuse) {
             limits.reuse = positive(&reuse, "reuse")?.min(u64::from(MAX_REUSE)) as u32;
+        }
+        if let Some(rows) = &self.database_max_rows {
+            limits.database_max_rows = positive(rows, "database_max_rows")?;
+        }
+        if let Some(kib) = &self.database_max_kib {
+            limits.database_max_bytes = positive(kib, "database_max_kib")?.saturating_mul(1 << 10);
         }
         if let Some(delays) = &self.retry_delays_ms {
             limits.retry_delays = retry_delays(at, delays, &format!("{at_key}.retry_delays_ms"))?;

@@ -19,6 +19,7 @@
 //! never the other way round (a test in `lib.rs` checks this).
 
 mod broker;
+mod database;
 mod files;
 mod handlers;
 mod limits;
@@ -42,6 +43,7 @@ pub use broker::{
     BROKER_PASSWORD_ENV, BROKER_URL_ENV, BrokerConfig, BrokerEnv, ClientIdentity, DEFAULT_BROKER_URL,
     DEFAULT_HEARTBEAT_S, QueueProfile, TlsConfig, redact_url, url_has_password,
 };
+pub use database::{DEFAULT_MAX_CONNECTIONS, DatabaseSettings};
 pub use files::Secret;
 pub use handlers::{DEFAULT_STREAM, EventHandler, RequestHandler, ResponseHandler};
 pub use limits::{Limits, MAX_REUSE};
@@ -107,6 +109,8 @@ pub struct Config {
     pub requests: Vec<RequestHandler>,
     pub events: Vec<EventHandler>,
     pub responses: Vec<ResponseHandler>,
+    /// `[database.<name>]`: the Postgres databases plugins may be granted, by name.
+    pub databases: BTreeMap<String, DatabaseSettings>,
 }
 
 impl Config {
@@ -185,6 +189,8 @@ struct RawConfig {
     event: Vec<RawEvent>,
     #[serde(default)]
     response: Vec<RawResponse>,
+    #[serde(default)]
+    database: BTreeMap<Spanned<String>, database::RawDatabase>,
 }
 
 impl RawConfig {
@@ -202,6 +208,8 @@ impl RawConfig {
         let responses = resolve_responses(at, &self.response)?;
         let used = plugins_in_use(&requests, &events, &responses);
         let plugins = resolve_plugins(at, base, &self.plugin, &limits, &used)?;
+        let databases = database::resolve_databases(at, base, &self.database)?;
+        database::check_grants(at, &self.plugin, &plugins, &databases)?;
         let metrics = resolve_metrics(at, self.service.metrics.as_ref())?;
         let state_dir = resolve_state_dir(at, base, self.service.state_dir.as_ref(), &plugins_dir, &service)?;
         Ok(Config {
@@ -221,6 +229,7 @@ impl RawConfig {
             requests,
             events,
             responses,
+            databases,
         })
     }
 }

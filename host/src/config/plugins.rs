@@ -38,6 +38,10 @@ pub struct Grants {
     pub log: bool,
     /// Outbound HTTP: the origins the plugin may call (none by default) and its caps.
     pub http: HttpGrant,
+    /// `[database.<name>]`s the plugin may open (`spin:postgres` `connection.open(name)`).
+    pub databases: Vec<String>,
+    /// Whether a call's statements run in one transaction, committed only if it succeeds.
+    pub transaction: bool,
     /// What `wasi:config/store` gives the plugin (`[plugin.<name>.config]` and `config_files`).
     pub config: ConfigValues,
 }
@@ -53,6 +57,8 @@ impl Default for Grants {
             respond: Vec::new(),
             log: true,
             http: HttpGrant::default(),
+            databases: Vec::new(),
+            transaction: false,
             config: ConfigValues::default(),
         }
     }
@@ -103,6 +109,8 @@ impl RawLimits {
             ("http_max_response_kib", self.http_max_response_kib.as_ref().map(Spanned::span)),
             ("http_max_concurrency", self.http_max_concurrency.as_ref().map(Spanned::span)),
             ("http_ca_file", self.http_ca_file.as_ref().map(Spanned::span)),
+            ("databases", self.databases.as_ref().map(Spanned::span)),
+            ("transaction", self.transaction.as_ref().map(Spanned::span)),
             ("config", self.config.as_ref().map(Spanned::span)),
             ("config_files", self.config_files.as_ref().map(Spanned::span)),
         ];
@@ -169,6 +177,8 @@ fn resolve_grants(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Resu
         respond: list(&raw.respond),
         log: raw.log.as_ref().is_none_or(|l| *l.get_ref()),
         http: resolve_http(at, base, key, raw)?,
+        databases: list(&raw.databases),
+        transaction: raw.transaction.as_ref().is_some_and(|t| *t.get_ref()),
         config: resolve_values(
             at,
             base,

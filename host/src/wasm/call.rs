@@ -15,6 +15,7 @@ use super::http::CallHttp;
 use super::output::GuestOutput;
 use super::{Header, LogLevel, SendError};
 use crate::config::Grants;
+use crate::database::{CallDatabase, DatabaseCtx, DatabaseView};
 use crate::wasi_config::{CallConfig, WasiConfigView};
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields
@@ -76,6 +77,8 @@ pub struct CallState {
     pub(super) output: GuestOutput,
     /// The plugin's `wasi:config` values.
     pub(super) config: CallConfig,
+    /// `spin:postgres`: the granted databases, this call's connections and its transaction.
+    pub(super) database: CallDatabase,
 }
 
 /// What one call may send: how many messages, and how large each body.
@@ -224,6 +227,12 @@ impl bindings::warren::plugin::host::Host for CallState {
             self.output.host_log(level, &message);
         }
         Ok(())
+    }
+}
+
+impl DatabaseView for CallState {
+    fn database(&mut self) -> DatabaseCtx<'_> {
+        DatabaseCtx { call: &mut self.database, table: &mut self.table }
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Runtime {
     engine_key: String,
     /// Whether the engine counts fuel.
     fuel: bool,
+    /// The pools of every `[database.<name>]`, once the host made them.
+    databases: std::sync::OnceLock<Arc<crate::database::Databases>>,
 }
 
 impl Runtime {
@@ -128,6 +130,8 @@ impl Runtime {
         crate::wasi_config::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         // wasi:http/outgoing-handler behind each plugin's allowlist (SPEC §3 `http = [...]`);
         // a plugin that does not import it links as before.
+        // spin:postgres@4.0.0 on each plugin's granted databases.
+        crate::database::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         super::call::add_http_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         spawn_epoch_ticker(&engine);
@@ -145,7 +149,13 @@ impl Runtime {
                 })
                 .ok()
         });
-        Ok(Arc::new(Runtime { engine, linker, cache, engine_key, fuel }))
+        Ok(Arc::new(Runtime { engine, linker, cache, engine_key, fuel, databases: Default::default() }))
+    }
+
+    /// Gives every plugin loaded from now on the database pools `databases` (made once, at
+    /// start; a second call changes nothing).
+    pub fn attach_databases(&self, databases: Arc<crate::database::Databases>) {
+        let _ = self.databases.set(databases);
     }
 
     /// Compiles the plugin at `path`, checks that it exports the handler world and needs no
@@ -219,6 +229,7 @@ impl Runtime {
             permits: settings.limits.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
             grants: Arc::new(settings.grants.clone()),
             http: super::plugin::plugin_http(&settings),
+            databases: self.databases.get().cloned(),
             env,
             settings,
             fuel_counting: self.fuel,
@@ -273,6 +284,7 @@ impl Runtime {
             permits: None,
             grants: Arc::new(settings.grants.clone()),
             http: None,
+            databases: None,
             env: Vec::new(),
             settings,
             fuel_counting: self.fuel,

@@ -36,6 +36,7 @@ pub mod bindings {
         // Standard interfaces the world imports are served by modules of their own.
         with: {
             "wasi:config/store@0.2.0-draft": crate::wasi_config::draft::store,
+            "spin:postgres/postgres": crate::database::bindings::spin::postgres::postgres,
         },
     });
 }

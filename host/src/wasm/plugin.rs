@@ -16,6 +16,7 @@ use super::http::{CallHttp, PluginHttp};
 use super::output::GuestOutput;
 use super::{HandlerError, Header, Request, Response};
 use crate::config::{Grants, Limits, PluginSettings};
+use crate::database::{CallDatabase, DatabaseLimits};
 
 /// Why a call did not return: the instance is discarded, the message rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +95,8 @@ pub struct Plugin {
     pub(super) http: Option<Arc<PluginHttp>>,
     /// Idle instances that may serve more messages (`reuse` > 1), newest last.
     pub(super) warm: std::sync::Mutex<Vec<Warm>>,
+    /// The host's database pools (`None`: every `open` fails).
+    pub(super) databases: Option<Arc<crate::database::Databases>>,
     /// The `wasi:config` values of this version (its config's, files read at load).
     pub(super) config: crate::wasi_config::PluginConfig,
 }
@@ -272,6 +275,11 @@ impl Plugin {
         self.peak_memory.fetch_max(store.data().limits.peak, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(answer) => {
+                // The call's transaction ends with the handler's answer, before the consumer
+                // settles anything: committed only on success, rolled back on its errors.
+                if let Err(e) = store.data_mut().database.finish(answer.is_ok()).await {
+                    return Err(PluginFault::Host(e.to_string()));
+                }
                 self.keep_warm(Warm { store, handler, uses: uses + 1, output: output.clone() });
                 Ok(answer)
             }
@@ -309,6 +317,7 @@ impl Plugin {
         let unread = state.http.unread();
         state.http =
             CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, context.traceparent.clone(), unread);
+        state.database.begin_call(deadline);
         store.set_epoch_deadline(1);
     }
 
@@ -342,6 +351,7 @@ impl Plugin {
             http: CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, traceparent, Arc::default()),
             output: output.clone(),
             config: self.config.call(),
+            database: self.call_database(deadline),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -357,6 +367,15 @@ impl Plugin {
             })
         });
         Ok(store)
+    }
+
+    /// One call's database state: the granted databases, `transaction`, the `[limits]
+    /// database_*` caps.
+    fn call_database(&self, deadline: Instant) -> CallDatabase {
+        let (limits, grants) = (self.limits(), &self.settings.grants);
+        let caps = DatabaseLimits { max_rows: limits.database_max_rows, max_bytes: limits.database_max_bytes };
+        let granted = grants.databases.clone().into();
+        CallDatabase::new(self.databases.clone(), self.name.as_str().into(), granted, grants.transaction, caps, deadline)
     }
 
     fn fault(&self, error: wasmtime::Error, output: &GuestOutput) -> PluginFault {

@@ -162,6 +162,7 @@ where
 
 pub mod config;
 pub mod http;
+pub mod kv;
 pub mod pg;
 
 /// Publishing, requests and logging through the host. Each destination must be granted to

@@ -403,6 +403,7 @@ async fn check(path: &Path) -> Result<(), CliError> {
     // The runtime `run` would use, cache included: a checked plugin starts without compiling.
     let runtime = Server::runtime_for(&config, &Topology::for_config(&config))?;
     crate::wasm::plugins::Plugins::load_all(&runtime, &config).await.map_err(ServerError::from)?;
+    crate::server::check_keyvalue(&config).await?;
     println!("{}: ok ({} plugins: {})", path.display(), config.plugin_names().len(), config.plugin_names().join(", "));
     Ok(())
 }

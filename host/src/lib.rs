@@ -19,6 +19,9 @@
 //! - [`metrics`]: counters and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`wasi_config`]: `wasi:config/store` (both versions) serving each plugin its own
 //!   `[plugin.<name>.config]` and `config_files` values; needs nothing from either wing.
+//! - [`keyvalue`]: `wasi:keyvalue` (store, atomics, batch) and compare-and-swap on each
+//!   plugin's granted buckets, in the embedded `redb` file or Redis; needs nothing from
+//!   either wing.
 //! - [`watch`]: debounced file watching (plugins folder, config file, plugin sources).
 //! - [`cli`]: the `warren` command line.
 
@@ -26,6 +29,7 @@ pub mod amqp;
 pub mod cli;
 pub mod config;
 pub mod database;
+pub mod keyvalue;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;
@@ -36,6 +40,20 @@ pub mod watch;
 
 #[cfg(test)]
 mod layout {
+    /// ARCHITECTURE.md's rule: the key-value capability needs nothing from either wing.
+    #[test]
+    fn the_keyvalue_module_never_imports_a_wing() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/keyvalue");
+        let files: Vec<_> = std::fs::read_dir(&dir).expect("src/keyvalue").flatten().collect();
+        assert!(files.len() >= 3, "expected the key-value files in {}", dir.display());
+        for file in files {
+            let text = std::fs::read_to_string(file.path()).expect("a source file");
+            for forbidden in ["crate::amqp", "crate::wasm", "super::amqp", "super::wasm", "lapin"] {
+                assert!(!text.contains(forbidden), "{} imports {forbidden}", file.path().display());
+            }
+        }
+    }
+
     /// Asserts that no file in `src/<folder>` mentions any of `forbidden`.
     fn never_mentions(folder: &str, forbidden: &[&str]) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(folder);

@@ -204,6 +204,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "warren_reload_refusals_total {}", plugins.refusals().len());
         render_http(&mut out);
+        render_keyvalue(&mut out);
         out
     }
 }
@@ -235,6 +236,35 @@ fn render_http(out: &mut String) {
         let _ = writeln!(out, "warren_http_request_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
         let _ = writeln!(out, "warren_http_request_seconds_sum{{{labels}}} {}", h.sum);
         let _ = writeln!(out, "warren_http_request_seconds_count{{{labels}}} {}", h.count);
+    }
+}
+
+/// Plugins' key-value operations (`crate::keyvalue`): by plugin, granted bucket, operation
+/// and outcome (`ok`, `error`, `timeout`, `refused`), and their latency.
+fn render_keyvalue(out: &mut String) {
+    let stats = crate::keyvalue::stats();
+    let _ = writeln!(
+        out,
+        "# HELP warren_keyvalue_operations_total Key-value operations of plugins, by plugin, bucket, operation and outcome.\n# TYPE warren_keyvalue_operations_total counter"
+    );
+    for ((plugin, bucket, op, outcome), n) in stats.operations() {
+        let _ = writeln!(
+            out,
+            "warren_keyvalue_operations_total{{plugin=\"{plugin}\",bucket=\"{bucket}\",op=\"{op}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP warren_keyvalue_operation_seconds Key-value operation time, as the guest waited for it.\n# TYPE warren_keyvalue_operation_seconds histogram"
+    );
+    for ((plugin, bucket, op), h) in stats.latency() {
+        let labels = format!("plugin=\"{plugin}\",bucket=\"{bucket}\",op=\"{op}\"");
+        for (n, bound) in h.buckets.iter().zip(crate::keyvalue::KV_BUCKETS) {
+            let _ = writeln!(out, "warren_keyvalue_operation_seconds_bucket{{{labels},le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(out, "warren_keyvalue_operation_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "warren_keyvalue_operation_seconds_sum{{{labels}}} {}", h.sum);
+        let _ = writeln!(out, "warren_keyvalue_operation_seconds_count{{{labels}}} {}", h.count);
     }
 }
 

@@ -18,6 +18,7 @@ use crate::amqp::outbox::BrokerOutbox;
 use crate::amqp::routing::RouteTable;
 use crate::amqp::topology::{ConsumerSpec, Topology};
 use crate::config::{Config, ConfigError, Delivery};
+use crate::keyvalue::{KeyValue, KeyValueError};
 use crate::metrics::{Metrics, MetricsError, MetricsServer};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::wasm::plugins::{LoadErrors, PluginStatus, Plugins};
@@ -45,6 +46,8 @@ pub enum ServerError {
     Watch(#[from] WatchError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error("{store} cannot serve the key-value buckets granted to {grants}: {source}")]
+    KeyValue { store: String, grants: String, source: KeyValueError },
     #[error(transparent)]
     Database(#[from] crate::database::DatabaseError),
 }
@@ -113,25 +116,6 @@ impl Backoff {
     }
 }
 
-/// The publisher of answers and of what plugins send: confirmed, or goamqp's way
-/// (`service.delivery`). Dead-letter and retry copies always go through a confirmed one.
-async fn answers_publisher(connection: &Arc<lapin::Connection>, delivery: Delivery) -> Result<Publisher, BrokerError> {
-    match delivery {
-        Delivery::Confirmed => Publisher::open(connection).await,
-        Delivery::Goamqp => Publisher::open_unconfirmed(connection).await,
-    }
-}
-
-/// What the start line adds about the delivery guarantee.
-fn delivery_note(delivery: Delivery) -> &'static str {
-    match delivery {
-        Delivery::Confirmed => " (a message is acked only after its answer and sends are confirmed by the broker)",
-        Delivery::Goamqp => {
-            " (delivery = goamqp: answers and sends are not confirmed; one the broker loses after it was written is lost, as with goamqp)"
-        }
-    }
-}
-
 /// The host's first connection: to any of the broker's URLs; when `wait` and no node
 /// answers yet, tried again with the reconnect backoff, each try logged.
 async fn first_connection(config: &Config, wait: bool) -> Result<lapin::Connection, BrokerError> {
@@ -151,6 +135,52 @@ async fn first_connection(config: &Config, wait: bool) -> Result<lapin::Connecti
         }
     }
     unreachable!("the loop returns")
+}
+
+/// The publisher of answers and of what plugins send: confirmed, or goamqp's way
+/// (`service.delivery`). Dead-letter and retry copies always go through a confirmed one.
+async fn answers_publisher(connection: &Arc<lapin::Connection>, delivery: Delivery) -> Result<Publisher, BrokerError> {
+    match delivery {
+        Delivery::Confirmed => Publisher::open(connection).await,
+        Delivery::Goamqp => Publisher::open_unconfirmed(connection).await,
+    }
+}
+
+/// What the start line adds about the delivery guarantee.
+fn delivery_note(delivery: Delivery) -> &'static str {
+    match delivery {
+        Delivery::Confirmed => " (a message is acked only after its answer and sends are confirmed by the broker)",
+        Delivery::Goamqp => {
+            " (delivery = goamqp: answers and sends are not confirmed; one the broker loses after it was written is lost, as with goamqp)"
+        }
+    }
+}
+
+/// The key-value store, opened before the broker is touched — only when some plugin is granted
+/// a bucket (a host without grants leaves no store file behind).
+pub async fn open_keyvalue(config: &Config) -> Result<Option<Arc<KeyValue>>, ServerError> {
+    if config.bucket_grants().is_empty() {
+        return Ok(None);
+    }
+    let store = KeyValue::open(&config.keyvalue, &config.service).await.map_err(|source| keyvalue_error(config, source))?;
+    info!(store = %config.keyvalue.describe(), "key-value store open");
+    Ok(Some(store))
+}
+
+/// `warren check`: whether the store the bucket grants need can serve them, without taking it
+/// (a running host keeps its embedded file): the embedded store's folder is writable, Redis
+/// answers.
+pub async fn check_keyvalue(config: &Config) -> Result<(), ServerError> {
+    if config.bucket_grants().is_empty() {
+        return Ok(());
+    }
+    KeyValue::probe(&config.keyvalue, &config.service).await.map_err(|source| keyvalue_error(config, source))
+}
+
+/// `source`, naming the store and every plugin granted a bucket in it.
+fn keyvalue_error(config: &Config, source: KeyValueError) -> ServerError {
+    let grants = config.bucket_grants().into_iter().map(|(plugin, buckets)| format!("plugin '{plugin}' ({})", buckets.join(", ")));
+    ServerError::KeyValue { store: config.keyvalue.describe(), grants: grants.collect::<Vec<_>>().join(", "), source }
 }
 
 /// Instances a host needs at most: concurrent calls are bounded by the prefetch of each
@@ -222,6 +252,9 @@ impl Server {
         let topology = Topology::for_config(config);
         let max_instances = instances_needed(config, &topology);
         let runtime = Server::runtime_for(config, &topology)?;
+        if let Some(store) = open_keyvalue(config).await? {
+            runtime.attach_keyvalue(store);
+        }
         if !config.databases.is_empty() {
             runtime.attach_databases(crate::database::Databases::open(&config.databases)?);
         }
@@ -364,7 +397,7 @@ impl Server {
     /// plugins, routes and grants keep serving, and the error says so in one line.
     pub async fn reload(&mut self, config: Config) -> Result<(), ReloadError> {
         let old = &self.config;
-        let restart_only: [(&'static str, bool); 8] = [
+        let restart_only: [(&'static str, bool); 10] = [
             ("service.delivery", config.delivery != old.delivery),
             ("service.name", config.service != old.service),
             ("service.plugins", config.plugins_dir != old.plugins_dir),
@@ -372,7 +405,12 @@ impl Server {
             ("broker.queue_profile", config.queue_profile != old.queue_profile),
             ("broker.prefetch", config.prefetch != old.prefetch),
             ("limits.memory_mib (above its value at start)", config.limits.memory_bytes > old.limits.memory_bytes),
+            ("[keyvalue] (the store is opened at start)", config.keyvalue != old.keyvalue),
             ("[database.<name>] (the pools are made at start)", config.databases != old.databases),
+            (
+                "the first keyvalue grant (the store is opened at start when a plugin has one)",
+                old.bucket_grants().is_empty() && !config.bucket_grants().is_empty(),
+            ),
         ];
         if let Some((key, _)) = restart_only.into_iter().find(|(_, changed)| *changed) {
             return Err(ReloadError::NeedsRestart { key });

@@ -39,6 +39,13 @@ pub struct Limits {
     pub database_max_rows: u64,
     /// Bytes one call may read from its databases (values as the server sent them).
     pub database_max_bytes: u64,
+    /// Largest value one key-value write may carry (`keyvalue_max_value_kib`, default 1 MiB).
+    pub keyvalue_max_value_bytes: usize,
+    /// Most keys one `list-keys` page returns (`keyvalue_page_keys`, default 1000).
+    pub keyvalue_page_keys: u32,
+    /// Key-value operations one call may make, a batch counting one per key
+    /// (`keyvalue_max_ops`, default 1000).
+    pub keyvalue_max_ops: u32,
 }
 
 impl Default for Limits {
@@ -56,6 +63,9 @@ impl Default for Limits {
             reuse: 1,
             database_max_rows: 10_000,
             database_max_bytes: 16 << 20,
+            keyvalue_max_value_bytes: 1 << 20,
+            keyvalue_page_keys: 1000,
+            keyvalue_max_ops: 1000,
         }
     }
 }
@@ -77,6 +87,9 @@ pub(super) struct RawLimits {
     pub(super) reuse: Option<Spanned<u32>>,
     pub(super) database_max_rows: Option<Spanned<u64>>,
     pub(super) database_max_kib: Option<Spanned<u64>>,
+    pub(super) keyvalue_max_value_kib: Option<Spanned<u32>>,
+    pub(super) keyvalue_page_keys: Option<Spanned<u32>>,
+    pub(super) keyvalue_max_ops: Option<Spanned<u32>>,
     pub(super) env: Option<Spanned<Vec<String>>>,
     pub(super) dir: Option<Spanned<String>>,
     pub(super) dir_as: Option<Spanned<String>>,
@@ -89,12 +102,14 @@ pub(super) struct RawLimits {
     pub(super) http_max_response_kib: Option<Spanned<u32>>,
     pub(super) http_max_concurrency: Option<Spanned<u32>>,
     pub(super) http_ca_file: Option<Spanned<String>>,
-    pub(super) databases: Option<Spanned<Vec<String>>>,
-    pub(super) transaction: Option<Spanned<bool>>,
     /// `[plugin.<name>.config]`: wasi:config values (strings).
     pub(super) config: Option<Spanned<super::values::RawValues>>,
     /// `[plugin.<name>.config_files]`: wasi:config values read from files (secrets).
     pub(super) config_files: Option<Spanned<super::values::RawFiles>>,
+    pub(super) databases: Option<Spanned<Vec<String>>>,
+    pub(super) transaction: Option<Spanned<bool>>,
+    /// Key-value buckets granted (`keyvalue = ["counters"]`).
+    pub(super) keyvalue: Option<Spanned<Vec<String>>>,
 }
 
 impl RawLimits {
@@ -144,6 +159,15 @@ impl RawLimits {
         }
         if let Some(kib) = &self.database_max_kib {
             limits.database_max_bytes = positive(kib, "database_max_kib")?.saturating_mul(1 << 10);
+        }
+        if let Some(kib) = widen(&self.keyvalue_max_value_kib) {
+            limits.keyvalue_max_value_bytes = (positive(&kib, "keyvalue_max_value_kib")? as usize) << 10;
+        }
+        if let Some(keys) = widen(&self.keyvalue_page_keys) {
+            limits.keyvalue_page_keys = positive(&keys, "keyvalue_page_keys")? as u32;
+        }
+        if let Some(ops) = widen(&self.keyvalue_max_ops) {
+            limits.keyvalue_max_ops = positive(&ops, "keyvalue_max_ops")? as u32;
         }
         if let Some(delays) = &self.retry_delays_ms {
             limits.retry_delays = retry_delays(at, delays, &format!("{at_key}.retry_delays_ms"))?;

@@ -8,6 +8,8 @@
 //! - `broker.rs` — `[broker]`, `[broker.tls]`: URLs, password, TLS files, heartbeat,
 //!   prefetch, queue profile, the broker-wide dead-letter exchange.
 //! - `limits.rs` — `[limits]`: what one call may use; the defaults every plugin inherits.
+//! - `keyvalue.rs` — `[keyvalue]`, `[keyvalue.tls]`: where plugins' buckets live (the
+//!   embedded file beside the config, or a Redis URL with its password and CA).
 //! - `handlers.rs` — `[[request]]`, `[[event]]`, `[[response]]`.
 //! - `plugins.rs` — `[plugin.<name>]`: a plugin's limits and grants; `origin.rs` — the
 //!   syntax of an `http` origin.
@@ -22,6 +24,7 @@ mod broker;
 mod database;
 mod files;
 mod handlers;
+mod keyvalue;
 mod limits;
 mod locate;
 mod names;
@@ -46,6 +49,7 @@ pub use broker::{
 pub use database::{DEFAULT_MAX_CONNECTIONS, DatabaseSettings};
 pub use files::Secret;
 pub use handlers::{DEFAULT_STREAM, EventHandler, RequestHandler, ResponseHandler};
+pub use keyvalue::{DEFAULT_KEYVALUE_PATH, KeyValueBackend, KeyValueSettings};
 pub use limits::{Limits, MAX_REUSE};
 pub use origin::Origin;
 pub use plugins::{Grants, HttpGrant, PluginSettings};
@@ -111,6 +115,8 @@ pub struct Config {
     pub responses: Vec<ResponseHandler>,
     /// `[database.<name>]`: the Postgres databases plugins may be granted, by name.
     pub databases: BTreeMap<String, DatabaseSettings>,
+    /// `[keyvalue]`: where plugins' buckets live (the embedded file by default).
+    pub keyvalue: KeyValueSettings,
 }
 
 impl Config {
@@ -167,6 +173,12 @@ impl Config {
         own.cloned().unwrap_or_else(|| self.settings_for(plugin).limits.retry_delays)
     }
 
+    /// Plugins granted key-value buckets, with their buckets: the store is opened only then.
+    pub fn bucket_grants(&self) -> Vec<(&str, &[String])> {
+        let grants = self.plugins.iter().filter(|(_, s)| !s.grants.keyvalue.is_empty());
+        grants.map(|(name, s)| (name.as_str(), s.grants.keyvalue.as_slice())).collect()
+    }
+
     /// The file a plugin is loaded from: `<plugins>/<name>.wasm`.
     pub fn plugin_path(&self, plugin: &str) -> PathBuf {
         self.plugins_dir.join(format!("{plugin}.wasm"))
@@ -191,6 +203,8 @@ struct RawConfig {
     response: Vec<RawResponse>,
     #[serde(default)]
     database: BTreeMap<Spanned<String>, database::RawDatabase>,
+    #[serde(default)]
+    keyvalue: keyvalue::RawKeyValue,
 }
 
 impl RawConfig {
@@ -210,6 +224,7 @@ impl RawConfig {
         let plugins = resolve_plugins(at, base, &self.plugin, &limits, &used)?;
         let databases = database::resolve_databases(at, base, &self.database)?;
         database::check_grants(at, &self.plugin, &plugins, &databases)?;
+        let keyvalue = keyvalue::resolve_keyvalue(at, base, &self.keyvalue)?;
         let metrics = resolve_metrics(at, self.service.metrics.as_ref())?;
         let state_dir = resolve_state_dir(at, base, self.service.state_dir.as_ref(), &plugins_dir, &service)?;
         Ok(Config {
@@ -230,6 +245,7 @@ impl RawConfig {
             events,
             responses,
             databases,
+            keyvalue,
         })
     }
 }

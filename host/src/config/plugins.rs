@@ -38,12 +38,14 @@ pub struct Grants {
     pub log: bool,
     /// Outbound HTTP: the origins the plugin may call (none by default) and its caps.
     pub http: HttpGrant,
+    /// What `wasi:config/store` gives the plugin (`[plugin.<name>.config]` and `config_files`).
+    pub config: ConfigValues,
     /// `[database.<name>]`s the plugin may open (`spin:postgres` `connection.open(name)`).
     pub databases: Vec<String>,
     /// Whether a call's statements run in one transaction, committed only if it succeeds.
     pub transaction: bool,
-    /// What `wasi:config/store` gives the plugin (`[plugin.<name>.config]` and `config_files`).
-    pub config: ConfigValues,
+    /// Key-value buckets the plugin may open (`keyvalue = ["counters"]`).
+    pub keyvalue: Vec<String>,
 }
 
 impl Default for Grants {
@@ -57,9 +59,10 @@ impl Default for Grants {
             respond: Vec::new(),
             log: true,
             http: HttpGrant::default(),
+            config: ConfigValues::default(),
             databases: Vec::new(),
             transaction: false,
-            config: ConfigValues::default(),
+            keyvalue: Vec::new(),
         }
     }
 }
@@ -109,10 +112,11 @@ impl RawLimits {
             ("http_max_response_kib", self.http_max_response_kib.as_ref().map(Spanned::span)),
             ("http_max_concurrency", self.http_max_concurrency.as_ref().map(Spanned::span)),
             ("http_ca_file", self.http_ca_file.as_ref().map(Spanned::span)),
-            ("databases", self.databases.as_ref().map(Spanned::span)),
-            ("transaction", self.transaction.as_ref().map(Spanned::span)),
             ("config", self.config.as_ref().map(Spanned::span)),
             ("config_files", self.config_files.as_ref().map(Spanned::span)),
+            ("databases", self.databases.as_ref().map(Spanned::span)),
+            ("transaction", self.transaction.as_ref().map(Spanned::span)),
+            ("keyvalue", self.keyvalue.as_ref().map(Spanned::span)),
         ];
         spans.into_iter().filter_map(|(key, span)| span.map(|s| (key, s))).collect()
     }
@@ -158,8 +162,13 @@ fn resolve_grants(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Resu
             return Err(at.at(dir_as, &format!("{key}.dir_as"), "must be an absolute guest path like \"/data\""));
         }
     }
-    let sends =
-        [("publish", &raw.publish), ("request", &raw.request), ("queues", &raw.queues), ("respond", &raw.respond)];
+    let sends = [
+        ("publish", &raw.publish),
+        ("request", &raw.request),
+        ("queues", &raw.queues),
+        ("respond", &raw.respond),
+        ("keyvalue", &raw.keyvalue),
+    ];
     for (field, names) in sends {
         for entry in names.iter() {
             for value in entry.get_ref() {
@@ -177,8 +186,6 @@ fn resolve_grants(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Resu
         respond: list(&raw.respond),
         log: raw.log.as_ref().is_none_or(|l| *l.get_ref()),
         http: resolve_http(at, base, key, raw)?,
-        databases: list(&raw.databases),
-        transaction: raw.transaction.as_ref().is_some_and(|t| *t.get_ref()),
         config: resolve_values(
             at,
             base,
@@ -186,6 +193,9 @@ fn resolve_grants(at: &Locator, base: &Path, key: &str, raw: &RawLimits) -> Resu
             raw.config.as_ref().map(Spanned::get_ref),
             raw.config_files.as_ref().map(Spanned::get_ref),
         )?,
+        databases: list(&raw.databases),
+        transaction: raw.transaction.as_ref().is_some_and(|t| *t.get_ref()),
+        keyvalue: list(&raw.keyvalue),
     })
 }
 

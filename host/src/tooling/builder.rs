@@ -41,6 +41,11 @@ const WIT_DEPS: &[(&str, &str)] = &[
     ("filesystem.wit", include_str!("../../../wit/deps/filesystem.wit")),
     ("http.wit", include_str!("../../../wit/deps/http.wit")),
     ("io.wit", include_str!("../../../wit/deps/io.wit")),
+    ("keyvalue/atomic.wit", include_str!("../../../wit/deps/keyvalue/atomic.wit")),
+    ("keyvalue/batch.wit", include_str!("../../../wit/deps/keyvalue/batch.wit")),
+    ("keyvalue/store.wit", include_str!("../../../wit/deps/keyvalue/store.wit")),
+    ("keyvalue/watch.wit", include_str!("../../../wit/deps/keyvalue/watch.wit")),
+    ("keyvalue/world.wit", include_str!("../../../wit/deps/keyvalue/world.wit")),
     ("random.wit", include_str!("../../../wit/deps/random.wit")),
     ("sockets.wit", include_str!("../../../wit/deps/sockets.wit")),
 ];

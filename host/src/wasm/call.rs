@@ -16,6 +16,7 @@ use super::output::GuestOutput;
 use super::{Header, LogLevel, SendError};
 use crate::config::Grants;
 use crate::database::{CallDatabase, DatabaseCtx, DatabaseView};
+use crate::keyvalue::{CallKeyValue, KeyValueCtx, KeyValueView};
 use crate::wasi_config::{CallConfig, WasiConfigView};
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields
@@ -77,6 +78,8 @@ pub struct CallState {
     pub(super) output: GuestOutput,
     /// The plugin's `wasi:config` values.
     pub(super) config: CallConfig,
+    /// `wasi:keyvalue`: the plugin's granted buckets, caps and this call's operations.
+    pub(super) keyvalue: CallKeyValue,
     /// `spin:postgres`: the granted databases, this call's connections and its transaction.
     pub(super) database: CallDatabase,
 }
@@ -230,15 +233,21 @@ impl bindings::warren::plugin::host::Host for CallState {
     }
 }
 
-impl DatabaseView for CallState {
-    fn database(&mut self) -> DatabaseCtx<'_> {
-        DatabaseCtx { call: &mut self.database, table: &mut self.table }
-    }
-}
-
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl KeyValueView for CallState {
+    fn keyvalue(&mut self) -> KeyValueCtx<'_> {
+        KeyValueCtx { call: &mut self.keyvalue, table: &mut self.table }
+    }
+}
+
+impl DatabaseView for CallState {
+    fn database(&mut self) -> DatabaseCtx<'_> {
+        DatabaseCtx { call: &mut self.database, table: &mut self.table }
     }
 }
 

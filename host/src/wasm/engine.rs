@@ -80,6 +80,8 @@ pub struct Runtime {
     engine_key: String,
     /// Whether the engine counts fuel.
     fuel: bool,
+    /// The key-value store plugins' buckets live in, once the host opened it.
+    keyvalue: std::sync::OnceLock<Arc<crate::keyvalue::KeyValue>>,
     /// The pools of every `[database.<name>]`, once the host made them.
     databases: std::sync::OnceLock<Arc<crate::database::Databases>>,
 }
@@ -128,10 +130,12 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         // wasi:config/store at 0.2.0-draft and 0.2.0-rc.1: each plugin's own values.
         crate::wasi_config::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        // wasi:http/outgoing-handler behind each plugin's allowlist (SPEC §3 `http = [...]`);
-        // a plugin that does not import it links as before.
+        // wasi:keyvalue (store, atomics, batch) and keyvalue-cas on each plugin's granted buckets.
+        crate::keyvalue::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         // spin:postgres@4.0.0 on each plugin's granted databases.
         crate::database::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        // wasi:http/outgoing-handler behind each plugin's allowlist (SPEC §3 `http = [...]`);
+        // a plugin that does not import it links as before.
         super::call::add_http_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         spawn_epoch_ticker(&engine);
@@ -149,7 +153,13 @@ impl Runtime {
                 })
                 .ok()
         });
-        Ok(Arc::new(Runtime { engine, linker, cache, engine_key, fuel, databases: Default::default() }))
+        Ok(Arc::new(Runtime { engine, linker, cache, engine_key, fuel, keyvalue: Default::default(), databases: Default::default() }))
+    }
+
+    /// Gives every plugin loaded from now on the key-value store `store` (opened once, at
+    /// start; a second call changes nothing).
+    pub fn attach_keyvalue(&self, store: Arc<crate::keyvalue::KeyValue>) {
+        let _ = self.keyvalue.set(store);
     }
 
     /// Gives every plugin loaded from now on the database pools `databases` (made once, at
@@ -228,8 +238,10 @@ impl Runtime {
             code: Code::Wasm(pre.clone()),
             permits: settings.limits.max_concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
             grants: Arc::new(settings.grants.clone()),
-            http: super::plugin::plugin_http(&settings),
+            keyvalue: self.keyvalue.get().cloned(),
+            buckets: settings.grants.keyvalue.clone().into(),
             databases: self.databases.get().cloned(),
+            http: super::plugin::plugin_http(&settings),
             env,
             settings,
             fuel_counting: self.fuel,
@@ -283,8 +295,10 @@ impl Runtime {
             code: Code::Native(handler),
             permits: None,
             grants: Arc::new(settings.grants.clone()),
-            http: None,
+            keyvalue: None,
+            buckets: Arc::from([]),
             databases: None,
+            http: None,
             env: Vec::new(),
             settings,
             fuel_counting: self.fuel,

@@ -36,6 +36,8 @@ pub mod bindings {
         // Standard interfaces the world imports are served by modules of their own.
         with: {
             "wasi:config/store@0.2.0-draft": crate::wasi_config::draft::store,
+            "wasi:keyvalue": crate::keyvalue::bindings::wasi::keyvalue,
+            "warren:plugin/keyvalue-cas": crate::keyvalue::bindings::warren::plugin::keyvalue_cas,
             "spin:postgres/postgres": crate::database::bindings::spin::postgres::postgres,
         },
     });

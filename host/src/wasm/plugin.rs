@@ -17,6 +17,7 @@ use super::output::GuestOutput;
 use super::{HandlerError, Header, Request, Response};
 use crate::config::{Grants, Limits, PluginSettings};
 use crate::database::{CallDatabase, DatabaseLimits};
+use crate::keyvalue::{CallKeyValue, KeyValue, KeyValueLimits};
 
 /// Why a call did not return: the instance is discarded, the message rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,10 +96,13 @@ pub struct Plugin {
     pub(super) http: Option<Arc<PluginHttp>>,
     /// Idle instances that may serve more messages (`reuse` > 1), newest last.
     pub(super) warm: std::sync::Mutex<Vec<Warm>>,
-    /// The host's database pools (`None`: every `open` fails).
-    pub(super) databases: Option<Arc<crate::database::Databases>>,
     /// The `wasi:config` values of this version (its config's, files read at load).
     pub(super) config: crate::wasi_config::PluginConfig,
+    /// The host's key-value store (`None`: every `open` fails) and the buckets granted.
+    pub(super) keyvalue: Option<Arc<KeyValue>>,
+    pub(super) buckets: Arc<[String]>,
+    /// The host's database pools (`None`: every `open` fails).
+    pub(super) databases: Option<Arc<crate::database::Databases>>,
 }
 
 /// Warm instances one plugin version keeps idle at most (each holds its linear memory and
@@ -317,6 +321,7 @@ impl Plugin {
         let unread = state.http.unread();
         state.http =
             CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, context.traceparent.clone(), unread);
+        state.keyvalue.begin_call(deadline);
         state.database.begin_call(deadline);
         store.set_epoch_deadline(1);
     }
@@ -351,6 +356,7 @@ impl Plugin {
             http: CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, traceparent, Arc::default()),
             output: output.clone(),
             config: self.config.call(),
+            keyvalue: self.call_keyvalue(deadline),
             database: self.call_database(deadline),
         };
         let mut store = Store::new(&self.engine, state);
@@ -367,6 +373,17 @@ impl Plugin {
             })
         });
         Ok(store)
+    }
+
+    /// One call's key-value state: the granted buckets and the `[limits] keyvalue_*` caps.
+    fn call_keyvalue(&self, deadline: Instant) -> CallKeyValue {
+        let limits = self.limits();
+        let caps = KeyValueLimits {
+            max_value_bytes: limits.keyvalue_max_value_bytes,
+            page_keys: limits.keyvalue_page_keys,
+            max_ops: limits.keyvalue_max_ops,
+        };
+        CallKeyValue::new(self.keyvalue.clone(), self.name.as_str().into(), self.buckets.clone(), caps, deadline)
     }
 
     /// One call's database state: the granted databases, `transaction`, the `[limits]

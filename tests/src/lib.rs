@@ -90,6 +90,27 @@ pub fn fixtures_dir() -> &'static Path {
     built_once(&DIR, "tests/fixtures", "test-fixtures")
 }
 
+/// One fixture, `tests/fixtures/<name>`, built alone (as `warren build` builds it) once per
+/// test binary, for a test that needs no other: the path of its `<name>.wasm`.
+pub fn fixture(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, wasm)) = built.iter().find(|(n, _)| n == name) {
+        return wasm.clone();
+    }
+    let _counted = BuildTime(std::time::Instant::now());
+    let root = workspace();
+    let sources = warren::tooling::builder::find_plugins(&root.join("tests/fixtures")).expect("tests/fixtures");
+    let source = sources.into_iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no fixture {name}"));
+    warren::tooling::builder::ensure_target().expect("the wasm32-wasip2 target");
+    let out = root.join("target/test-fixtures");
+    let wasm = warren::tooling::builder::build_plugin(&source, &out, &root.join("target/plugin-build"))
+        .unwrap_or_else(|e| panic!("building the fixture {name}: {e}"))
+        .wasm;
+    built.push((name.to_string(), wasm.clone()));
+    wasm
+}
+
 /// A plugins folder of the test's own (hot reload changes files in it): each
 /// `(name, example)` is a copy of the example plugin `example` as `<name>.wasm`.
 pub fn private_plugins(service: &str, plugins: &[(&str, &str)]) -> PathBuf {
@@ -227,6 +248,41 @@ pub fn init_logging() {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(warren::cli::DEFAULT_LOG_FILTER));
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     });
+}
+
+static CAPTURED: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Writes the host's log into [`CAPTURED`].
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        CAPTURED.lock().unwrap_or_else(|p| p.into_inner()).push_str(&String::from_utf8_lossy(bytes));
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs, once per test binary, a log subscriber (`filter`, no colours) that writes the
+/// host's log both to the test output and to what [`captured_log`] returns. Call it first in
+/// every test of a binary that reads the log, so it is in place before any host starts
+/// ([`start`] then finds it).
+pub fn capture_logs(filter: &str) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::new(filter);
+        let writer = tracing_subscriber::fmt::TestWriter::default().and(|| Capture);
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(writer).try_init();
+    });
+}
+
+/// Everything the host logged so far in this test binary (after [`capture_logs`]).
+pub fn captured_log() -> String {
+    CAPTURED.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Starts a host on `config`; panics with the host's own error message if it cannot.

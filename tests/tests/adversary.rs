@@ -610,7 +610,7 @@ impl Arena {
     /// `tail` is config text that starts inside `[broker]`; `dead_letters`: declare
     /// `<service>.dlx` (as the host does) and a queue bound to it, consumed by the test.
     async fn start(service: &str, tail: &str, attack_keys: &[&str], dead_letters: bool) -> Arena {
-        capture_logs();
+        capture_logs(warren::cli::DEFAULT_LOG_FILTER);
         let cleanup = Cleanup::new();
         cleanup.service(service);
         let metrics_at = free_address();
@@ -974,39 +974,6 @@ impl Scrape {
     fn settled_total(&self) -> f64 {
         self.values.iter().filter(|(k, _)| k.starts_with("warren_messages_total{")).map(|(_, v)| v).sum()
     }
-}
-
-static CAPTURED: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-
-/// Writes the host's log into [`CAPTURED`].
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        CAPTURED.lock().unwrap_or_else(|p| p.into_inner()).push_str(&String::from_utf8_lossy(bytes));
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Installs, once, a log subscriber that writes the host's log (without colours) both to the
-/// test output and to [`CAPTURED`]. `warren_tests::start` then finds a subscriber in place.
-fn capture_logs() {
-    use tracing_subscriber::fmt::writer::MakeWriterExt;
-    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        let filter = tracing_subscriber::EnvFilter::new(warren::cli::DEFAULT_LOG_FILTER);
-        let writer = tracing_subscriber::fmt::TestWriter::default().and(|| Capture);
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(writer).try_init();
-    });
-}
-
-/// Everything the host logged so far in this test binary.
-fn captured_log() -> String {
-    CAPTURED.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// The captured log lines that mention `text` (a service name).

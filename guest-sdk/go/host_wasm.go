@@ -12,7 +12,11 @@ import (
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
 	"wit_component/warren_plugin_host"
+	"wit_component/warren_plugin_keyvalue_cas"
 	"wit_component/warren_plugin_types"
+	"wit_component/wasi_config_store"
+	"wit_component/wasi_keyvalue_atomics"
+	"wit_component/wasi_keyvalue_store"
 )
 
 type witResult = witTypes.Result[warren_plugin_types.Response, warren_plugin_types.HandlerError]
@@ -173,4 +177,152 @@ func PublishResponse(service, routingKey string, body []byte, headers Headers) e
 // Log writes a line to the host's log, tagged with the plugin's name.
 func Log(level Level, message string) {
 	warren_plugin_host.Log(warren_plugin_host.LogLevel(level), message)
+}
+
+func configError(what string, err wasi_config_store.Error) error {
+	if err.Tag() == wasi_config_store.Error_Upstream {
+		return fmt.Errorf("%s: %s", what, err.Upstream())
+	}
+	return fmt.Errorf("%s: %s", what, err.Io())
+}
+
+// ConfigGet is the config value of key ([plugin.<name>.config] or config_files) and whether
+// the plugin has it.
+func ConfigGet(key string) (string, bool, error) {
+	result := wasi_config_store.Get(key)
+	if result.IsErr() {
+		return "", false, configError(fmt.Sprintf("config value %q", key), result.Err())
+	}
+	value := result.Ok()
+	return value.SomeOr(""), value.IsSome(), nil
+}
+
+// ConfigGetAll is every config key of this plugin with its value.
+func ConfigGetAll() (map[string]string, error) {
+	result := wasi_config_store.GetAll()
+	if result.IsErr() {
+		return nil, configError("config values", result.Err())
+	}
+	values := make(map[string]string)
+	for _, pair := range result.Ok() {
+		values[pair.F0] = pair.F1
+	}
+	return values, nil
+}
+
+// Bucket is an open bucket of keys and values (wasi:keyvalue/store), granted in the host's
+// config. Values are bytes; a counter is decimal text.
+type Bucket struct {
+	name  string
+	inner *wasi_keyvalue_store.Bucket
+}
+
+func keyValueError(what string, err wasi_keyvalue_store.Error) error {
+	switch err.Tag() {
+	case wasi_keyvalue_store.Error_AccessDenied:
+		return &KeyValueError{Denied: true, Message: what + ": the bucket is not granted to this plugin"}
+	case wasi_keyvalue_store.Error_NoSuchStore:
+		return &KeyValueError{Denied: true, Message: what + ": this host has no key-value store"}
+	default:
+		return &KeyValueError{Message: what + ": " + err.Other()}
+	}
+}
+
+// OpenBucket opens the bucket name (granted with keyvalue = ["<name>"]).
+func OpenBucket(name string) (*Bucket, error) {
+	result := wasi_keyvalue_store.Open(name)
+	if result.IsErr() {
+		return nil, keyValueError(fmt.Sprintf("open bucket %q", name), result.Err())
+	}
+	return &Bucket{name: name, inner: result.Ok()}, nil
+}
+
+// Get is the value of key and whether it exists.
+func (b *Bucket) Get(key string) ([]byte, bool, error) {
+	result := b.inner.Get(key)
+	if result.IsErr() {
+		return nil, false, keyValueError(fmt.Sprintf("get %q", key), result.Err())
+	}
+	value := result.Ok()
+	return value.SomeOr(nil), value.IsSome(), nil
+}
+
+// Set sets key to value.
+func (b *Bucket) Set(key string, value []byte) error {
+	if value == nil {
+		value = []byte{}
+	}
+	result := b.inner.Set(key, value)
+	if result.IsErr() {
+		return keyValueError(fmt.Sprintf("set %q", key), result.Err())
+	}
+	return nil
+}
+
+// Delete deletes key (nothing happens when it does not exist).
+func (b *Bucket) Delete(key string) error {
+	result := b.inner.Delete(key)
+	if result.IsErr() {
+		return keyValueError(fmt.Sprintf("delete %q", key), result.Err())
+	}
+	return nil
+}
+
+// Exists says whether key exists.
+func (b *Bucket) Exists(key string) (bool, error) {
+	result := b.inner.Exists(key)
+	if result.IsErr() {
+		return false, keyValueError(fmt.Sprintf("exists %q", key), result.Err())
+	}
+	return result.Ok(), nil
+}
+
+// Keys is every key of the bucket (read page by page).
+func (b *Bucket) Keys() ([]string, error) {
+	var keys []string
+	cursor := witTypes.None[uint64]()
+	for {
+		result := b.inner.ListKeys(cursor)
+		if result.IsErr() {
+			return nil, keyValueError("list keys", result.Err())
+		}
+		page := result.Ok()
+		keys = append(keys, page.Keys...)
+		if page.Cursor.IsNone() {
+			return keys, nil
+		}
+		cursor = page.Cursor
+	}
+}
+
+// Increment adds delta to the counter key (a missing key counts from 0) and returns the new
+// value; atomic, also across hosts sharing a Redis.
+func (b *Bucket) Increment(key string, delta uint64) (uint64, error) {
+	result := wasi_keyvalue_atomics.Increment(b.inner, key, delta)
+	if result.IsErr() {
+		return 0, keyValueError(fmt.Sprintf("increment %q", key), result.Err())
+	}
+	return result.Ok(), nil
+}
+
+// CompareAndSwap sets key to value only if its value is expected (nil: only if it does not
+// exist), and says whether it did. Atomic.
+func (b *Bucket) CompareAndSwap(key string, expected, value []byte) (bool, error) {
+	old := witTypes.None[[]uint8]()
+	if expected != nil {
+		old = witTypes.Some[[]uint8](expected)
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	result := warren_plugin_keyvalue_cas.CompareAndSwap(b.inner, key, old, value)
+	if result.IsErr() {
+		return false, keyValueError(fmt.Sprintf("compare-and-swap %q", key), result.Err())
+	}
+	return result.Ok(), nil
+}
+
+// Close releases the bucket handle.
+func (b *Bucket) Close() {
+	b.inner.Drop()
 }

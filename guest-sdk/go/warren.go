@@ -39,6 +39,12 @@
 // *SendError; returned from the handler as it is, a denial refuses the message and a failed
 // send retries it.
 //
+// Config values ([plugin.<name>.config], and config_files for secrets) come from
+// ConfigGet and ConfigRequire (the standard wasi:config/store). Buckets of keys and values
+// that outlive a message ([plugin.<name>] keyvalue = ["counters"]) are opened with
+// OpenBucket; a failure is a *KeyValueError, which, returned from the handler, refuses the
+// message when the bucket is not granted and retries it otherwise.
+//
 // Headers keep their AMQP types, as goamqp's Headers (a map[string]any) do: string,
 // int64, float64, bool, []byte, map[string]any (a table), []any (an array), time.Time (a
 // timestamp) and nil (void).
@@ -141,6 +147,33 @@ func (e *SendError) Error() string {
 	return "send failed: " + e.Message
 }
 
+// KeyValueError is a key-value operation the host did not do.
+type KeyValueError struct {
+	// Denied: the bucket is not granted to this plugin, or the host has no store
+	// (permanent). Otherwise the store failed or the call's deadline is near (may pass).
+	Denied  bool
+	Message string
+}
+
+func (e *KeyValueError) Error() string {
+	if e.Denied {
+		return "key-value denied: " + e.Message
+	}
+	return "key-value failed: " + e.Message
+}
+
+// ConfigRequire is the config value of key; a missing key is a Failed naming where to set it.
+func ConfigRequire(key string) (string, error) {
+	value, ok, err := ConfigGet(key)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", Failed(fmt.Sprintf("no config value %q: set it under [plugin.<name>.config] in the host's config", key))
+	}
+	return value, nil
+}
+
 // ErrNotInWarren is what the host's imports return outside a Warren host (in go test).
 var ErrNotInWarren = errors.New("the host's imports exist only inside a Warren host")
 
@@ -202,6 +235,10 @@ func refusal(err error) *HandlerError {
 			return &HandlerError{KindFailed, err.Error()}
 		}
 		return &HandlerError{KindRetry, err.Error()}
+	}
+	var keyValueError *KeyValueError
+	if errors.As(err, &keyValueError) && keyValueError.Denied {
+		return &HandlerError{KindFailed, err.Error()}
 	}
 	return &HandlerError{KindRetry, err.Error()}
 }

@@ -79,3 +79,27 @@ func TestAJSONHandlerRefusesABodyThatDoesNotParse(t *testing.T) {
 		t.Fatalf("natively publishing a response says so too, got %v", err)
 	}
 }
+
+func TestKeyValueErrorsMapToTheHostsOutcomes(t *testing.T) {
+	if got := refusal(&KeyValueError{Denied: true, Message: "bucket 'x' not granted"}); got.Kind != KindFailed {
+		t.Fatalf("a denied bucket is %v, want failed", got.Kind)
+	}
+	if got := refusal(&KeyValueError{Message: "store down"}); got.Kind != KindRetry {
+		t.Fatalf("a failed store operation is %v, want retry", got.Kind)
+	}
+}
+
+func TestNativelyConfigAndKeyValueSayThereIsNoHost(t *testing.T) {
+	if _, _, err := ConfigGet("greeting"); !errors.Is(err, ErrNotInWarren) {
+		t.Fatalf("ConfigGet natively: %v", err)
+	}
+	if _, err := ConfigRequire("greeting"); !errors.Is(err, ErrNotInWarren) {
+		t.Fatalf("ConfigRequire natively: %v", err)
+	}
+	if _, err := ConfigGetAll(); !errors.Is(err, ErrNotInWarren) {
+		t.Fatalf("ConfigGetAll natively: %v", err)
+	}
+	if _, err := OpenBucket("counters"); !errors.Is(err, ErrNotInWarren) {
+		t.Fatalf("OpenBucket natively: %v", err)
+	}
+}

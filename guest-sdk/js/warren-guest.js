@@ -42,11 +42,22 @@
  * host does not grant (`HTTP-request-denied`), an answer over the host's cap, a 4xx →
  * `Failed`; anything else (unreachable, timed out, 5xx, 429) → `Retry`.
  *
+ * Config values (`[plugin.<name>.config]`, and `config_files` for secrets) come from
+ * `configGet(key)` / `configRequire(key)` (the standard `wasi:config/store`). Buckets of keys
+ * and values that outlive a message (`[plugin.<name>] keyvalue = ["counters"]`) are
+ * {@link Bucket}s: `Bucket.open("counters").increment("hits")`; a failure throws
+ * {@link KeyValueError}, which, left uncaught, refuses the message (not granted → `failed`,
+ * otherwise `retry`).
+ *
  * `warren build` bundles `plugins/<name>/package.json`'s `main` with rolldown and turns it
  * into a component with componentize-js (both installed by `npm install` in the plugin).
  */
 
 import * as host from "warren:plugin/host@0.1.0";
+import * as configStore from "wasi:config/store@0.2.0-draft";
+import * as kvStore from "wasi:keyvalue/store@0.2.0-draft";
+import * as kvAtomics from "wasi:keyvalue/atomics@0.2.0-draft";
+import * as kvCas from "warren:plugin/keyvalue-cas@0.1.0";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -160,6 +171,8 @@ function refusal(e) {
   if (e instanceof Retry) return { tag: "retry", val: e.message };
   if (e instanceof Failed) return { tag: "failed", val: e.message };
   if (e instanceof SendError) return { tag: e.denied ? "failed" : "retry", val: e.message };
+  if (e instanceof KeyValueError) return { tag: e.denied ? "failed" : "retry", val: e.message };
+  if (e instanceof ConfigError) return { tag: "retry", val: e.message };
   return undefined;
 }
 
@@ -280,3 +293,145 @@ export const debug = (message) => log("debug", message);
 export const info = (message) => log("info", message);
 export const warn = (message) => log("warn", message);
 export const error = (message) => log("error", message);
+
+/** The host could not give a config value (never for the values of its own config). */
+export class ConfigError extends Error {}
+
+/** The value of `key` in `[plugin.<name>.config]` (or `config_files`), or `undefined`. */
+export function configGet(key) {
+  try {
+    return configStore.get(key) ?? undefined;
+  } catch (e) {
+    if (e?.payload?.tag === undefined) throw e;
+    throw new ConfigError(`config value '${key}': ${e.payload.val}`);
+  }
+}
+
+/** Every config key of this plugin with its value, as an object. */
+export function configGetAll() {
+  try {
+    return Object.fromEntries(configStore.getAll());
+  } catch (e) {
+    if (e?.payload?.tag === undefined) throw e;
+    throw new ConfigError(`config values: ${e.payload.val}`);
+  }
+}
+
+/** The value of `key`; a missing key throws {@link Failed} naming where to set it. */
+export function configRequire(key) {
+  const value = configGet(key);
+  if (value === undefined) {
+    throw new Failed(`no config value '${key}': set it under [plugin.<name>.config] in the host's config`);
+  }
+  return value;
+}
+
+/**
+ * A key-value operation the host did not do: `denied` (the bucket is not granted, or the host
+ * has no store; permanent), or the store failed or the deadline is near (may pass).
+ */
+export class KeyValueError extends Error {
+  constructor(message, denied) {
+    super(message);
+    this.denied = denied;
+  }
+}
+
+function kv(what, call) {
+  try {
+    return call();
+  } catch (e) {
+    const tag = e?.payload?.tag;
+    if (tag === undefined) throw e;
+    if (tag === "access-denied") throw new KeyValueError(`${what}: the bucket is not granted to this plugin`, true);
+    if (tag === "no-such-store") throw new KeyValueError(`${what}: this host has no key-value store`, true);
+    throw new KeyValueError(`${what}: ${e.payload.val}`, false);
+  }
+}
+
+/**
+ * An open bucket of keys and values (`wasi:keyvalue/store`), granted in the host's config.
+ * Values are `Uint8Array`s (a string is stored as UTF-8); a counter is decimal text.
+ */
+export class Bucket {
+  constructor(name, inner) {
+    this.name = name;
+    this.inner = inner;
+  }
+
+  /** Opens bucket `name`; throws {@link KeyValueError} when it is not granted. */
+  static open(name) {
+    return new Bucket(name, kv(`open bucket '${name}'`, () => kvStore.open(name)));
+  }
+
+  /** The value of `key`, or `undefined` when it does not exist. */
+  get(key) {
+    return kv(`get '${key}'`, () => this.inner.get(key)) ?? undefined;
+  }
+
+  /** The value of `key` as text, or `undefined`. */
+  getText(key) {
+    const value = this.get(key);
+    return value === undefined ? undefined : decoder.decode(value);
+  }
+
+  /** Sets `key` to `value` (a Uint8Array or a string). */
+  set(key, value) {
+    kv(`set '${key}'`, () => this.inner.set(key, bytes(value)));
+  }
+
+  /** Deletes `key` (nothing happens when it does not exist). */
+  delete(key) {
+    kv(`delete '${key}'`, () => this.inner.delete(key));
+  }
+
+  /** Whether `key` exists. */
+  exists(key) {
+    return kv(`exists '${key}'`, () => this.inner.exists(key));
+  }
+
+  /** Every key of the bucket (read page by page). */
+  keys() {
+    const keys = [];
+    let cursor;
+    do {
+      const page = kv("list keys", () => this.inner.listKeys(cursor));
+      keys.push(...page.keys);
+      cursor = page.cursor;
+    } while (cursor !== undefined && cursor !== null);
+    return keys;
+  }
+
+  /**
+   * Adds `delta` (default 1) to the counter `key` (a missing key counts from 0) and returns
+   * the new value as a Number; atomic, also across hosts sharing a Redis.
+   */
+  increment(key, delta = 1) {
+    return Number(kv(`increment '${key}'`, () => kvAtomics.increment(this.inner, key, BigInt(delta))));
+  }
+
+  /**
+   * Sets `key` to `value` only if its value is `expected` (`undefined`: only if it does not
+   * exist); whether it did. Atomic.
+   */
+  compareAndSwap(key, expected, value) {
+    const old = expected === undefined || expected === null ? undefined : bytes(expected);
+    return kv(`compare-and-swap '${key}'`, () => kvCas.compareAndSwap(this.inner, key, old, bytes(value)));
+  }
+
+  /** The value of `key` parsed as JSON, or `undefined`. */
+  getJson(key) {
+    const text = this.getText(key);
+    if (text === undefined) return undefined;
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new Failed(`the value of '${key}' is not JSON: ${e.message}`);
+    }
+  }
+
+  /** Sets `key` to `value` as JSON. */
+  setJson(key, value) {
+    this.set(key, JSON.stringify(value));
+  }
+}

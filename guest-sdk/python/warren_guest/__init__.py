@@ -38,6 +38,13 @@ when the plugin is built with ``http = true`` under ``[tool.warren]`` and the ho
 the origin (``[plugin.<name>] http = [...]``); an uncaught :class:`HttpError` refuses the
 message (``failed``, or ``retry`` for what may pass later).
 
+Config values (``[plugin.<name>.config]``, and ``config_files`` for secrets) come from
+:func:`config_get` and :func:`config_require` (the standard ``wasi:config/store``). Buckets
+of keys and values that outlive a message (``[plugin.<name>] keyvalue = ["counters"]``) are
+:class:`Bucket`: ``Bucket.open("counters").increment("hits")``; a failure raises
+:class:`KeyValueError`, which, left uncaught, refuses the message (not granted → ``failed``,
+otherwise ``retry``).
+
 ``warren build`` builds every ``plugins/<name>/pyproject.toml`` with componentize-py and
 this package on the module path.
 """
@@ -46,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib
 import inspect
 import json
 from typing import Any, Callable, Optional, Union
@@ -64,6 +72,22 @@ try:
         # The `handler-http` world also imports wasi:http/types: componentize-py then names
         # each `types` interface by its package.
         from wit_world.imports import warren_plugin_types as _types
+
+    def _interface(*names: str) -> Any:
+        """The first of the bindings modules ``names`` componentize-py generated, or None."""
+        for name in names:
+            try:
+                return importlib.import_module(f"wit_world.imports.{name}")
+            except ImportError:
+                pass
+        return None
+
+    # wasi:config/store and wasi:keyvalue/store share the name `store`: componentize-py then
+    # names each by its package.
+    _config = _interface("wasi_config_store", "store")
+    _kv = _interface("wasi_keyvalue_store")
+    _atomics = _interface("atomics", "wasi_keyvalue_atomics")
+    _cas = _interface("keyvalue_cas", "warren_plugin_keyvalue_cas")
 except ImportError:
     # Running natively (a plugin's unit tests): no component bindings. Handlers are plain
     # functions and can be called directly; the host's imports are not there.
@@ -74,6 +98,12 @@ __all__ = [
     "Failed",
     "HandlerError",
     "HttpError",
+    "Bucket",
+    "ConfigError",
+    "KeyValueError",
+    "config_get",
+    "config_get_all",
+    "config_require",
     "Message",
     "Response",
     "Retry",
@@ -282,6 +312,11 @@ class WitWorld(wit_world.WitWorld if wit_world else object):
         except HttpError as e:
             kind = _types.HandlerError_Retry if e.retryable else _types.HandlerError_Failed
             raise Err(kind(str(e)))
+        except KeyValueError as e:
+            kind = _types.HandlerError_Failed if e.denied else _types.HandlerError_Retry
+            raise Err(kind(str(e)))
+        except ConfigError as e:
+            raise Err(_types.HandlerError_Retry(str(e)))
         return _types.Response(response.body, _to_wit_headers(response.headers))
 
 
@@ -351,3 +386,137 @@ def warn(message: str) -> None:
 
 def error(message: str) -> None:
     log("error", message)
+
+
+# --- config values (wasi:config/store) ------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """The host could not give a config value (never for the values of its own config)."""
+
+
+def _outside_warren(what: str) -> RuntimeError:
+    return RuntimeError(f"{what} needs the Warren host: natively there is none (pass a fake in tests)")
+
+
+def config_get(key: str) -> Optional[str]:
+    """The value of ``key`` in ``[plugin.<name>.config]`` (or ``config_files``), or ``None``."""
+    if wit_world is None or _config is None:
+        raise _outside_warren("config_get")
+    try:
+        return _config.get(key)
+    except Err as e:
+        raise ConfigError(f"config value '{key}': {e.value.value}") from None
+
+
+def config_get_all() -> dict:
+    """Every config key of this plugin with its value."""
+    if wit_world is None or _config is None:
+        raise _outside_warren("config_get_all")
+    try:
+        return dict(_config.get_all())
+    except Err as e:
+        raise ConfigError(f"config values: {e.value.value}") from None
+
+
+def config_require(key: str) -> str:
+    """The value of ``key``; a missing key raises :class:`Failed` naming where to set it."""
+    value = config_get(key)
+    if value is None:
+        raise Failed(f"no config value '{key}': set it under [plugin.<name>.config] in the host's config")
+    return value
+
+
+# --- key-value buckets (wasi:keyvalue) -------------------------------------------------------
+
+
+class KeyValueError(Exception):
+    """A key-value operation the host did not do. ``denied``: the bucket is not granted (or
+    the host has no store), permanent; otherwise the store failed or the deadline is near."""
+
+    def __init__(self, message: str, denied: bool) -> None:
+        super().__init__(message)
+        self.denied = denied
+
+
+def _kv_call(what: str, call: Callable[..., Any], *args: Any) -> Any:
+    if wit_world is None or _kv is None:
+        raise _outside_warren(what)
+    try:
+        return call(*args)
+    except Err as e:
+        error = e.value
+        if isinstance(error, _kv.Error_AccessDenied):
+            raise KeyValueError(f"{what}: the bucket is not granted to this plugin", True) from None
+        if isinstance(error, _kv.Error_NoSuchStore):
+            raise KeyValueError(f"{what}: this host has no key-value store", True) from None
+        raise KeyValueError(f"{what}: {getattr(error, 'value', error)}", False) from None
+
+
+class Bucket:
+    """An open bucket of keys and values (``wasi:keyvalue/store``), granted in the host's
+    config. Values are bytes; a counter is decimal text (``b"42"``)."""
+
+    def __init__(self, name: str, inner: Any) -> None:
+        self.name = name
+        self._inner = inner
+
+    @staticmethod
+    def open(name: str) -> "Bucket":
+        """Opens bucket ``name``; raises :class:`KeyValueError` when it is not granted."""
+        return Bucket(name, _kv_call(f"open bucket '{name}'", lambda: _kv.open(name)))
+
+    def get(self, key: str) -> Optional[bytes]:
+        """The value of ``key``, or ``None`` when it does not exist."""
+        value = _kv_call(f"get '{key}'", self._inner.get, key)
+        return None if value is None else bytes(value)
+
+    def set(self, key: str, value: Union[bytes, str]) -> None:
+        """Sets ``key`` to ``value`` (a string is stored as UTF-8)."""
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        _kv_call(f"set '{key}'", self._inner.set, key, data)
+
+    def delete(self, key: str) -> None:
+        """Deletes ``key`` (nothing happens when it does not exist)."""
+        _kv_call(f"delete '{key}'", self._inner.delete, key)
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+        return bool(_kv_call(f"exists '{key}'", self._inner.exists, key))
+
+    def keys(self) -> list:
+        """Every key of the bucket (read page by page)."""
+        keys: list = []
+        cursor = None
+        while True:
+            page = _kv_call("list keys", self._inner.list_keys, cursor)
+            keys.extend(page.keys)
+            cursor = page.cursor
+            if cursor is None:
+                return keys
+
+    def increment(self, key: str, delta: int = 1) -> int:
+        """Adds ``delta`` to the counter ``key`` (a missing key counts from 0) and returns the
+        new value; atomic, also across hosts sharing a Redis."""
+        return int(_kv_call(f"increment '{key}'", _atomics.increment, self._inner, key, delta))
+
+    def compare_and_swap(self, key: str, expected: Optional[bytes], value: Union[bytes, str]) -> bool:
+        """Sets ``key`` to ``value`` only if its value is ``expected`` (``None``: only if it
+        does not exist); whether it did. Atomic."""
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        old = None if expected is None else bytes(expected)
+        return bool(_kv_call(f"compare-and-swap '{key}'", _cas.compare_and_swap, self._inner, key, old, data))
+
+    def get_json(self, key: str) -> Any:
+        """The value of ``key`` parsed as JSON, or ``None`` when it does not exist."""
+        value = self.get(key)
+        if value is None:
+            return None
+        try:
+            return json.loads(value)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Failed(f"the value of '{key}' is not JSON: {e}") from None
+
+    def set_json(self, key: str, value: Any) -> None:
+        """Sets ``key`` to ``value`` as JSON."""
+        self.set(key, _to_json(value))

@@ -48,6 +48,7 @@ const WIT_DEPS: &[(&str, &str)] = &[
     ("keyvalue/world.wit", include_str!("../../../wit/deps/keyvalue/world.wit")),
     ("random.wit", include_str!("../../../wit/deps/random.wit")),
     ("sockets.wit", include_str!("../../../wit/deps/sockets.wit")),
+    ("spin-postgres@4.0.0/postgres.wit", include_str!("../../../wit/deps/spin-postgres@4.0.0/postgres.wit")),
 ];
 
 /// The Python helper package (`guest-sdk/python/warren_guest`), put on Python plugins' path.
@@ -375,7 +376,8 @@ pub(super) fn pip_tool(
 
 /// The interfaces the JavaScript guest SDK imports from the host: left as imports of the
 /// bundle (rolldown's comma-separated `--external`), for componentize-js to bind.
-const JS_HOST_IMPORTS: &str = "warren:plugin/host@0.1.0,wasi:config/store@0.2.0-draft";
+const JS_HOST_IMPORTS: &str = "warren:plugin/host@0.1.0,warren:plugin/keyvalue-cas@0.1.0,\
+     wasi:config/store@0.2.0-draft,wasi:keyvalue/store@0.2.0-draft,wasi:keyvalue/atomics@0.2.0-draft";
 
 fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildError> {
     let work = target_dir.join("javascript");

@@ -362,7 +362,10 @@ fn topology_prints_what_run_declares() {
 fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
     let service = unique("dev");
     let mut leftovers = Leftovers::of(&service);
-    let dir = project(&service, "[[request]]\nrouting_key = \"hello\"\nplugin = \"hello\"\n", &mut leftovers);
+    // The scaffold counts greetings in the bucket `counters` (the embedded store, beside the config).
+    let table =
+        "[[request]]\nrouting_key = \"hello\"\nplugin = \"hello\"\n\n[plugin.hello]\nkeyvalue = [\"counters\"]\n";
+    let dir = project(&service, table, &mut leftovers);
     let source = dir.join("plugins");
     let created = run_ok(warren().args(["new", "hello", "--source"]).arg(&source));
     assert!(created.contains("created"), "{created}");
@@ -389,16 +392,28 @@ fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
     let mut host = Host::attach(&mut child);
     host.child = Some(child);
     host.wait_for_log("serving");
-    let ask = || warren().args(["request", &service, "hello", r#"{"name":"Ada"}"#]).output().unwrap();
-    assert_eq!(String::from_utf8(ask().stdout).unwrap(), r#"{"message":"Hello from hello, Ada!"}"#);
+    let ask = || {
+        let output = warren().args(["request", &service, "hello", r#"{"name":"Ada"}"#]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON answer ({e}): {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    };
+    assert_eq!(ask(), serde_json::json!({"message": "Hello from hello, Ada!", "count": 1}));
+    assert_eq!(ask()["count"], 2, "the count is kept between messages");
 
     let lib = source.join("hello/src/lib.rs");
     let edited = std::fs::read_to_string(&lib).unwrap().replace("format!(\"Hello from", "format!(\"Hi from");
     std::fs::write(&lib, edited).unwrap();
     let until = Instant::now() + Duration::from_secs(180);
     loop {
-        let answer = String::from_utf8(ask().stdout).unwrap();
-        if answer == r#"{"message":"Hi from hello, Ada!"}"# {
+        let answer = ask();
+        if answer["message"] == "Hi from hello, Ada!" {
+            // The new version counts on from the old one's count: the bucket outlives it.
+            assert!(answer["count"].as_u64().is_some_and(|n| n > 2), "{answer}");
             break;
         }
         assert!(Instant::now() < until, "the edit never reached the running host (last answer: {answer})");
@@ -413,7 +428,10 @@ fn new_scaffolds_python_javascript_and_go_plugins_that_pass_their_tests_build_an
     let mut leftovers = Leftovers::of(&service);
     let body = "[[request]]\nrouting_key = \"py\"\nplugin = \"hello-py\"\n\n\
                 [[request]]\nrouting_key = \"js\"\nplugin = \"hello-js\"\n\n\
-                [[request]]\nrouting_key = \"go\"\nplugin = \"hello-go\"\n";
+                [[request]]\nrouting_key = \"go\"\nplugin = \"hello-go\"\n\n\
+                [plugin.hello-py]\nkeyvalue = [\"counters\"]\n\
+                [plugin.hello-js]\nkeyvalue = [\"counters\"]\n\
+                [plugin.hello-go]\nkeyvalue = [\"counters\"]\n";
     let dir = project(&service, body, &mut leftovers);
     let source = dir.join("plugins");
     // One shared build folder keeps componentize-py's virtualenv and Go between runs.

@@ -131,7 +131,15 @@ require warren/guest v0.0.0
 replace warren/guest => {sdk}
 "#;
 
-const MAIN_GO: &str = r#"// {name}: a Warren plugin in Go. {"name": "Ada"} -> {"greeting": "Hello, Ada!"}.
+const MAIN_GO: &str = r#"// {name}: a Warren plugin in Go that greets by name and counts the greetings.
+// {"name": "Ada"} -> {"count": 1, "greeting": "Hello, Ada!"}. Serve it with a config entry:
+//
+//	[[request]]
+//	routing_key = "{name}"
+//	plugin = "{name}"
+//
+//	[plugin.{name}]
+//	keyvalue = ["counters"]   # the bucket it counts in (the host's embedded store by default)
 package main
 
 import warren "warren/guest"
@@ -149,11 +157,35 @@ func init() { warren.HandleJSON(handle) }
 // Publish an event, if the config grants the stream (`publish = ["orders"]`):
 //
 //	err := warren.PublishJSON("orders", "Order.Created", map[string]any{"id": 42}, nil)
+//
+// Read a config value ([plugin.{name}.config] greeting = "Hi"):
+//
+//	greeting, ok, err := warren.ConfigGet("greeting")
 func handle(request *Request, headers warren.Headers) (any, error) {
+	counters, err := warren.OpenBucket("counters")
+	if err != nil {
+		return nil, err
+	}
+	defer counters.Close()
+	return greet(request, counters)
+}
+
+// Counter is what greet counts with: the host's bucket, or a map in the unit test.
+type Counter interface {
+	Increment(key string, delta uint64) (uint64, error)
+}
+
+// greet is the logic: counts this name's greetings (atomically, kept across messages and
+// restarts by the host) and greets.
+func greet(request *Request, counter Counter) (any, error) {
 	if request.Name == "" {
 		return nil, warren.BadRequest("name is required")
 	}
-	return map[string]string{"greeting": "Hello, " + request.Name + "!"}, nil
+	count, err := counter.Increment(request.Name, 1)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"greeting": "Hello, " + request.Name + "!", "count": count}, nil
 }
 
 // A plugin is a library the host calls: main never runs.
@@ -168,13 +200,27 @@ import (
 	warren "warren/guest"
 )
 
-func TestGreetsByName(t *testing.T) {
-	response, refused := warren.Call(warren.JSON(handle), warren.Message{Body: []byte(`{"name":"Ada"}`)})
-	if refused != nil {
-		t.Fatal(refused)
-	}
-	if got := string(response.Body); got != `{"greeting":"Hello, Ada!"}` {
-		t.Fatalf("got %s", got)
+// counts is a Counter in memory.
+type counts map[string]uint64
+
+func (c counts) Increment(key string, delta uint64) (uint64, error) {
+	c[key] += delta
+	return c[key], nil
+}
+
+func TestGreetsByNameAndCounts(t *testing.T) {
+	counter := counts{}
+	handler := warren.JSON(func(request *Request, headers warren.Headers) (any, error) {
+		return greet(request, counter)
+	})
+	for _, want := range []string{`{"count":1,"greeting":"Hello, Ada!"}`, `{"count":2,"greeting":"Hello, Ada!"}`} {
+		response, refused := warren.Call(handler, warren.Message{Body: []byte(`{"name":"Ada"}`)})
+		if refused != nil {
+			t.Fatal(refused)
+		}
+		if got := string(response.Body); got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
 	}
 }
 
@@ -235,14 +281,19 @@ module = "app"
 # http = true
 "#;
 
-const APP_PY: &str = r#""""`{name}`: a Warren plugin. Build it with `warren build`, serve it with a config entry:
+const APP_PY: &str = r#""""`{name}`: a Warren plugin that greets by name and counts the greetings. Build it
+with `warren build`, serve it with a config entry:
 
     [[request]]
     routing_key = "{name}"
     plugin = "{name}"
+
+    [plugin.{name}]
+    keyvalue = ["counters"]   # the bucket it counts in (the host's embedded store by default)
 """
 
 from dataclasses import dataclass
+from typing import Callable
 
 import warren_guest as warren
 
@@ -256,28 +307,43 @@ class Input:
 
 @warren.json_handler
 def handle(request: Input) -> dict:
-    """Handles one request. Raise warren.Retry for a passing failure, warren.Failed for a
-    permanent one.
+    """Handles one request: counts this name's greetings in the bucket `counters` (atomic,
+    kept by the host across messages and restarts). Raise warren.Retry for a passing failure,
+    warren.Failed for a permanent one.
 
     To call an HTTP service: set `http = true` under [tool.warren] in pyproject.toml, grant
     the origin in the host's config (`[plugin.{name}] http = ["https://api.example.com"]`), then
         from warren_guest import http
         price = http.get("https://api.example.com/price/A1").raise_for_status().json()
+    A config value (`[plugin.{name}.config] greeting = "Hi"`): `warren.config_get("greeting")`.
     """
-    return {"message": f"Hello from {name}, {request.name}!"}
+    return greet(request, warren.Bucket.open("counters").increment)
+
+
+def greet(request: Input, count: Callable[[str], int]) -> dict:
+    """The logic, with the counter passed in: the unit test counts in memory."""
+    return {"message": f"Hello from {name}, {request.name}!", "count": count(request.name)}
 
 
 WitWorld = warren.WitWorld
 "#;
 
 const TEST_APP_PY: &str = r#"import unittest
+from collections import Counter
 
-from app import Input, handle
+from app import Input, greet
 
 
-class HandleTest(unittest.TestCase):
-    def test_answers_by_name(self):
-        self.assertEqual(handle(Input(name="Ada")), {"message": "Hello from {name}, Ada!"})
+class GreetTest(unittest.TestCase):
+    def test_greets_by_name_and_counts(self):
+        counts = Counter()
+
+        def count(name):
+            counts[name] += 1
+            return counts[name]
+
+        self.assertEqual(greet(Input(name="Ada"), count), {"message": "Hello from {name}, Ada!", "count": 1})
+        self.assertEqual(greet(Input(name="Ada"), count)["count"], 2)
 
 
 if __name__ == "__main__":
@@ -304,13 +370,19 @@ const PACKAGE_JSON: &str = r#"{
 }
 "#;
 
-const HANDLER_JS: &str = r#"// `{name}`: a Warren plugin. Build it with `warren build`, serve it with a config entry:
+const HANDLER_JS: &str = r#"// `{name}`: a Warren plugin that greets by name and counts the greetings. Build it with
+// `warren build`, serve it with a config entry:
 //
 //   [[request]]
 //   routing_key = "{name}"
 //   plugin = "{name}"
 //
-// The logic is a plain function (tested with `node --test`); app.js exports it.
+//   [plugin.{name}]
+//   keyvalue = ["counters"]   # the bucket it counts in (the host's embedded store by default)
+//
+// The logic is a plain function (tested with `node --test`); app.js exports it with the
+// host's bucket as its counter (warren-guest's Bucket.open("counters").increment).
+// A config value ([plugin.{name}.config] greeting = "Hi"): warren-guest's configGet("greeting").
 //
 // To call an HTTP service, use plain `fetch` from an async handler: set "warren": {"http": true}
 // in package.json, grant the origin in the host's config
@@ -318,10 +390,13 @@ const HANDLER_JS: &str = r#"// `{name}`: a Warren plugin. Build it with `warren 
 //   const price = await (await fetch("https://api.example.com/price/A1")).json();
 // (warren-guest's httpError(e, status) turns a failed request into Retry or Failed).
 
-/** Handles one request body (parsed JSON). Throw BadRequest, Retry or Failed to refuse it. */
-export function handle(input, { BadRequest }) {
+/**
+ * Handles one request body (parsed JSON): `count(name)` adds one to this name's greetings and
+ * returns the new count. Throw BadRequest, Retry or Failed to refuse it.
+ */
+export function handle(input, { BadRequest }, count) {
   if (typeof input?.name !== "string") throw new BadRequest('expected {"name": <string>}');
-  return { message: `Hello from {name}, ${input.name}!` };
+  return { message: `Hello from {name}, ${input.name}!`, count: count(input.name) };
 }
 "#;
 
@@ -329,7 +404,9 @@ const APP_JS: &str = r#"// The component's export: the JSON handler from handler
 import * as warren from "warren-guest";
 import { handle as logic } from "./handler.js";
 
-export const handle = warren.jsonHandler((input) => logic(input, warren));
+export const handle = warren.jsonHandler((input) =>
+  logic(input, warren, (name) => warren.Bucket.open("counters").increment(name)),
+);
 "#;
 
 const HANDLER_TEST_JS: &str = r#"import { test } from "node:test";
@@ -338,25 +415,40 @@ import { handle } from "./handler.js";
 
 class BadRequest extends Error {}
 
-test("answers by name", () => {
-  assert.deepEqual(handle({ name: "Ada" }, { BadRequest }), { message: "Hello from {name}, Ada!" });
+/** A counter in memory. */
+function counter() {
+  const counts = new Map();
+  return (name) => {
+    counts.set(name, (counts.get(name) ?? 0) + 1);
+    return counts.get(name);
+  };
+}
+
+test("greets by name and counts", () => {
+  const count = counter();
+  assert.deepEqual(handle({ name: "Ada" }, { BadRequest }, count), { message: "Hello from {name}, Ada!", count: 1 });
+  assert.equal(handle({ name: "Ada" }, { BadRequest }, count).count, 2);
 });
 
 test("refuses a body without a name", () => {
-  assert.throws(() => handle({}, { BadRequest }), BadRequest);
+  assert.throws(() => handle({}, { BadRequest }, counter()), BadRequest);
 });
 "#;
 
-const LIB_RS: &str = r#"//! `{name}`: a Warren plugin. Build it with `warren build`, serve it with a config entry:
+const LIB_RS: &str = r#"//! `{name}`: a Warren plugin that greets by name and counts the greetings. Build it with
+//! `warren build`, serve it with a config entry:
 //!
 //! ```toml
 //! [[request]]
 //! routing_key = "{name}"
 //! plugin = "{name}"
+//!
+//! [plugin.{name}]
+//! keyvalue = ["counters"]   # the bucket it counts in (the host's embedded store by default)
 //! ```
 
 use serde::{Deserialize, Serialize};
-use warren_guest::HandlerError;
+use warren_guest::{HandlerError, kv};
 
 /// The request body, as JSON. A body that does not parse is rejected as `bad-request`.
 #[derive(Debug, Deserialize)]
@@ -368,16 +460,28 @@ pub struct Input {
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Output {
     pub message: String,
+    /// How many times this name was greeted, this time included.
+    pub count: u64,
 }
 
-/// Handles one request. Return `HandlerError::Retry` for a passing failure, `Failed` for a
-/// permanent one.
+/// Handles one request: counts this name's greetings in the bucket `counters` (atomic, kept
+/// by the host across messages and restarts) and greets. Return `HandlerError::Retry` for a
+/// passing failure, `Failed` for a permanent one (`?` on a key-value error picks one).
 ///
 /// To call an HTTP service, grant its origin in the host's config (`[plugin.{name}] http =
 /// ["https://api.example.com"]`), then, JSON in and out (`?` picks `retry` or `failed`):
 /// `let price: serde_json::Value = warren_guest::http::get_json("https://api.example.com/price/A1")?;`
+/// A config value (`[plugin.{name}.config] greeting = "Hi"`):
+/// `let greeting = warren_guest::config::get("greeting")?;`
 pub fn handle(input: Input) -> Result<Output, HandlerError> {
-    Ok(Output { message: format!("Hello from {name}, {}!", input.name) })
+    let counters = kv::Bucket::open("counters")?;
+    greet(input, |name| Ok(counters.increment(name, 1)?))
+}
+
+/// The logic, with the counter passed in: the unit test counts in memory.
+pub fn greet(input: Input, count: impl FnOnce(&str) -> Result<u64, HandlerError>) -> Result<Output, HandlerError> {
+    let count = count(&input.name)?;
+    Ok(Output { message: format!("Hello from {name}, {}!", input.name), count })
 }
 
 warren_guest::export_json!(handle);
@@ -385,11 +489,21 @@ warren_guest::export_json!(handle);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
-    fn answers_by_name() {
-        let output = handle(Input { name: "Ada".into() }).unwrap();
-        assert_eq!(output.message, "Hello from {name}, Ada!");
+    fn greets_by_name_and_counts() {
+        let mut counts = HashMap::new();
+        let mut greet_ada = || {
+            greet(Input { name: "Ada".into() }, |name| {
+                let count = counts.entry(name.to_string()).or_insert(0);
+                *count += 1;
+                Ok(*count)
+            })
+            .unwrap()
+        };
+        assert_eq!(greet_ada(), Output { message: "Hello from {name}, Ada!".into(), count: 1 });
+        assert_eq!(greet_ada().count, 2);
     }
 }
 "#;

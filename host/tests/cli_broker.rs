@@ -4,11 +4,13 @@
 //! log line of lapin's before it. The config serves nothing, so no plugin needs building and
 //! nothing is declared on any broker.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Running;
 
 /// A fresh folder with a `warren.toml` that serves nothing, removed when dropped.
 struct Project {
@@ -27,86 +29,24 @@ impl Project {
 
     /// `warren run --config <project> ARGS` with `WARREN_BROKER_URL` = `url`, stderr piped.
     fn run(&self, url: &str, args: &[&str]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .arg("run")
-            .args(args)
-            .arg("--config")
-            .arg(self.dir.join("warren.toml"))
-            .env_remove("RUST_LOG")
-            .env_remove("WARREN_BROKER_PASSWORD")
-            .env("WARREN_BROKER_URL", url)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting warren run");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines, seen: Vec::new() }
+        Running::spawn(
+            Command::new(env!("CARGO_BIN_EXE_warren"))
+                .arg("run")
+                .args(args)
+                .arg("--config")
+                .arg(self.dir.join("warren.toml"))
+                .env_remove("RUST_LOG")
+                .env_remove("WARREN_BROKER_PASSWORD")
+                .env("WARREN_BROKER_URL", url)
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null()),
+        )
     }
 }
 
 impl Drop for Project {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A `warren run` process, killed when dropped (a failed test leaves nothing running).
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    /// Waits up to `wait` for a stderr line holding `needle`.
-    fn wait_for(&mut self, needle: &str, wait: Duration) -> String {
-        let until = Instant::now() + wait;
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!("warren run never printed '{needle}' within {wait:?}; it printed:\n{}", self.seen.join("\n"));
-    }
-
-    /// Waits up to `wait` for the process to exit: its status and every stderr line.
-    fn exit(mut self, wait: Duration) -> (std::process::ExitStatus, Vec<String>) {
-        let until = Instant::now() + wait;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < until, "warren run did not exit within {wait:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The reader thread ends with the process: everything it read is in the channel.
-        let mut lines = std::mem::take(&mut self.seen);
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            lines.push(line);
-        }
-        (status, lines)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,12 +6,13 @@
 //! Each test has a folder and a service of its own; the queues it leaves expire with goamqp's
 //! `x-expires` and are deleted at the end.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Running;
 use warren::amqp::client::Client;
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -52,26 +53,15 @@ impl Project {
     }
 
     fn run(&self) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["--log-format", "text", "run", "--config"])
-            .arg(self.dir.join("warren.toml"))
-            .env_remove("RUST_LOG")
-            .env("WARREN_BROKER_URL", BROKER)
-            .env("WARREN_STATE_DIR", self.dir.join("state"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting warren run");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines, seen: Vec::new() }
+        Running::spawn(
+            Command::new(env!("CARGO_BIN_EXE_warren"))
+                .args(["--log-format", "text", "run", "--config"])
+                .arg(self.dir.join("warren.toml"))
+                .env_remove("RUST_LOG")
+                .env("WARREN_BROKER_URL", BROKER)
+                .env("WARREN_STATE_DIR", self.dir.join("state"))
+                .stdout(Stdio::null()),
+        )
     }
 }
 
@@ -81,50 +71,21 @@ impl Drop for Project {
     }
 }
 
-/// A `warren run` process, killed when dropped.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+/// SIGKILL, and wait until it is gone.
+fn kill(mut host: Running) {
+    host.child.kill().unwrap();
+    host.child.wait().unwrap();
 }
 
-impl Running {
-    /// Waits up to 120 s for a stderr line holding `needle` (a first compile is slow).
-    fn wait_for(&mut self, needle: &str) -> String {
-        let until = Instant::now() + Duration::from_secs(120);
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => self.seen.push(line),
-                Err(_) => break,
-            }
-        }
-        panic!("warren run never printed '{needle}'; it printed:\n{}", self.seen.join("\n"));
-    }
-
-    /// SIGKILL, and wait until it is gone.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM (a clean stop), and wait until it is gone.
-    fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let until = Instant::now() + Duration::from_secs(40);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < until, "warren run did not stop within 40 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// SIGTERM (a clean stop), and wait until it is gone.
+fn stop(host: Running) {
+    let _ = Command::new("kill").arg("-TERM").arg(host.child.id().to_string()).status();
+    let (status, _) = host.exit(Duration::from_secs(40));
+    assert!(status.success(), "warren run stopped cleanly on SIGTERM: {status}");
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a host may take to start (a first compile of the plugin is slow).
+const START: Duration = Duration::from_secs(120);
 
 /// The count `counter` answers for `name`.
 async fn count(client: &Client, name: &str) -> u64 {
@@ -138,15 +99,15 @@ async fn count(client: &Client, name: &str) -> u64 {
 async fn a_count_survives_a_restart_and_a_sigkill_mid_write() {
     let project = Project::new("kv-kill");
     let mut host = project.run();
-    host.wait_for("serving");
+    host.wait_for("serving", START);
     let client = std::sync::Arc::new(Client::connect_transient(BROKER, &project.service, &["count"]).await.unwrap());
     for expected in 1..=5 {
         assert_eq!(count(&client, "n").await, expected);
     }
     // A clean restart keeps the count.
-    host.stop();
+    stop(host);
     let mut host = project.run();
-    host.wait_for("serving");
+    host.wait_for("serving", START);
     assert_eq!(count(&client, "n").await, 6, "the count survived a restart");
 
     // Increments in flight from 20 callers; the host is killed while they are being written.
@@ -168,7 +129,7 @@ async fn a_count_survives_a_restart_and_a_sigkill_mid_write() {
         assert!(Instant::now() < until, "the callers' counts did not reach 100");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    host.kill();
+    kill(host);
     let highest = answered.load(std::sync::atomic::Ordering::SeqCst);
     for caller in callers {
         caller.abort();
@@ -176,20 +137,20 @@ async fn a_count_survives_a_restart_and_a_sigkill_mid_write() {
 
     // The store opens again (no torn write), and no count answered before the kill is lost.
     let mut host = project.run();
-    host.wait_for("serving");
+    host.wait_for("serving", START);
     let after = count(&client, "n").await;
     assert!(after > highest, "every answered count was kept: {highest} answered before the kill, {after} after");
-    host.stop();
+    stop(host);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_host_on_the_same_store_file_is_told_what_to_do() {
     let project = Project::new("kv-locked");
     let mut first = project.run();
-    first.wait_for("serving");
+    first.wait_for("serving", START);
     let mut second = project.run();
-    let refused = second.wait_for("open in another process");
+    let refused = second.wait_for("open in another process", START);
     assert!(refused.contains("redis://") && refused.contains("[keyvalue] path"), "{refused}");
     assert!(refused.contains("plugin 'counter' (counters)"), "the grant is named: {refused}");
-    first.stop();
+    stop(first);
 }

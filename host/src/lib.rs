@@ -54,6 +54,17 @@ mod layout {
         }
     }
 
+    /// ARCHITECTURE.md's rule: `wasi:config` needs nothing from either wing (the store data
+    /// reaches it through `WasiConfigView`).
+    #[test]
+    fn the_wasi_config_module_never_imports_a_wing() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/wasi_config.rs");
+        let text = std::fs::read_to_string(&path).expect("src/wasi_config.rs");
+        for forbidden in ["crate::amqp", "crate::wasm", "super::amqp", "super::wasm", "lapin"] {
+            assert!(!text.contains(forbidden), "{} imports {forbidden}", path.display());
+        }
+    }
+
     /// Asserts that no file in `src/<folder>` mentions any of `forbidden`.
     fn never_mentions(folder: &str, forbidden: &[&str]) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(folder);

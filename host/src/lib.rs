@@ -22,6 +22,8 @@
 //! - [`keyvalue`]: `wasi:keyvalue` (store, atomics, batch) and compare-and-swap on each
 //!   plugin's granted buckets, in the embedded `redb` file or Redis; needs nothing from
 //!   either wing.
+//! - [`telemetry`]: OpenTelemetry spans and their OTLP/HTTP exporter; neutral ground both
+//!   wings record through.
 //! - [`watch`]: debounced file watching (plugins folder, config file, plugin sources).
 //! - [`cli`]: the `warren` command line.
 
@@ -33,6 +35,7 @@ pub mod keyvalue;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;
+pub mod telemetry;
 pub mod tooling;
 pub mod wasi_config;
 pub mod wasm;

@@ -48,6 +48,8 @@ pub struct Metrics {
     broker: Mutex<BrokerCounters>,
     /// Connected to the broker and consuming.
     pub ready: AtomicBool,
+    /// The trace exporter's counters, when telemetry is on.
+    telemetry: std::sync::OnceLock<Arc<crate::telemetry::Counters>>,
 }
 
 impl Metrics {
@@ -83,6 +85,11 @@ impl Metrics {
     /// A delivery from `queue` was repaired on the way in (see `amqp::frame_repair`).
     pub fn message_repaired(&self, queue: &str) {
         *self.broker.lock().expect("metrics lock").repaired.entry(queue.to_string()).or_default() += 1;
+    }
+
+    /// Renders the trace exporter's `counters` too.
+    pub fn track_telemetry(&self, counters: Arc<crate::telemetry::Counters>) {
+        let _ = self.telemetry.set(counters);
     }
 
     /// A message of `queue` was rejected to the broker after every host-side retry.
@@ -170,6 +177,24 @@ impl Metrics {
         );
         for (queue, n) in &broker.given_up {
             let _ = writeln!(out, "warren_given_up_messages_total{{queue=\"{queue}\"}} {n}");
+        }
+        if let Some(counters) = self.telemetry.get() {
+            let (exported, dropped, failed) = counters.snapshot();
+            for (name, help, n) in [
+                ("warren_telemetry_spans_exported_total", "Spans the collector took.", exported),
+                (
+                    "warren_telemetry_spans_dropped_total",
+                    "Spans dropped because the exporter's queue was full (the collector is down or slow).",
+                    dropped,
+                ),
+                (
+                    "warren_telemetry_spans_failed_total",
+                    "Spans lost in exports the collector refused or did not answer.",
+                    failed,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
+            }
         }
         drop(broker);
         // One gauge per live plugin, from the plugin table.

@@ -21,6 +21,7 @@ use crate::config::{Config, ConfigError, Delivery};
 use crate::keyvalue::{KeyValue, KeyValueError};
 use crate::metrics::{Metrics, MetricsError, MetricsServer};
 use crate::shutdown::{self, ShutdownTrigger};
+use crate::telemetry::Tracer;
 use crate::wasm::plugins::{LoadErrors, PluginStatus, Plugins};
 use crate::wasm::reload::PluginWatcher;
 use crate::wasm::{Runtime, RuntimeError};
@@ -206,6 +207,8 @@ pub struct Server {
     failures: (mpsc::UnboundedSender<BrokerError>, mpsc::UnboundedReceiver<BrokerError>),
     metrics: Arc<Metrics>,
     _metrics_server: Option<MetricsServer>,
+    /// Where spans go (`[telemetry]`); `None`: telemetry is off.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Server {
@@ -270,6 +273,10 @@ impl Server {
             "topology declared"
         );
         let metrics = Arc::new(Metrics::default());
+        let tracer = Tracer::start(&config.telemetry, &config.service);
+        if let Some(tracer) = &tracer {
+            metrics.track_telemetry(tracer.counters().clone());
+        }
         let publisher = answers_publisher(&connection, config.delivery).await?.with_metrics(metrics.clone());
         let must_land = Publisher::open(&connection).await?.with_metrics(metrics.clone()).one_at_a_time();
         dead_letters::warn_if_unbound(&must_land, &topology).await;
@@ -290,6 +297,7 @@ impl Server {
             failures: mpsc::unbounded_channel(),
             metrics: metrics.clone(),
             _metrics_server: metrics_server,
+            tracer,
         };
         server.topology = topology.clone();
         for spec in &topology.consumers {
@@ -345,8 +353,11 @@ impl Server {
             service: self.config.service.clone(),
             publisher: self.publisher.clone(),
             must_land: self.must_land.clone(),
-            outbox: Arc::new(BrokerOutbox::new(self.publisher.clone(), self.config.service.clone())),
+            outbox: Arc::new(
+                BrokerOutbox::new(self.publisher.clone(), self.config.service.clone()).with_tracer(self.tracer.clone()),
+            ),
             prefetch: self.config.prefetch,
+            tracer: self.tracer.clone(),
             quorum: self.config.queue_profile == crate::config::QueueProfile::Quorum
                 && self.topology.queues.iter().any(|q| q.name == spec.queue && q.durable),
             metrics: self.metrics.clone(),
@@ -397,8 +408,9 @@ impl Server {
     /// plugins, routes and grants keep serving, and the error says so in one line.
     pub async fn reload(&mut self, config: Config) -> Result<(), ReloadError> {
         let old = &self.config;
-        let restart_only: [(&'static str, bool); 10] = [
+        let restart_only: [(&'static str, bool); 11] = [
             ("service.delivery", config.delivery != old.delivery),
+            ("[telemetry]", config.telemetry != old.telemetry),
             ("service.name", config.service != old.service),
             ("service.plugins", config.plugins_dir != old.plugins_dir),
             ("broker.url / broker.urls / broker.tls / the password", config.broker != old.broker),

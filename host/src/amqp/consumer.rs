@@ -28,6 +28,7 @@ use super::transport::RepairedDeliveries;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::telemetry::{self, Span, SpanContext, SpanKind, Tracer};
 use crate::wasm::plugins::PluginSlot;
 use crate::wasm::{CallContext, HandlerError, Outbox, PluginFault, Request, Response};
 
@@ -47,6 +48,8 @@ pub struct QueueConsumer {
     /// Where the plugins' own events and requests go.
     pub outbox: Arc<dyn Outbox>,
     pub prefetch: u16,
+    /// Where this host's spans go; `None`: telemetry is off.
+    pub tracer: Option<Arc<Tracer>>,
     /// A quorum queue counts deliveries itself (`x-delivery-count`): a retry is a requeue.
     pub quorum: bool,
     pub metrics: Arc<Metrics>,
@@ -205,13 +208,24 @@ impl QueueConsumer {
         }
         let started = std::time::Instant::now();
         let in_flight = self.metrics.started(&plugin);
-        let outcome = match std::panic::AssertUnwindSafe(self.decide(&delivery, &routing_key)).catch_unwind().await {
+        let mut process = self.process_span(&delivery, &routing_key);
+        let trace = process.as_ref().map(Span::context);
+        let decided = self.decide(&delivery, &routing_key, trace);
+        let outcome = match std::panic::AssertUnwindSafe(decided).catch_unwind().await {
             Ok(outcome) => outcome,
             Err(panic) => Outcome::Deferred(format!("the host panicked while handling it: {}", panic_text(&*panic))),
         };
         let seen = Seen { plugin: &plugin, generation, routing_key: &routing_key };
         let (label, result) = self.settle(&delivery, acks, &seen, &outcome).await;
         in_flight.finish(label, started.elapsed());
+        if let Some(span) = &mut process {
+            span.set("warren.plugin", plugin.as_str());
+            span.set("warren.plugin.generation", i64::try_from(generation).unwrap_or(i64::MAX));
+            span.set("warren.outcome", label);
+            if let Outcome::Rejected(why) | Outcome::Faulted(why) | Outcome::Deferred(why) = &outcome {
+                span.fail(why.as_str());
+            }
+        }
         if let Err(error) = result {
             // The channel is gone: RabbitMQ redelivers the message, nothing is lost.
             warn!(queue = %self.queue, routing_key = %routing_key, %error, "could not settle the message; the broker will redeliver it");
@@ -376,7 +390,28 @@ impl QueueConsumer {
         self.must_land.publish(exchange, routing_key, &delivery.data, properties).await
     }
 
-    async fn decide(&self, delivery: &Delivery, routing_key: &str) -> Outcome {
+    /// The CONSUMER span of one delivery (OpenTelemetry's messaging conventions), the child
+    /// of the `traceparent` it came with; `None` when telemetry is off.
+    fn process_span(&self, delivery: &Delivery, routing_key: &str) -> Option<Span> {
+        let tracer = self.tracer.as_ref()?;
+        let table = delivery.properties.headers().as_ref();
+        let parent = headers::text(table, TRACEPARENT_HEADER).and_then(|t| SpanContext::parse(&t));
+        let mut span = tracer.span(format!("{} process", self.queue), SpanKind::Consumer, parent);
+        span.set("messaging.system", "rabbitmq");
+        span.set("messaging.operation.type", "process");
+        span.set("messaging.operation.name", "process");
+        span.set("messaging.destination.name", delivery.exchange.as_str());
+        span.set("messaging.destination.subscription.name", self.queue.as_str());
+        span.set("messaging.rabbitmq.destination.routing_key", routing_key);
+        span.set("messaging.message.body.size", delivery.data.len());
+        if let Some(id) = delivery.properties.message_id() {
+            span.set("messaging.message.id", id.as_str());
+        }
+        Some(span)
+    }
+
+    /// The decision for one delivery; `trace` is its process span's context, when recorded.
+    async fn decide(&self, delivery: &Delivery, routing_key: &str, trace: Option<SpanContext>) -> Outcome {
         let routing = self.routing.load();
         let Some(Handler { plugin: slot, retry_delays, answers, .. }) = routing.routes.find(routing_key) else {
             return Outcome::Rejected(format!("no handler for routing key '{routing_key}' on this queue"));
@@ -405,12 +440,40 @@ impl QueueConsumer {
         };
         let plugin_headers = headers::to_plugin(table, routing_key);
         debug!(queue = %self.queue, routing_key, plugin = plugin.name(), "calling plugin");
-        // W3C trace context: carried on, or started here when none came in.
-        // Only in W3C's form: anything else (any length a publisher likes) starts a new trace.
-        let traceparent =
-            headers::text(table, TRACEPARENT_HEADER).and_then(valid_traceparent).unwrap_or_else(new_traceparent);
-        let context = CallContext { outbox: Some(self.outbox.clone()), traceparent: Some(traceparent.clone()) };
-        match plugin.handle(&request, &plugin_headers, &context).await {
+        // W3C trace context: carried on, or started here when none came in. Only in W3C's form:
+        // anything else (any length a publisher likes) starts a new trace. With telemetry on,
+        // what the plugin causes is the child of its `handle` span.
+        let mut handling = trace.and_then(|parent| {
+            let name = format!("handle {}", plugin.name());
+            telemetry::span(self.tracer.as_ref(), name, SpanKind::Internal, Some(parent))
+        });
+        let traceparent = match &handling {
+            Some(span) => span.traceparent(),
+            None => {
+                headers::text(table, TRACEPARENT_HEADER).and_then(valid_traceparent).unwrap_or_else(new_traceparent)
+            }
+        };
+        let context = CallContext {
+            outbox: Some(self.outbox.clone()),
+            traceparent: Some(traceparent.clone()),
+            tracer: self.tracer.clone(),
+        };
+        let handled = plugin.handle(&request, &plugin_headers, &context).await;
+        if let Some(span) = &mut handling {
+            span.set("warren.plugin", plugin.name());
+            span.set("warren.plugin.generation", i64::try_from(plugin.generation()).unwrap_or(i64::MAX));
+            match &handled {
+                Err(fault) => span.fail(fault.to_string()),
+                Ok(Err(error)) => span.fail(format!("{error:?}")),
+                Ok(Ok(_)) => {}
+            }
+        }
+        drop(handling);
+        let traceparent = match trace {
+            Some(process) => process.traceparent(),
+            None => traceparent,
+        };
+        match handled {
             Err(fault @ PluginFault::Busy(_)) => Outcome::Deferred(format!(
                 "plugin '{}' {fault}: the host is at its instance limit (lower broker.prefetch or raise the plugin's limits.timeout_ms)",
                 plugin.name()
@@ -427,7 +490,8 @@ impl QueueConsumer {
             }
             Ok(Ok(response)) => match (self.kind, requester) {
                 (ConsumerKind::Request, Some(requester)) if *answers => {
-                    self.respond(delivery, routing_key, &requester, response, &traceparent, plugin.limits()).await
+                    let answer = Answer { requester: &requester, traceparent: &traceparent, trace };
+                    self.respond(delivery, routing_key, answer, response, plugin.limits()).await
                 }
                 _ => Outcome::Acked,
             },
@@ -441,15 +505,23 @@ impl QueueConsumer {
         &self,
         delivery: &Delivery,
         routing_key: &str,
-        requester: &str,
+        answer: Answer<'_>,
         response: Response,
-        traceparent: &str,
         limits: &Limits,
     ) -> Outcome {
+        let Answer { requester, traceparent, trace } = answer;
         let mut table = match headers::from_plugin(&response.headers) {
             Ok(table) => table,
             Err(why) => return Outcome::Rejected(format!("the plugin's response was refused: {why}")),
         };
+        let exchange = naming::response_exchange(&self.service);
+        let mut span = trace.and_then(|parent| {
+            telemetry::span(self.tracer.as_ref(), format!("{exchange} publish"), SpanKind::Producer, Some(parent))
+        });
+        let traceparent = span.as_ref().map_or_else(|| traceparent.to_string(), Span::traceparent);
+        if let Some(span) = &mut span {
+            publish_attributes(span, &exchange, routing_key, response.body.len());
+        }
         table.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent)));
         let (size, max) = (headers::encoded_len(&table), self.publisher.max_header_bytes());
         if size > max {
@@ -469,12 +541,15 @@ impl QueueConsumer {
         if let Some(id) = delivery.properties.correlation_id() {
             properties = properties.with_correlation_id(id.clone());
         }
-        let exchange = naming::response_exchange(&self.service);
-        match self.publisher.publish(&exchange, routing_key, &response.body, properties).await {
+        let published = self.publisher.publish(&exchange, routing_key, &response.body, properties).await;
+        if let (Some(span), Err(error)) = (&mut span, &published) {
+            span.fail(error.to_string());
+        }
+        match published {
             // Written: `delivery = "goamqp"`, acked once the answer is written, as goamqp does.
             Ok(Delivered::Routed | Delivered::Written) => Outcome::Acked,
             Ok(Delivered::Unroutable) => {
-                warn!(exchange = %exchange, routing_key, requester, "response unroutable: no queue of '{requester}' is bound for it; the request is acked");
+                warn!(exchange = %exchange, routing_key = %Escaped(routing_key), requester = %Escaped(requester), "response unroutable: no queue of the requester is bound for it; the request is acked");
                 Outcome::Acked
             }
             Err(error) => Outcome::Deferred(format!("its response was not confirmed ({error})")),
@@ -542,8 +617,26 @@ impl QueueConsumer {
 }
 
 /// A copy that must land went out unconfirmed: `must_land` must be a confirming publisher.
-const NOT_CONFIRMED_COPY: &str =
-    "the copy was published without a confirm, so whether it landed is not known (a host bug: copies are always confirmed)";
+const NOT_CONFIRMED_COPY: &str = "the copy was published without a confirm, so whether it landed is not known (a host bug: copies are always confirmed)";
+
+/// Who an answer goes to and the trace it continues.
+struct Answer<'a> {
+    requester: &'a str,
+    /// The `traceparent` the answer carries when telemetry is off.
+    traceparent: &'a str,
+    /// The delivery's process span, when recorded: the answer's publish span is its child.
+    trace: Option<SpanContext>,
+}
+
+/// A PRODUCER span's attributes (OpenTelemetry's messaging conventions).
+pub fn publish_attributes(span: &mut Span, exchange: &str, routing_key: &str, body_size: usize) {
+    span.set("messaging.system", "rabbitmq");
+    span.set("messaging.operation.type", "send");
+    span.set("messaging.operation.name", "publish");
+    span.set("messaging.destination.name", exchange);
+    span.set("messaging.rabbitmq.destination.routing_key", routing_key);
+    span.set("messaging.message.body.size", body_size);
+}
 
 /// How a delivery was settled on the broker: acked (through [`Acks`]) or by its own frame
 /// (reject, requeue), with lapin's answer.

@@ -22,25 +22,13 @@ pub const QUORUM_DELIVERY_COUNT: &str = "x-delivery-count";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// A new W3C `traceparent` (version 00, random trace and span ids, sampled).
-pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
-}
+pub use crate::telemetry::new_traceparent;
 
 /// `value` if it is a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, lowercase, ids not
 /// all zero); a later version is taken by its first 55 characters, as W3C asks. Anything else
 /// is `None`: a publisher's header of any length is never copied into every send.
 pub fn valid_traceparent(value: String) -> Option<String> {
-    let head = value.get(..55)?;
-    let parts: Vec<&str> = head.split('-').collect();
-    let [version, trace, span, flags] = parts.as_slice() else { return None };
-    let hex =
-        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let zero = |s: &str| s.bytes().all(|b| b == b'0');
-    let well_formed = hex(version, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2);
-    let later_version_ok = value.len() == 55 || (*version != "00" && value.as_bytes()[55] == b'-');
-    (well_formed && *version != "ff" && !zero(trace) && !zero(span) && later_version_ok).then(|| head.to_string())
+    crate::telemetry::SpanContext::parse(&value).map(|_| value[..55].to_string())
 }
 
 /// Text from outside (a publisher's routing key, message id, a reason quoting them) for a log

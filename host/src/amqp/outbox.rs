@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::types::{AMQPValue, FieldArray, LongString};
@@ -12,6 +12,7 @@ use lapin::types::{AMQPValue, FieldArray, LongString};
 use super::broker::{self, Delivered, Publisher};
 use super::headers::{self, CC_HEADER, TRACEPARENT_HEADER};
 use super::naming;
+use crate::telemetry::{self, Span, SpanContext, SpanKind, Tracer};
 use crate::wasm::{Destination, Header, Outbox, SendError};
 
 /// Publishes plugins' messages as service `service`.
@@ -20,6 +21,8 @@ pub struct BrokerOutbox {
     pub service: String,
     /// Which routing keys name a queue on the broker, as last checked (see [`BrokerOutbox::names_a_queue`]).
     known_queues: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Where each send's PRODUCER span goes; `None`: telemetry is off.
+    tracer: Option<Arc<Tracer>>,
 }
 
 /// How long a check that a routing key names (or does not name) a queue is trusted.
@@ -27,7 +30,13 @@ const QUEUE_CHECK_TTL: Duration = Duration::from_secs(5);
 
 impl BrokerOutbox {
     pub fn new(publisher: Publisher, service: String) -> BrokerOutbox {
-        BrokerOutbox { publisher, service, known_queues: Mutex::default() }
+        BrokerOutbox { publisher, service, known_queues: Mutex::default(), tracer: None }
+    }
+
+    /// This outbox, recording a span for each send in `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> BrokerOutbox {
+        self.tracer = tracer;
+        self
     }
 
     /// A queue publish goes to the default exchange, which also delivers it to the queue
@@ -62,9 +71,7 @@ impl Outbox for BrokerOutbox {
     ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>> {
         Box::pin(async move {
             let mut table = headers::from_plugin(plugin_headers).map_err(SendError::Denied)?;
-            if let Some(traceparent) = traceparent.filter(|_| !table.contains_key(TRACEPARENT_HEADER)) {
-                table.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent)));
-            }
+            let plugin_traceparent = table.contains_key(TRACEPARENT_HEADER);
             // goamqp's `service` header names the sender, except on an answer: there it names
             // the requester, whose response queue is bound on it (`PublishServiceResponse`).
             let mut service_header = self.service.as_str();
@@ -87,8 +94,25 @@ impl Outbox for BrokerOutbox {
                     String::new()
                 }
             };
+            // A PRODUCER span, child of the call's: the message carries its traceparent.
+            let parent = traceparent.and_then(SpanContext::parse);
+            let mut span = parent.and_then(|parent| {
+                telemetry::span(self.tracer.as_ref(), format!("{exchange} publish"), SpanKind::Producer, Some(parent))
+            });
+            let traceparent = span.as_ref().map(Span::traceparent).or_else(|| traceparent.map(str::to_string));
+            if let Some(traceparent) = traceparent.filter(|_| !plugin_traceparent) {
+                table.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(LongString::from(traceparent)));
+            }
             let properties = broker::message_properties(service_header, table);
-            match self.publisher.publish(&exchange, routing_key, body, properties).await {
+            let published = self.publisher.publish(&exchange, routing_key, body, properties).await;
+            if let Some(span) = &mut span {
+                super::consumer::publish_attributes(span, &exchange, routing_key, body.len());
+                if let Err(error) = &published {
+                    span.fail(error.to_string());
+                }
+            }
+            drop(span);
+            match published {
                 Ok(Delivered::Routed | Delivered::Written) => Ok(()),
                 // Nobody subscribed to this event (yet): that is not the publisher's problem.
                 Ok(Delivered::Unroutable) if matches!(to, Destination::Event(_)) => Ok(()),

@@ -11,6 +11,7 @@
 //! - `keyvalue.rs` — `[keyvalue]`, `[keyvalue.tls]`: where plugins' buckets live (the
 //!   embedded file beside the config, or a Redis URL with its password and CA).
 //! - `handlers.rs` — `[[request]]`, `[[event]]`, `[[response]]`.
+//! - `telemetry.rs` — `[telemetry]`: the OTLP/HTTP collector traces go to.
 //! - `plugins.rs` — `[plugin.<name>]`: a plugin's limits and grants; `origin.rs` — the
 //!   syntax of an `http` origin.
 //! - `names.rs` (the name rule every section shares), `files.rs` (files read beside the
@@ -31,6 +32,7 @@ mod names;
 mod origin;
 mod plugins;
 mod service;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -55,6 +57,7 @@ pub use origin::Origin;
 pub use plugins::{Grants, HttpGrant, PluginSettings};
 pub use service::{Delivery, STATE_DIR_ENV};
 pub use values::{ConfigValues, MAX_CONFIG_FILE_BYTES};
+pub use telemetry::TelemetrySettings;
 
 use broker::{RawBroker, resolve_broker, resolve_prefetch};
 use handlers::{RawEvent, RawRequest, RawResponse, resolve_events, resolve_requests, resolve_responses};
@@ -63,6 +66,7 @@ use locate::Locator;
 use names::{check_name, dead_letter};
 use plugins::resolve_plugins;
 use service::{RawService, resolve_metrics, resolve_plugins_dir, resolve_state_dir};
+use telemetry::{RawTelemetry, resolve_telemetry};
 
 /// The config file used when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "warren.toml";
@@ -117,6 +121,8 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseSettings>,
     /// `[keyvalue]`: where plugins' buckets live (the embedded file by default).
     pub keyvalue: KeyValueSettings,
+    /// `[telemetry]`: where traces go (off unless an endpoint is set here or in the environment).
+    pub telemetry: TelemetrySettings,
 }
 
 impl Config {
@@ -205,6 +211,8 @@ struct RawConfig {
     database: BTreeMap<Spanned<String>, database::RawDatabase>,
     #[serde(default)]
     keyvalue: keyvalue::RawKeyValue,
+    #[serde(default)]
+    telemetry: RawTelemetry,
 }
 
 impl RawConfig {
@@ -246,6 +254,7 @@ impl RawConfig {
             responses,
             databases,
             keyvalue,
+            telemetry: resolve_telemetry(at, &self.telemetry)?,
         })
     }
 }

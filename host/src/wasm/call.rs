@@ -58,6 +58,8 @@ pub struct CallContext {
     pub outbox: Option<Arc<dyn Outbox>>,
     /// The W3C trace context of the message being handled, carried into what it sends.
     pub traceparent: Option<String>,
+    /// Where the call's outbound spans go (HTTP calls); `None`: telemetry is off.
+    pub tracer: Option<Arc<crate::telemetry::Tracer>>,
 }
 
 /// The state of one call's store: a WASI context that grants nothing, the call's limits,

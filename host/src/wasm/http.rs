@@ -37,6 +37,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks};
 
 use crate::config::HttpGrant;
+use crate::telemetry::{self, SpanContext, SpanKind, Tracer, new_traceparent};
 pub use crate::config::Origin;
 
 /// The `traceparent` header (W3C trace context), sent on every request.
@@ -242,24 +243,27 @@ struct CallHooks {
     http: Option<Arc<PluginHttp>>,
     deadline: Instant,
     traceparent: Option<String>,
+    tracer: Option<Arc<Tracer>>,
     /// Bytes of answers read by the host and not yet taken by the guest.
     unread: Arc<AtomicUsize>,
 }
 
 impl CallHttp {
     /// The state of a call of `plugin` ending at `deadline`; `http` is `None` when nothing is
-    /// granted (every request is then denied). `unread` counts the answers the guest has not
-    /// read: an instance that serves several calls keeps its count (it keeps the answers).
+    /// granted (every request is then denied); `context` gives the trace each request joins.
+    /// `unread` counts the answers the guest has not read: an instance that serves several
+    /// calls keeps its count (it keeps the answers).
     pub fn new(
         plugin: Arc<str>,
         http: Option<Arc<PluginHttp>>,
         deadline: Instant,
-        traceparent: Option<String>,
+        context: &super::CallContext,
         unread: Arc<AtomicUsize>,
     ) -> Self {
         let mut ctx = WasiHttpCtx::new();
         ctx.set_field_size_limit(MAX_FIELDS_BYTES);
-        CallHttp { ctx, hooks: CallHooks { plugin, http, deadline, traceparent, unread } }
+        let (traceparent, tracer) = (context.traceparent.clone(), context.tracer.clone());
+        CallHttp { ctx, hooks: CallHooks { plugin, http, deadline, traceparent, tracer, unread } }
     }
 
     /// The bytes of answers this call's guest holds unread (shared with the next call of the
@@ -322,6 +326,7 @@ impl WasiHttpHooks for CallHooks {
             http,
             deadline: self.deadline,
             traceparent: self.traceparent.clone(),
+            tracer: self.tracer.clone(),
             unread: self.unread.clone(),
         };
         Box::new(exchange.run(request, options))
@@ -354,6 +359,7 @@ struct Exchange {
     port: u16,
     deadline: Instant,
     traceparent: Option<String>,
+    tracer: Option<Arc<Tracer>>,
     unread: Arc<AtomicUsize>,
 }
 
@@ -361,17 +367,33 @@ impl Exchange {
     /// Sends the request and counts it. Nothing outlives the call: past its deadline the
     /// exchange is dropped (and with it the connection), whatever it was waiting for.
     async fn run(
-        self,
+        mut self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> Result<(http::Response<WasiBody>, IoFuture), Error> {
         let started = Instant::now();
+        // A CLIENT span, child of the call's: the request carries its traceparent.
+        let parent = self.traceparent.as_deref().and_then(SpanContext::parse);
+        let mut span = telemetry::span(self.tracer.as_ref(), request.method().as_str(), SpanKind::Client, parent);
+        if let Some(span) = &mut span {
+            self.traceparent = Some(span.traceparent());
+            span.set("http.request.method", request.method().as_str());
+            span.set("server.address", self.host.as_str());
+            span.set("server.port", i64::from(self.port));
+            span.set("url.full", format!("{}{}", self.origin, request.uri().path()));
+        }
         let fetched = tokio::time::timeout_at(self.deadline.into(), self.fetch(request, options));
         let result = fetched.await.unwrap_or(Err(Error::HttpResponseTimeout));
         let status = match &result {
             Ok(response) => response.status().as_u16().to_string(),
             Err(error) => error_class(error).to_string(),
         };
+        if let Some(span) = &mut span {
+            match &result {
+                Ok(response) => span.set("http.response.status_code", i64::from(response.status().as_u16())),
+                Err(error) => span.fail(error.to_string()),
+            }
+        }
         stats().record(&self.plugin, &self.origin, &status, Some(started.elapsed()));
         match result {
             Ok(response) => Ok((response, Box::new(async { Ok(()) }) as IoFuture)),
@@ -672,12 +694,7 @@ impl<C: Future> Connection<C> {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// A fresh W3C `traceparent` (version 00, sampled) for a request whose message had none.
-fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
-}
+
 
 // --- metrics ----------------------------------------------------------------------------------
 
@@ -991,7 +1008,7 @@ mod tests {
         };
         let http = (!origins.is_empty()).then(|| PluginHttp::new(&grant));
         let deadline = Instant::now() + Duration::from_secs(5);
-        CallHooks { plugin: plugin.into(), http, deadline, traceparent: None, unread: Arc::default() }
+        CallHooks { plugin: plugin.into(), http, deadline, traceparent: None, tracer: None, unread: Arc::default() }
     }
 
     async fn request(hooks: &mut CallHooks, url: &str) -> Result<http::Response<WasiBody>, Error> {
@@ -1065,7 +1082,7 @@ mod tests {
     fn fields_are_capped_in_size_and_count() {
         use wasmtime_wasi_http::p2::bindings::http::types::HostFields;
         let mut table = ResourceTable::new();
-        let mut http = CallHttp::new("p".into(), None, Instant::now(), None, Arc::default());
+        let mut http = CallHttp::new("p".into(), None, Instant::now(), &Default::default(), Arc::default());
         let mut view = http.view(&mut table);
         let big = view.from_list(vec![("big".into(), vec![b'x'; 64 << 10])]);
         assert!(big.is_err(), "one 64 KiB field is over the cap");

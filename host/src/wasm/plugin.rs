@@ -319,8 +319,7 @@ impl Plugin {
         state.deadline = deadline;
         state.sends = SendBudget { sent: 0, max_sends: limits.max_sends, max_body_bytes: limits.max_send_bytes };
         let unread = state.http.unread();
-        state.http =
-            CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, context.traceparent.clone(), unread);
+        state.http = CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, context, unread);
         state.keyvalue.begin_call(deadline);
         state.database.begin_call(deadline);
         store.set_epoch_deadline(1);
@@ -340,7 +339,7 @@ impl Plugin {
             wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)?;
         }
         let limits = self.limits();
-        let traceparent = context.traceparent.clone();
+        let http = CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, &context, Arc::default());
         let state = CallState {
             wasi: wasi.build(),
             table: resource_table(),
@@ -353,7 +352,7 @@ impl Plugin {
             grants: self.grants.clone(),
             context,
             sends: SendBudget { sent: 0, max_sends: limits.max_sends, max_body_bytes: limits.max_send_bytes },
-            http: CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, traceparent, Arc::default()),
+            http,
             output: output.clone(),
             config: self.config.call(),
             keyvalue: self.call_keyvalue(deadline),

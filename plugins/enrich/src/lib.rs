@@ -4,7 +4,9 @@
 //! `{"sku": "A1", "qty": 2, "unit_price": 2.5, "total": 5.0}`.
 //!
 //! A line may name its supplier's catalogue (`"catalogue": "https://prices.supplier.example"`):
-//! the message picks the URL, the host's allowlist decides whether it may be called.
+//! the message picks the URL, the host's allowlist decides whether it may be called. A line
+//! that asks for it (`"announce": true`) is also published as event `line.priced` on the
+//! default stream (granted with `publish = ["events"]`).
 //!
 //! Config (see `warren-enrich.toml`): `[plugin.enrich] http = ["http://127.0.0.1:8080"]`
 //! grants the price service's origin, and `env = ["PRICES_URL"]` may tell the plugin where it
@@ -29,6 +31,9 @@ pub struct Line {
     /// The price service to ask (`$PRICES_URL` when absent).
     #[serde(default)]
     pub catalogue: Option<String>,
+    /// Publish the priced line as event `line.priced` too.
+    #[serde(default)]
+    pub announce: bool,
 }
 
 fn one() -> u32 {
@@ -71,7 +76,12 @@ pub fn enrich(line: Line) -> Result<Priced, HandlerError> {
         }
         other => other?,
     };
-    Ok(priced(line, price))
+    let announce = line.announce;
+    let priced = priced(line, price);
+    if announce {
+        warren_guest::host::publish_json("events", "line.priced", &priced)?;
+    }
+    Ok(priced)
 }
 
 warren_guest::export_json!(enrich);
@@ -82,7 +92,7 @@ mod tests {
 
     #[test]
     fn a_line_is_priced_to_the_cent() {
-        let line = Line { sku: "A1".into(), qty: 3, catalogue: None };
+        let line = Line { sku: "A1".into(), qty: 3, catalogue: None, announce: false };
         let priced = priced(line, Price { price: 0.1 });
         assert_eq!(priced, Priced { sku: "A1".into(), qty: 3, unit_price: 0.1, total: 0.3 });
     }
@@ -90,7 +100,7 @@ mod tests {
     #[test]
     fn a_sku_that_would_change_the_url_is_refused() {
         for sku in ["", "../admin", "a/b", "x?y=1"] {
-            let error = enrich(Line { sku: sku.into(), qty: 1, catalogue: None }).unwrap_err();
+            let error = enrich(Line { sku: sku.into(), qty: 1, catalogue: None, announce: false }).unwrap_err();
             assert!(matches!(error, HandlerError::BadRequest(_)), "{sku}: {error:?}");
         }
     }

@@ -1,0 +1,216 @@
+//! OpenTelemetry traces out of the host: spans for each message, the plugin call, and every
+//! publish and outbound call it makes, exported over OTLP/HTTP (protobuf) to a collector.
+//!
+//! - [`context`]: the W3C `traceparent`, parsed and written (the one place it is spelled).
+//! - [`sampler`]: which traces are recorded (`OTEL_TRACES_SAMPLER`, parent-based by default).
+//! - [`export`]: the batching exporter task and its counters.
+//!
+//! A [`Tracer`] exists only when an endpoint is configured (`[telemetry] otlp_endpoint`, or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`); without one nothing
+//! is recorded and the `traceparent` is carried as before. A finished span goes into a bounded
+//! queue with `try_send`: a collector that is down, slow or refusing can fill the queue, and
+//! then spans are dropped and counted — message handling never waits for it.
+//!
+//! This module is neutral ground: both wings record spans through it, and it knows neither.
+
+pub mod context;
+pub mod export;
+pub mod sampler;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use context::{SpanContext, new_traceparent};
+pub use export::Counters;
+use sampler::Sampler;
+
+use crate::config::TelemetrySettings;
+
+/// How many finished spans wait for the exporter at most; past it they are dropped.
+pub const QUEUE_SPANS: usize = 4096;
+
+/// What a span describes, as OpenTelemetry names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Internal,
+    Client,
+    Producer,
+    Consumer,
+}
+
+/// An attribute's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<&str> for Value {
+    fn from(value: &str) -> Value {
+        Value::Text(value.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(value: String) -> Value {
+        Value::Text(value)
+    }
+}
+impl From<i64> for Value {
+    fn from(value: i64) -> Value {
+        Value::Int(value)
+    }
+}
+impl From<usize> for Value {
+    fn from(value: usize) -> Value {
+        Value::Int(i64::try_from(value).unwrap_or(i64::MAX))
+    }
+}
+impl From<bool> for Value {
+    fn from(value: bool) -> Value {
+        Value::Bool(value)
+    }
+}
+
+/// A span that ended, waiting to be exported.
+#[derive(Debug, Clone)]
+pub struct FinishedSpan {
+    pub context: SpanContext,
+    pub parent: Option<[u8; 8]>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    pub attributes: Vec<(&'static str, Value)>,
+    /// `Some(message)`: the span ended in error.
+    pub error: Option<String>,
+}
+
+/// Records spans for one host and hands them to the exporter.
+pub struct Tracer {
+    queue: tokio::sync::mpsc::Sender<FinishedSpan>,
+    sampler: Sampler,
+    counters: Arc<Counters>,
+    warned_full: AtomicBool,
+}
+
+impl Tracer {
+    /// A tracer exporting to the configured endpoint, or `None` when none is configured.
+    /// Starts the exporter task on the current tokio runtime.
+    pub fn start(settings: &TelemetrySettings, service: &str) -> Option<Arc<Tracer>> {
+        let endpoint = export::endpoint(settings)?;
+        let service_name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty());
+        let service_name = service_name.unwrap_or_else(|| service.to_string());
+        let (queue, spans) = tokio::sync::mpsc::channel(QUEUE_SPANS);
+        let counters = Arc::new(Counters::default());
+        tracing::info!(%endpoint, service = %service_name, "exporting traces over OTLP/HTTP");
+        tokio::spawn(export::run(endpoint, service_name, spans, counters.clone()));
+        let tracer = Tracer { queue, sampler: Sampler::from_env(), counters, warned_full: AtomicBool::new(false) };
+        Some(Arc::new(tracer))
+    }
+
+    /// The exporter's counters (exported, dropped, failed), for `/metrics`.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Starts a span named `name`, the child of `parent` when given (a remote parent from a
+    /// message's `traceparent`, or a span of this host), else the root of a new trace.
+    pub fn span(self: &Arc<Tracer>, name: impl Into<String>, kind: SpanKind, parent: Option<SpanContext>) -> Span {
+        let sampled = self.sampler.sample(parent.as_ref());
+        let context = match parent {
+            Some(parent) => SpanContext { sampled, ..parent.child() },
+            None => SpanContext::new_root(sampled),
+        };
+        Span {
+            tracer: sampled.then(|| self.clone()),
+            data: FinishedSpan {
+                context,
+                parent: parent.map(|p| p.span_id),
+                name: name.into(),
+                kind,
+                start_unix_nanos: now_nanos(),
+                end_unix_nanos: 0,
+                attributes: Vec::new(),
+                error: None,
+            },
+        }
+    }
+
+    fn finish(&self, span: FinishedSpan) {
+        if self.queue.try_send(span).is_err() {
+            self.counters.dropped();
+            if !self.warned_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the trace exporter's queue ({QUEUE_SPANS} spans) is full: the collector is down or slow; spans are dropped and counted (warren_telemetry_spans_dropped_total) until it catches up"
+                );
+            }
+        }
+    }
+}
+
+/// A span being recorded; it ends when [`Span::end`] is called or it is dropped. Unsampled
+/// spans carry a context (for `traceparent`) but record nothing.
+pub struct Span {
+    tracer: Option<Arc<Tracer>>,
+    data: FinishedSpan,
+}
+
+impl Span {
+    /// This span's place in its trace.
+    pub fn context(&self) -> SpanContext {
+        self.data.context
+    }
+
+    /// The W3C `traceparent` naming this span as the parent of what it causes.
+    pub fn traceparent(&self) -> String {
+        self.data.context.traceparent()
+    }
+
+    /// Sets attribute `key`.
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        if self.tracer.is_some() {
+            self.data.attributes.push((key, value.into()));
+        }
+    }
+
+    /// Marks the span as failed with `message`.
+    pub fn fail(&mut self, message: impl Into<String>) {
+        if self.tracer.is_some() {
+            self.data.error = Some(message.into());
+        }
+    }
+
+    /// Ends the span now.
+    pub fn end(self) {}
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some(tracer) = self.tracer.take() {
+            let span = FinishedSpan {
+                name: std::mem::take(&mut self.data.name),
+                attributes: std::mem::take(&mut self.data.attributes),
+                error: self.data.error.take(),
+                end_unix_nanos: now_nanos(),
+                ..self.data
+            };
+            tracer.finish(span);
+        }
+    }
+}
+
+/// Starts a span if there is a tracer: the usual call site, where telemetry may be off.
+pub fn span(
+    tracer: Option<&Arc<Tracer>>,
+    name: impl Into<String>,
+    kind: SpanKind,
+    parent: Option<SpanContext>,
+) -> Option<Span> {
+    tracer.map(|tracer| tracer.span(name, kind, parent))
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

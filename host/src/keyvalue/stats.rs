@@ -3,8 +3,8 @@
 //! Labels stay bounded: an operation only reaches a bucket the config granted (a refused
 //! `open` is logged, never counted under the name the guest asked for).
 
-use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
@@ -18,8 +18,8 @@ pub struct Histogram {
     pub sum: f64,
 }
 
-/// (plugin, bucket, operation).
-type Labels = (String, String, &'static str);
+/// (plugin, bucket, operation): shared names, so counting allocates nothing.
+type Labels = (Arc<str>, Arc<str>, &'static str);
 /// (plugin, bucket, operation, outcome).
 pub type OperationLabels = (String, String, &'static str, &'static str);
 
@@ -30,7 +30,7 @@ pub struct KeyValueStats {
 }
 
 /// Operations by labels and outcome; latency by labels.
-type Counts = (BTreeMap<(Labels, &'static str), u64>, BTreeMap<Labels, Histogram>);
+type Counts = (HashMap<(Labels, &'static str), u64>, HashMap<Labels, Histogram>);
 
 /// The host's key-value numbers.
 pub fn stats() -> &'static KeyValueStats {
@@ -40,8 +40,15 @@ pub fn stats() -> &'static KeyValueStats {
 
 impl KeyValueStats {
     /// One operation `op` of `plugin` on `bucket` ended with `outcome` after `took`.
-    pub fn record(&self, plugin: &str, bucket: &str, op: &'static str, outcome: &'static str, took: Duration) {
-        let labels = (plugin.to_string(), bucket.to_string(), op);
+    pub fn record(
+        &self,
+        plugin: &Arc<str>,
+        bucket: &Arc<str>,
+        op: &'static str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        let labels = (plugin.clone(), bucket.clone(), op);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         *inner.0.entry((labels.clone(), outcome)).or_default() += 1;
         let histogram = inner.1.entry(labels).or_default();
@@ -55,15 +62,17 @@ impl KeyValueStats {
         histogram.sum += seconds;
     }
 
-    /// Operations by (plugin, bucket, operation, outcome).
+    /// Operations by (plugin, bucket, operation, outcome), in that order.
     pub fn operations(&self) -> Vec<(OperationLabels, u64)> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.0.iter().map(|(((p, b, op), outcome), n)| ((p.clone(), b.clone(), *op, *outcome), *n)).collect()
+        let all = inner.0.iter().map(|(((p, b, op), outcome), n)| ((p.to_string(), b.to_string(), *op, *outcome), *n));
+        all.collect::<BTreeMap<_, _>>().into_iter().collect()
     }
 
-    /// Latency by (plugin, bucket, operation).
+    /// Latency by (plugin, bucket, operation), in that order.
     pub fn latency(&self) -> Vec<((String, String, &'static str), Histogram)> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.1.iter().map(|(k, h)| (k.clone(), h.clone())).collect()
+        let all = inner.1.iter().map(|((p, b, op), h)| ((p.to_string(), b.to_string(), *op), h.clone()));
+        all.collect::<BTreeMap<_, _>>().into_iter().collect()
     }
 }

@@ -5,8 +5,8 @@
 //!   distinct counts and a final 1,000 (and both hosts served some);
 //! - compare-and-swap under contention: 300 read-then-swap counts from two hosts give 300
 //!   distinct counts, none lost;
-//! - a bucket not granted is refused (`access-denied`), the message rejected as `failed`, and
-//!   nothing is written;
+//! - a bucket not granted is refused (`access-denied`), the messages rejected as `failed`,
+//!   the refusal logged once (naming the grant to add), and nothing is written;
 //! - a Redis paused with `CLIENT PAUSE` gives the guest an error before the call's deadline
 //!   (counted as a key-value `timeout`, not a deadline fault), and the next message is served;
 //! - the embedded store keeps a count across a host's restart.
@@ -47,6 +47,8 @@ fn redis_get(key: &str) -> Option<String> {
 /// A config serving `count` with `counter`, granted `buckets`, its store `store` (TOML lines of
 /// `[keyvalue]`), metrics at `metrics`.
 fn counter_config(service: &str, buckets: &str, store: &str, limits: &str, metrics: SocketAddr) -> Config {
+    // Every test of this binary makes its config first: the log is captured from the start.
+    capture_logs(warren::cli::DEFAULT_LOG_FILTER);
     let rest = format!(
         "prefetch = 20\n{}[plugin.counter]\nkeyvalue = [{buckets}]\n{limits}\n[keyvalue]\n{store}\n",
         requests(&[("count", "counter")])
@@ -132,8 +134,13 @@ broker_test! {
         let config = counter_config(&service, "\"elsewhere\"", &format!("url = \"{REDIS}\""), "", metrics);
         let host = start(&config).await;
         let client = GoClient::new(&service, "kv-client", &["count"]).await;
-        client.request_json("count", &serde_json::json!({"name": "x"})).await;
-        eventually("the request is rejected", || messages_total(metrics, "counter", "rejected") >= 1.0).await;
+        for _ in 0..2 {
+            client.request_json("count", &serde_json::json!({"name": "x"})).await;
+        }
+        eventually("both requests are rejected", || messages_total(metrics, "counter", "rejected") >= 2.0).await;
+        let denial = "plugin 'counter' may not open key-value bucket 'counters': grant it with keyvalue = [\"counters\"]";
+        let said = captured_log().lines().filter(|line| line.contains(denial)).count();
+        assert_eq!(said, 1, "the refusal is logged once per plugin and bucket:\n{}", captured_log());
         assert_eq!(redis_get(&format!("{service}:counters:x")), None, "nothing was written");
         client.cleanup().await;
         host.stop().await.expect("the host stops cleanly");

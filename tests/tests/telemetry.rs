@@ -224,3 +224,43 @@ broker_test! {
         host.stop().await.unwrap();
     }
 }
+
+broker_test! {
+    /// A key-value call is a span of the plugin call that made it: `counter` increments its
+    /// count in the embedded store, and the trace holds process → handle counter → the
+    /// `increment counters` CLIENT span (`db.system.name = redb`).
+    async fn a_key_value_call_is_a_span_of_its_plugin_call() {
+        let service = unique_service("otel-kv");
+        let collector = Collector::start();
+        let cleanup = Cleanup::new();
+        cleanup.service(&service);
+        let store = std::env::temp_dir().join(format!("warren-kv-{service}"));
+        cleanup.dir(&store);
+        let rest = format!(
+            "{}[plugin.counter]\nkeyvalue = [\"counters\"]\n[keyvalue]\npath = \"{}\"\n[telemetry]\notlp_endpoint = \"{}\"\n",
+            requests(&[("count", "counter")]),
+            store.join("kv").display(),
+            collector.url()
+        );
+        std::fs::create_dir_all(&store).unwrap();
+        let host = start(&config(&service, &rest)).await;
+        let mut client = GoClient::new(&service, &format!("{service}-client"), &["count"]).await;
+        client.request("count", br#"{"name":"ada"}"#).await;
+        let answer = client.response(DEADLINE).await.expect("answered");
+        assert!(String::from_utf8_lossy(&answer.data).contains("\"count\":1"), "{:?}", answer.data);
+        let traceparent = header(&answer, "traceparent").expect("a traceparent");
+        let trace_hex = traceparent.split('-').nth(1).unwrap().to_string();
+        let trace_id: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&trace_hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+        let find = |kind: SpanKind, part: &str| {
+            collector.trace(&trace_id).into_iter().map(|(_, s)| s).find(|s| s.kind == kind as i32 && s.name.contains(part))
+        };
+        eventually("the key-value span arrives", || find(SpanKind::Client, "increment counters").is_some()).await;
+        let kv = find(SpanKind::Client, "increment counters").unwrap();
+        let handle = find(SpanKind::Internal, "handle counter").expect("the handle span");
+        assert_eq!(kv.parent_span_id, handle.span_id, "the key-value call is the plugin call's child");
+        assert_eq!(text(&kv, "db.system.name").as_deref(), Some("redb"));
+        assert_eq!(text(&kv, "db.collection.name").as_deref(), Some("counters"));
+        client.cleanup().await;
+        host.stop().await.unwrap();
+    }
+}

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::config::DatabaseSettings;
+use crate::telemetry::{CallTrace, SpanKind};
 use bindings::spin::postgres::postgres::{Error, ParameterValue, RowSet};
 
 /// Host bindings of `warren:plugin/postgres` (`wit/handler.wit`; Spin's WIT vendored in
@@ -155,6 +156,8 @@ pub struct CallDatabase {
     budget: Budget,
     deadline: Instant,
     sessions: Vec<postgres::Session>,
+    /// The trace each statement's span joins.
+    trace: CallTrace,
 }
 
 impl CallDatabase {
@@ -167,7 +170,13 @@ impl CallDatabase {
         deadline: Instant,
     ) -> CallDatabase {
         let budget = Budget { limits, ..Budget::default() };
-        CallDatabase { databases, plugin, granted, transaction, budget, deadline, sessions: Vec::new() }
+        let trace = CallTrace::default();
+        CallDatabase { databases, plugin, granted, transaction, budget, deadline, sessions: Vec::new(), trace }
+    }
+
+    /// Records each statement of this call as a CLIENT span in `trace`.
+    pub fn trace(&mut self, trace: CallTrace) {
+        self.trace = trace;
     }
 
     /// Makes a warm instance's state ready for another call: fresh caps and deadline. The
@@ -252,6 +261,13 @@ impl DatabaseCtx<'_> {
     ) -> wasmtime::Result<Result<Outcome, Error>> {
         let name = self.table.get(connection)?.name.clone();
         let until = self.call.until();
+        let mut span =
+            self.call.trace.span(format!("{} {name}", if query { "query" } else { "execute" }), SpanKind::Client);
+        if let Some(span) = &mut span {
+            span.set("db.system.name", "postgresql");
+            span.set("db.namespace", &*name);
+            span.set("db.query.text", statement);
+        }
         let call = &mut *self.call;
         let session = match call.session(&name) {
             Ok(at) => &mut call.sessions[at],
@@ -264,6 +280,9 @@ impl DatabaseCtx<'_> {
         };
         if let Err(e) = &result {
             tracing::debug!(plugin = %call.plugin, database = %name, "statement failed: {e:?}");
+            if let Some(span) = &mut span {
+                span.fail(format!("{e:?}"));
+            }
         }
         Ok(result)
     }

@@ -29,6 +29,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 pub use stats::{KV_BUCKETS, KeyValueStats, stats};
 
 use crate::config::{KeyValueBackend, KeyValueSettings};
+use crate::telemetry::{CallTrace, SpanKind};
 use bindings::wasi::keyvalue::store::{Error, KeyResponse};
 
 /// Host bindings of `warren:plugin/keyvalue` (`wit/handler.wit`, the standard WIT vendored in
@@ -168,6 +169,16 @@ pub struct KeyValue {
     denied: Mutex<HashSet<(Arc<str>, String)>>,
 }
 
+impl KeyValue {
+    /// The store's kind, as OpenTelemetry's `db.system.name` names it.
+    pub fn system(&self) -> &'static str {
+        match self.backend {
+            Backend::Embedded(_) => "redb",
+            Backend::Redis(_) => "redis",
+        }
+    }
+}
+
 /// What a call may do with its buckets: the `[limits] keyvalue_*` caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyValueLimits {
@@ -251,6 +262,8 @@ pub struct CallKeyValue {
     limits: KeyValueLimits,
     ops: u32,
     deadline: Instant,
+    /// The trace each operation's span joins.
+    trace: CallTrace,
 }
 
 impl CallKeyValue {
@@ -262,7 +275,12 @@ impl CallKeyValue {
         limits: KeyValueLimits,
         deadline: Instant,
     ) -> CallKeyValue {
-        CallKeyValue { store, plugin, buckets, limits, ops: 0, deadline }
+        CallKeyValue { store, plugin, buckets, limits, ops: 0, deadline, trace: CallTrace::default() }
+    }
+
+    /// Records each operation of this call as a CLIENT span in `trace`.
+    pub fn trace(&mut self, trace: CallTrace) {
+        self.trace = trace;
     }
 
     /// Starts a new call on the same instance (`reuse`): operations count from zero again.
@@ -314,12 +332,19 @@ struct Ready {
     bucket: Arc<str>,
     op: &'static str,
     until: Instant,
+    trace: CallTrace,
 }
 
 impl Ready {
     /// Runs `work` until the deadline, counts it, and turns a failure into the WIT's error.
     async fn run<V>(&self, work: impl Future<Output = Result<V, KeyValueError>>) -> Result<V, Error> {
         let started = Instant::now();
+        let mut span = self.trace.span(format!("{} {}", self.op, self.bucket), SpanKind::Client);
+        if let Some(span) = &mut span {
+            span.set("db.system.name", self.store.system());
+            span.set("db.operation.name", self.op);
+            span.set("db.collection.name", &*self.bucket);
+        }
         let result = match tokio::time::timeout_at(self.until.into(), work).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err(format!(
@@ -333,6 +358,9 @@ impl Ready {
             Err(_) => "error",
         };
         stats().record(&self.plugin, &self.bucket, self.op, outcome, started.elapsed());
+        if let (Some(span), Err(reason)) = (&mut span, &result) {
+            span.fail(reason.as_str());
+        }
         result.map_err(|reason| {
             tracing::debug!(plugin = %self.plugin, bucket = %self.bucket, op = self.op, "{reason}");
             Error::Other(reason)
@@ -364,7 +392,7 @@ impl KeyValueCtx<'_> {
         }
         let left = call.deadline.saturating_duration_since(Instant::now());
         let until = Instant::now() + left.saturating_sub(reserve(left));
-        Ok(Ok(Ready { store, plugin: call.plugin.clone(), bucket: name, op, until }))
+        Ok(Ok(Ready { store, plugin: call.plugin.clone(), bucket: name, op, until, trace: call.trace.clone() }))
     }
 
     /// The value-size cap: `Some(error)` when `len` bytes are over it.

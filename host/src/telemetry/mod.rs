@@ -201,6 +201,26 @@ impl Drop for Span {
     }
 }
 
+/// The trace one plugin call's host calls join: the tracer (none: telemetry off) and the
+/// call's span as their parent. Cheap to clone; capabilities keep one per call.
+#[derive(Clone, Default)]
+pub struct CallTrace {
+    tracer: Option<Arc<Tracer>>,
+    parent: Option<SpanContext>,
+}
+
+impl CallTrace {
+    /// The trace of a call whose `traceparent` is its handle span's.
+    pub fn new(tracer: Option<Arc<Tracer>>, traceparent: Option<&str>) -> CallTrace {
+        CallTrace { parent: traceparent.and_then(SpanContext::parse), tracer }
+    }
+
+    /// A child span of the call (a key-value or SQL call, say); `None` when telemetry is off.
+    pub fn span(&self, name: impl Into<String>, kind: SpanKind) -> Option<Span> {
+        self.parent.and_then(|parent| span(self.tracer.as_ref(), name, kind, Some(parent)))
+    }
+}
+
 /// Starts a span if there is a tracer: the usual call site, where telemetry may be off.
 pub fn span(
     tracer: Option<&Arc<Tracer>>,

@@ -114,6 +114,13 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 }
 
 impl CallState {
+    /// Makes the call's key-value operations and SQL statements spans of `context`'s trace.
+    pub(super) fn trace_host_calls(&mut self, context: &CallContext) {
+        let trace = crate::telemetry::CallTrace::new(context.tracer.clone(), context.traceparent.as_deref());
+        self.keyvalue.trace(trace.clone());
+        self.database.trace(trace);
+    }
+
     /// Checks the grant and sends through the outbox. The future owns what it needs: the
     /// store's state is not `Sync` and must not be borrowed across the broker's confirm.
     fn send(

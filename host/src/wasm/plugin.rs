@@ -322,6 +322,7 @@ impl Plugin {
         state.http = CallHttp::new(self.name.as_str().into(), self.http.clone(), deadline, context, unread);
         state.keyvalue.begin_call(deadline);
         state.database.begin_call(deadline);
+        state.trace_host_calls(context);
         store.set_epoch_deadline(1);
     }
 
@@ -359,6 +360,8 @@ impl Plugin {
             database: self.call_database(deadline),
         };
         let mut store = Store::new(&self.engine, state);
+        let context = store.data().context.clone();
+        store.data_mut().trace_host_calls(&context);
         store.limiter(|state| &mut state.limits);
         if self.fuel_counting {
             store.set_fuel(u64::MAX)?;
@@ -391,7 +394,14 @@ impl Plugin {
         let (limits, grants) = (self.limits(), &self.settings.grants);
         let caps = DatabaseLimits { max_rows: limits.database_max_rows, max_bytes: limits.database_max_bytes };
         let granted = grants.databases.clone().into();
-        CallDatabase::new(self.databases.clone(), self.name.as_str().into(), granted, grants.transaction, caps, deadline)
+        CallDatabase::new(
+            self.databases.clone(),
+            self.name.as_str().into(),
+            granted,
+            grants.transaction,
+            caps,
+            deadline,
+        )
     }
 
     fn fault(&self, error: wasmtime::Error, output: &GuestOutput) -> PluginFault {

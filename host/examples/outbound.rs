@@ -101,7 +101,7 @@ struct Row {
 
 async fn measure(what: &str, plugin: &Plugin, body: &[u8], messages: usize) -> Row {
     let request = Request { routing_key: "line.price".into(), body: body.to_vec(), content_type: None };
-    let context = CallContext { outbox: None, traceparent: Some(TRACEPARENT.into()) };
+    let context = CallContext { outbox: None, traceparent: Some(TRACEPARENT.into()), tracer: None };
     let call = || async {
         let answer = plugin.handle(&request, &[], &context).await.expect("no fault").expect("an answer");
         assert!(answer.body.starts_with(b"{"), "{}", String::from_utf8_lossy(&answer.body));

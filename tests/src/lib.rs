@@ -388,6 +388,16 @@ pub async fn consume(channel: &Channel, queue: &str) -> mpsc::UnboundedReceiver<
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let acker = delivery.acker.clone();
+            // The host's start-time check that a dead-letter exchange has a queue bound
+            // (`x-warren-probe`, expiration 0) reaches a consumer waiting on that queue: it is
+            // no message of the test's.
+            let probe = delivery.properties.headers().as_ref().is_some_and(|t| t.contains_key("x-warren-probe"));
+            if probe {
+                if acker.ack(BasicAckOptions::default()).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             if tx.send(delivery).is_err() {
                 break; // nobody listens: leave it unacked, it goes back when the channel closes
             }

@@ -66,8 +66,28 @@ impl Project {
 }
 
 impl Drop for Project {
+    /// Removes the folder and what the host declared on the broker (its request queue and
+    /// both exchanges), also when the test failed.
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        let service = self.service.clone();
+        let removed = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let connection = lapin::Connection::connect(BROKER, Default::default()).await.ok()?;
+                let channel = connection.create_channel().await.ok()?;
+                let queue = format!("{service}.direct.exchange.request.queue");
+                let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+                for exchange in
+                    [format!("{service}.direct.exchange.request"), format!("{service}.headers.exchange.response")]
+                {
+                    let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
+                }
+                let _ = connection.close(200, "done".into()).await;
+                Some(())
+            })
+        });
+        let _ = removed.join();
     }
 }
 

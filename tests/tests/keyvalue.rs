@@ -87,6 +87,8 @@ async fn counts(client: &mut GoClient, n: usize, body: &serde_json::Value) -> Ve
 /// the increments each host made.
 async fn two_hosts_count(what: &str, n: usize, body: serde_json::Value) -> (Vec<u64>, String, [f64; 2]) {
     let service = unique_service(what);
+    let cleanup = Cleanup::new();
+    cleanup.service(&service);
     let _keys = RedisKeys { service: service.clone() };
     let store = format!("url = \"{REDIS}\"");
     let (a, b) = (free_address(), free_address());
@@ -129,6 +131,8 @@ broker_test! {
 broker_test! {
     async fn a_bucket_not_granted_is_refused() {
         let service = unique_service("kv-denied");
+        let cleanup = Cleanup::new();
+        cleanup.service(&service);
         let _keys = RedisKeys { service: service.clone() };
         let metrics = free_address();
         let config = counter_config(&service, "\"elsewhere\"", &format!("url = \"{REDIS}\""), "", metrics);
@@ -150,6 +154,8 @@ broker_test! {
 broker_test! {
     async fn a_paused_redis_is_an_error_before_the_deadline_and_the_next_message_is_served() {
         let service = unique_service("kv-paused");
+        let cleanup = Cleanup::new();
+        cleanup.service(&service);
         let _keys = RedisKeys { service: service.clone() };
         let metrics = free_address();
         let limits = "timeout_ms = 500\nmax_retries = 0";
@@ -196,6 +202,8 @@ async fn start_when_free(config: &Config) -> Server {
 broker_test! {
     async fn the_embedded_store_keeps_a_count_across_a_restart() {
         let service = unique_service("kv-embedded");
+        let cleanup = Cleanup::new();
+        cleanup.service(&service);
         let path = std::env::temp_dir().join(format!("warren-kv-{service}"));
         struct Remove(std::path::PathBuf);
         impl Drop for Remove {

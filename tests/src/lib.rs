@@ -1334,6 +1334,25 @@ impl Scenario {
         Scenario { service, server, client, dead, cleanup }
     }
 
+    /// Makes RabbitMQ nack every answer routed to the client's response queue (a policy of
+    /// `max-length` 0, `overflow` `reject-publish`), and waits until the broker applies it.
+    /// Returns the policy's name (removed by the scenario's cleanup, or by `clear_policy`).
+    pub async fn refuse_answers(&mut self) -> String {
+        let policy = format!("{}-reject-answers", self.service);
+        self.cleanup.policy(&policy);
+        let answers = self.client.response_queue().to_string();
+        let pattern = format!("^{}$", answers.replace('.', "\\.").replace('-', "\\-"));
+        let definition = r#"{"max-length":0,"overflow":"reject-publish"}"#;
+        rabbitmqctl(&["set_policy", &policy, &pattern, definition, "--apply-to", "queues", "--priority", "10"]);
+        let applied = || {
+            broker_listing("list_queues", &["name", "policy"])
+                .iter()
+                .any(|q| q["name"] == answers.as_str() && q["policy"] == policy.as_str())
+        };
+        eventually("the broker applies the policy to the response queue", applied).await;
+        policy
+    }
+
     /// The host's request queue, spelled out.
     pub fn request_queue(&self) -> String {
         format!("{}.direct.exchange.request.queue", self.service)

@@ -53,18 +53,7 @@ broker_test! {
         config.metrics = Some(metrics);
         config.delivery = Delivery::Goamqp;
         let mut s = Scenario::from_config(config, &["echo"]).await;
-        let policy = format!("{service}-reject-answers");
-        s.cleanup.policy(&policy);
-        let answers = s.client.response_queue().to_string();
-        let pattern = format!("^{}$", answers.replace('.', "\\.").replace('-', "\\-"));
-        let definition = r#"{"max-length":0,"overflow":"reject-publish"}"#;
-        rabbitmqctl(&["set_policy", &policy, &pattern, definition, "--apply-to", "queues", "--priority", "10"]);
-        eventually("the broker applies the policy to the response queue", || {
-            broker_listing("list_queues", &["name", "policy"])
-                .iter()
-                .any(|q| q["name"] == answers.as_str() && q["policy"] == policy.as_str())
-        })
-        .await;
+        let policy = s.refuse_answers().await;
 
         s.client.request("echo", b"lost").await;
         eventually("the request is acked once its answer is written", || messages_total(metrics, "echo", "acked") == 1.0)

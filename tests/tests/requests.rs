@@ -261,18 +261,8 @@ broker_test! {
         let mut config = config(&service, &requests(&[("echo", "echo")]));
         config.metrics = Some(metrics);
         let mut s = Scenario::from_config(config, &["echo"]).await;
-        let policy = format!("{service}-reject-answers");
-        s.cleanup.policy(&policy);
+        let policy = s.refuse_answers().await;
         let answers = s.client.response_queue().to_string();
-        let pattern = format!("^{}$", answers.replace('.', "\\.").replace('-', "\\-"));
-        let definition = r#"{"max-length":0,"overflow":"reject-publish"}"#;
-        rabbitmqctl(&["set_policy", &policy, &pattern, definition, "--apply-to", "queues", "--priority", "10"]);
-        let applied = || {
-            broker_listing("list_queues", &["name", "policy"])
-                .iter()
-                .any(|q| q["name"] == answers.as_str() && q["policy"] == policy.as_str())
-        };
-        eventually("the broker applies the policy to the response queue", applied).await;
 
         s.client.request("echo", b"held").await;
         let until = Instant::now() + DEADLINE;

@@ -165,6 +165,12 @@ impl RepairingStream {
             if self.buffer.len() < end {
                 return;
             }
+            // Only methods and content headers may need a repair: body and heartbeat frames
+            // (the bulk of the bytes) pass without a copy.
+            if !matches!(self.buffer[self.ready], 1 | 2) {
+                self.ready = end;
+                continue;
+            }
             let mut frame: Vec<u8> = self.buffer[self.ready..end].to_vec();
             let old_len = frame.len();
             self.repair(&mut frame);
@@ -181,10 +187,6 @@ impl RepairingStream {
     /// Repairs one frame; remembers the delivery a repaired frame belongs to.
     fn repair(&mut self, frame: &mut Vec<u8>) {
         let channel = frame_repair::channel_of(frame);
-        // Only frames that may need a repair are parsed: methods and content headers.
-        if !matches!(frame[0], 1 | 2) {
-            return;
-        }
         let (kind, repaired) = frame_repair::repair_frame(frame);
         let delivery = match kind {
             FrameKind::Deliver(info) => {

@@ -16,6 +16,7 @@
 //! Every test uses its own service name ([`unique_service`]), so tests never see each other's
 //! queues, and holds a [`Cleanup`] that removes them.
 
+pub mod postgres;
 pub mod raw;
 pub mod relay;
 
@@ -33,6 +34,8 @@ use tokio::sync::mpsc;
 pub use warren::amqp::broker::bounded_close;
 pub use warren::config::Config;
 pub use warren::server::Server;
+
+pub use postgres::TestDb;
 
 /// The broker every test talks to (`WARREN_BROKER_URL` overrides it).
 pub fn broker_url() -> String {

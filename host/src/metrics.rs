@@ -234,6 +234,22 @@ impl Metrics {
     }
 }
 
+/// The async runtime: tasks alive (message tasks, consumers, timers' owners) and workers. A
+/// count that only grows under a steady load is a task leak.
+fn render_runtime(out: &mut String, runtime: &tokio::runtime::Handle) {
+    let metrics = runtime.metrics();
+    let _ = writeln!(
+        out,
+        "# HELP warren_runtime_tasks Tasks alive in the host's async runtime.\n# TYPE warren_runtime_tasks gauge\nwarren_runtime_tasks {}",
+        metrics.num_alive_tasks()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP warren_runtime_workers Worker threads of the host's async runtime.\n# TYPE warren_runtime_workers gauge\nwarren_runtime_workers {}",
+        metrics.num_workers()
+    );
+}
+
 /// Outbound HTTP from plugins (`crate::wasm::http`): requests by plugin, origin and status
 /// (an HTTP code, or `denied`, `timeout`, `unreachable`, `tls`, `too_large`, `busy`, `error`),
 /// and their latency by plugin and origin.
@@ -346,12 +362,20 @@ impl MetricsServer {
         let server = tiny_http::Server::http(addr).map_err(|e| MetricsError { addr, reason: e.to_string() })?;
         let server = Arc::new(server);
         let serving = server.clone();
+        // The runtime whose tasks `/metrics` counts: the one starting the endpoint, the host's.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new()
             .name("warren-metrics".into())
             .spawn(move || {
                 for request in serving.incoming_requests() {
                     let (status, body) = match request.url() {
-                        "/metrics" => (200, metrics.render(&plugins)),
+                        "/metrics" => {
+                            let mut body = metrics.render(&plugins);
+                            if let Some(runtime) = &runtime {
+                                render_runtime(&mut body, runtime);
+                            }
+                            (200, body)
+                        }
                         "/healthz" => (200, "ok\n".to_string()),
                         "/readyz" if metrics.ready.load(Ordering::Relaxed) => (200, "ready\n".to_string()),
                         "/readyz" => (503, "not ready: not connected to RabbitMQ\n".to_string()),
@@ -363,5 +387,23 @@ impl MetricsServer {
             .map_err(|e| MetricsError { addr, reason: e.to_string() })?;
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
         Ok(MetricsServer { server })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn the_runtime_gauge_counts_the_tasks_alive() {
+        let runtime = tokio::runtime::Handle::current();
+        let task = tokio::spawn(std::future::pending::<()>());
+        let mut out = String::new();
+        super::render_runtime(&mut out, &runtime);
+        assert!(out.contains("\nwarren_runtime_tasks 1\n"), "{out}");
+        task.abort();
+        let _ = task.await;
+        out.clear();
+        super::render_runtime(&mut out, &runtime);
+        assert!(out.contains("\nwarren_runtime_tasks 0\n"), "{out}");
+        assert!(out.contains("\nwarren_runtime_workers 1\n"), "a current-thread runtime: {out}");
     }
 }

@@ -123,6 +123,20 @@ pub struct RepairingStream {
     mode: Mode,
     /// The last `basic.deliver` on each channel: its content header follows.
     deliveries: HashMap<u16, frame_repair::DeliverInfo>,
+    /// The tokio runtime the stream was made in, entered while it is dropped.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// lapin drops a lost connection's stream on its I/O thread, outside tokio. The TCP stream
+/// inside (tokio's, behind async-compat) then found no runtime, and async-compat started a
+/// fallback runtime of its own for the rest of the process: a thread and four file
+/// descriptors more after the first reconnect (seen in the soak, `host/examples/soak.rs`).
+/// Dropped inside the runtime that made it, it needs none.
+impl Drop for RepairingStream {
+    fn drop(&mut self) {
+        let _inside = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
+        drop(std::mem::replace(&mut self.inner, Box::new(futures_lite::io::Cursor::new(Vec::new()))));
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -141,6 +155,7 @@ impl RepairingStream {
             ready: 0,
             mode: Mode::Start,
             deliveries: HashMap::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -377,6 +392,26 @@ mod tests {
         p.push(id.len() as u8);
         p.extend_from_slice(id);
         frame(2, 3, &p)
+    }
+
+    #[test]
+    fn a_stream_dropped_outside_tokio_starts_no_runtime_of_its_own() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let stream = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let uri: AMQPUri = format!("amqp://127.0.0.1:{}", listener.local_addr().unwrap().port()).parse().unwrap();
+            let tls = OwnedTLSConfig::default();
+            let (stream, accepted) = tokio::join!(connect(&uri, &tls), listener.accept());
+            accepted.unwrap();
+            stream.unwrap()
+        });
+        // Where lapin drops it: its own I/O thread.
+        std::thread::spawn(move || drop(stream)).join().unwrap();
+        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .collect();
+        assert!(!threads.iter().any(|name| name.starts_with("async-compat")), "{threads:?}");
     }
 
     #[test]

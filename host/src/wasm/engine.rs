@@ -153,7 +153,15 @@ impl Runtime {
                 })
                 .ok()
         });
-        Ok(Arc::new(Runtime { engine, linker, cache, engine_key, fuel, keyvalue: Default::default(), databases: Default::default() }))
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache,
+            engine_key,
+            fuel,
+            keyvalue: Default::default(),
+            databases: Default::default(),
+        }))
     }
 
     /// Gives every plugin loaded from now on the key-value store `store` (opened once, at
@@ -317,15 +325,20 @@ impl Runtime {
     /// (and cached).
     fn component(&self, plugin: &str, bytes: &[u8], hash: &str) -> Result<(Component, CodeSource), wasmtime::Error> {
         let Some(cache) = self.cache.as_ref().filter(|cache| trusted_cache_dir(cache.dir())) else {
-            return Ok((compile(&self.engine, plugin, bytes, "no code cache")?, CodeSource::Compiled));
+            let component = compile(&self.engine, plugin, bytes, "no code cache");
+            release_freed_memory();
+            return Ok((component?, CodeSource::Compiled));
         };
         let name = cache_file_name(plugin, hash, &self.engine_key);
         if let Some(component) = cache.load(&self.engine, &name) {
             return Ok((component, CodeSource::Cache));
         }
-        let component = compile(&self.engine, plugin, bytes, "first start only: the result is cached")?;
-        cache.store(&name, &component);
-        Ok((component, CodeSource::Compiled))
+        let component = compile(&self.engine, plugin, bytes, "first start only: the result is cached");
+        if let Ok(component) = &component {
+            cache.store(&name, component);
+        }
+        release_freed_memory();
+        Ok((component?, CodeSource::Compiled))
     }
 
     /// Deletes the cache entries of `plugin` whose `.wasm` hash is not `live_hash` (the
@@ -355,6 +368,23 @@ fn compile(engine: &Engine, plugin: &str, bytes: &[u8], note: &str) -> Result<Co
     let component = Component::new(engine, bytes)?;
     tracing::info!(plugin, ms = started.elapsed().as_millis() as u64, "compiled {plugin}");
     Ok(component)
+}
+
+/// Hands back to the system the memory a compilation (and its cache entry) allocated and
+/// freed. Cranelift works on rayon's threads, each with a glibc malloc arena of its own, and
+/// what it frees stays in those arenas, fragmented: every hot reload left the host's resident memory ≈ 55 KiB
+/// larger (100 swaps: +5 MiB, all of it given back by `malloc_trim`). Trimming after each
+/// compile (a few ms, off the serving threads) keeps a host that reloads for days flat.
+/// Other allocators and platforms: nothing to do.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's malloc_trim takes no pointer; it only returns free pages.
+        unsafe { malloc_trim(0) };
+    }
 }
 
 /// Runs a smoke instantiation to completion on this (blocking) thread, giving up after

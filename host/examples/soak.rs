@@ -413,12 +413,11 @@ impl Drop for Made {
     }
 }
 
+/// The first of `candidates` free on 127.0.0.1, with `offset` above it free too (a node's
+/// Erlang distribution port).
 fn free_port(candidates: impl IntoIterator<Item = u16>, offset: u16) -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    candidates
-        .into_iter()
-        .find(|&p| free(p) && (offset == 0 || free(p + offset)))
-        .expect("no free port for the soak's broker or metrics")
+    candidates.into_iter().find(|&p| free(p) && free(p + offset)).expect("no free port for the soak's broker")
 }
 
 #[tokio::main]
@@ -446,7 +445,8 @@ async fn main() {
     let plugins = temp.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     let broker_port = free_port(5790..5800, 20000);
-    let metrics_port = free_port(9790..9800, 0);
+    // A port the kernel picks: two soaks at once never pick the same one.
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let broker_url = format!("amqp://guest:guest@127.0.0.1:{broker_port}/%2f");
     let broker_dir = made.broker_dir.display().to_string();
 
@@ -480,10 +480,15 @@ async fn main() {
     let host_pid = host.id();
     made.host = Some(host);
     let t = Instant::now();
-    while http_get(metrics_port, "/readyz").map(|(status, _)| status) != Some(200) {
+    loop {
+        let ready = http_get(metrics_port, "/readyz").map(|(status, _)| status) == Some(200);
+        // After /readyz: a host that exited meanwhile is not taken for ready.
         if let Some(exit) = made.host.as_mut().unwrap().try_wait().unwrap() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             panic!("the host exited ({exit}) before it was ready:\n{log}");
+        }
+        if ready {
+            break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(120),

@@ -146,10 +146,10 @@ pub enum Command {
         config: PathBuf,
     },
     /// Load any goamqp service (Go or Warren) as a goamqp client would: keep N requests in
-    /// flight, print req/s and latency percentiles; with --against, two services in
+    /// flight, print req/s and latency percentiles; with --against, other services in
     /// alternating slices of one run.
     ///
-    /// Example: warren bench demo echo '{"data":"x"}' --inflight 100 --duration 10 --against gosvc
+    /// Example: warren bench gosvc echo '{"data":"x"}' --inflight 100 --duration 10 --against demo,demog
     Bench {
         /// The service to load.
         service: String,
@@ -166,9 +166,12 @@ pub enum Command {
         /// Stop after this many answers per service instead.
         #[arg(long)]
         count: Option<u64>,
-        /// A second service, measured in the same run.
-        #[arg(long)]
-        against: Option<String>,
+        /// Other services, measured in the same run (comma-separated, or the flag repeated).
+        #[arg(long, value_delimiter = ',')]
+        against: Vec<String>,
+        /// With --against: slices each service's duration is split into, alternating.
+        #[arg(long, default_value_t = bench::SLICES)]
+        slices: u32,
         /// The client's prefetch (`basic.qos`, global, as goamqp's `WithPrefetchLimit`);
         /// goamqp's default is 20.
         #[arg(long, default_value_t = client::GOAMQP_PREFETCH)]
@@ -302,6 +305,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 duration,
                 count,
                 against,
+                slices,
                 prefetch,
                 json,
                 timeout_ms,
@@ -316,6 +320,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     duration: Duration::from_secs_f64(duration.max(0.1)),
                     count,
                     against,
+                    slices,
                     prefetch,
                     timeout: Duration::from_millis(timeout_ms),
                 };
@@ -406,4 +411,29 @@ async fn check(path: &Path) -> Result<(), CliError> {
     crate::server::check_keyvalue(&config).await?;
     println!("{}: ok ({} plugins: {})", path.display(), config.plugin_names().len(), config.plugin_names().join(", "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `warren bench gtuned echo ARGS…`'s other services and slices.
+    fn parse_bench(args: &[&str]) -> (Vec<String>, u32) {
+        let cli = Cli::try_parse_from(["warren", "bench", "gtuned", "echo"].iter().chain(args)).expect("parses");
+        match cli.command {
+            Command::Bench { against, slices, .. } => (against, slices),
+            other => panic!("not bench: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_against_takes_several_services_by_comma_or_repeated_flag() {
+        assert_eq!(parse_bench(&[]), (vec![], bench::SLICES));
+        assert_eq!(parse_bench(&["--against", "demo"]).0, ["demo"]);
+        assert_eq!(parse_bench(&["--against", "demo,demog"]).0, ["demo", "demog"]);
+        assert_eq!(
+            parse_bench(&["--against", "demo", "--against", "demog", "--slices", "12"]),
+            (vec!["demo".into(), "demog".into()], 12)
+        );
+    }
 }

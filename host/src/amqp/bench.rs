@@ -2,9 +2,9 @@
 //! frame is goamqp's (no correlation id, header `service` only, one channel with
 //! `basic.qos(prefetch, global)`, no publisher confirms), so a service is measured as a Go
 //! client would load it. It keeps N requests in flight for a duration or a count, and
-//! reports answered requests per second and latency percentiles. With `--against`, two
-//! services are measured in alternating slices of one run, so their ratio is honest on a
-//! noisy machine. Before loading, one confirmed request to each service checks that
+//! reports answered requests per second and latency percentiles. With `--against`, two or
+//! more services are measured in alternating slices of one run, so their ratios are honest
+//! on a noisy machine. Before loading, one confirmed request to each service checks that
 //! something serves the key (goamqp's unconfirmed requests would just go unanswered).
 
 use std::sync::Arc;
@@ -27,8 +27,11 @@ pub struct BenchPlan {
     pub duration: Duration,
     /// Stop each service after this many answers instead (then there is one slice each).
     pub count: Option<u64>,
-    /// A second service to measure in the same run.
-    pub against: Option<String>,
+    /// Other services to measure in the same run.
+    pub against: Vec<String>,
+    /// Slices each service's `duration` is split into when several are compared (A B A B …);
+    /// more, shorter slices even out a machine whose load comes and goes.
+    pub slices: u32,
     /// The client's `basic.qos` (global), as goamqp's `WithPrefetchLimit`.
     pub prefetch: u16,
     /// How long one request may wait for its answer before the run fails.
@@ -48,14 +51,14 @@ pub struct BenchResult {
     pub p999_us: f64,
 }
 
-/// Slices each service gets when two are compared by duration (A B A B A B).
-const SLICES: u32 = 3;
+/// Slices each service gets by default when several are compared by duration (A B A B A B).
+pub const SLICES: u32 = 3;
 
 /// Runs `plan` against the broker at `broker_url`; one result per service, the first one
 /// the plan's `service`.
 pub async fn run(broker_url: &str, plan: &BenchPlan) -> Result<Vec<BenchResult>, ClientError> {
     let mut services = vec![plan.service.clone()];
-    services.extend(plan.against.clone());
+    services.extend(plan.against.iter().cloned());
     let mut clients = Vec::new();
     for service in &services {
         let probe = Call {
@@ -72,7 +75,7 @@ pub async fn run(broker_url: &str, plan: &BenchPlan) -> Result<Vec<BenchResult>,
             Client::connect_with(broker_url, service, &name, &[plan.routing_key.as_str()], options).await?,
         ));
     }
-    let slices = if plan.count.is_some() || services.len() == 1 { 1 } else { SLICES };
+    let slices = if plan.count.is_some() || services.len() == 1 { 1 } else { plan.slices.max(1) };
     let mut samples: Vec<(Vec<Duration>, Duration)> = vec![(Vec::new(), Duration::ZERO); services.len()];
     for _ in 0..slices {
         for (client, (latencies, elapsed)) in clients.iter().zip(samples.iter_mut()) {
@@ -201,7 +204,8 @@ mod tests {
             p99_us: 3.0,
             p999_us: 4.0,
         };
-        let text = table(&[result("go", 4000.0), result("warren", 5000.0)]);
+        let text = table(&[result("go", 4000.0), result("warren", 5000.0), result("warren-goamqp", 6000.0)]);
         assert!(text.lines().nth(2).unwrap().trim_end().ends_with("1.25"), "{text}");
+        assert!(text.lines().nth(3).unwrap().trim_end().ends_with("1.50"), "{text}");
     }
 }

@@ -45,6 +45,11 @@
 // OpenBucket; a failure is a *KeyValueError, which, returned from the handler, refuses the
 // message when the bucket is not granted and retries it otherwise.
 //
+// Postgres databases the host grants ([plugin.<name>] databases = ["orders"]) are opened by
+// name with OpenDatabase; Execute and Query bind their parameters from plain Go values. A
+// failure is a *DatabaseError (its SQLState is Postgres's code), which, returned from the
+// handler, retries the message when the failure may pass and refuses it otherwise.
+//
 // Headers keep their AMQP types, as goamqp's Headers (a map[string]any) do: string,
 // int64, float64, bool, []byte, map[string]any (a table), []any (an array), time.Time (a
 // timestamp) and nil (void).
@@ -238,6 +243,10 @@ func refusal(err error) *HandlerError {
 	}
 	var keyValueError *KeyValueError
 	if errors.As(err, &keyValueError) && keyValueError.Denied {
+		return &HandlerError{KindFailed, err.Error()}
+	}
+	var databaseError *DatabaseError
+	if errors.As(err, &databaseError) && !databaseError.Retryable() {
 		return &HandlerError{KindFailed, err.Error()}
 	}
 	return &HandlerError{KindRetry, err.Error()}

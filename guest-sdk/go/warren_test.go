@@ -2,6 +2,7 @@ package warren
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -101,5 +102,27 @@ func TestNativelyConfigAndKeyValueSayThereIsNoHost(t *testing.T) {
 	}
 	if _, err := OpenBucket("counters"); !errors.Is(err, ErrNotInWarren) {
 		t.Fatalf("OpenBucket natively: %v", err)
+	}
+}
+
+func TestDatabaseErrorsMapToTheHostsOutcomes(t *testing.T) {
+	cases := []struct {
+		err  *DatabaseError
+		want Kind
+	}{
+		{&DatabaseError{Kind: "connection-failed", Message: "connection refused"}, KindRetry},
+		{&DatabaseError{Kind: "connection-failed", Message: "plugin 'x' may not open database 'y'"}, KindFailed},
+		{&DatabaseError{Kind: "query-failed", SQLState: "23505", Message: "duplicate key (SQLSTATE 23505)"}, KindFailed},
+		{&DatabaseError{Kind: "query-failed", SQLState: "40001", Message: "could not serialize"}, KindRetry},
+		{&DatabaseError{Kind: "query-failed", Message: "ran past the call's deadline"}, KindRetry},
+		{&DatabaseError{Kind: "bad-parameter", Message: "does not fit"}, KindFailed},
+	}
+	for _, c := range cases {
+		if got := refusal(fmt.Errorf("storing: %w", c.err)); got.Kind != c.want {
+			t.Errorf("%q is %v, want %v", c.err.Message, got.Kind, c.want)
+		}
+	}
+	if _, err := OpenDatabase("orders"); !errors.Is(err, ErrNotInWarren) {
+		t.Fatalf("OpenDatabase natively: %v", err)
 	}
 }

@@ -49,6 +49,12 @@
  * {@link KeyValueError}, which, left uncaught, refuses the message (not granted → `failed`,
  * otherwise `retry`).
  *
+ * Postgres databases the host grants (`[plugin.<name>] databases = ["orders"]`) are opened by
+ * name with {@link Database}`.open("orders")`: `execute(sql, params)` gives the rows affected,
+ * `query(sql, params)` gives `{ columns, rows }`. A failure throws {@link DatabaseError}
+ * (`sqlstate` is Postgres's code), which, left uncaught, refuses the message (`retry` when the
+ * database is unreachable or the failure may pass, else `failed`).
+ *
  * `warren build` bundles `plugins/<name>/package.json`'s `main` with rolldown and turns it
  * into a component with componentize-js (both installed by `npm install` in the plugin).
  */
@@ -58,6 +64,7 @@ import * as configStore from "wasi:config/store@0.2.0-draft";
 import * as kvStore from "wasi:keyvalue/store@0.2.0-draft";
 import * as kvAtomics from "wasi:keyvalue/atomics@0.2.0-draft";
 import * as kvCas from "warren:plugin/keyvalue-cas@0.1.0";
+import * as postgres from "spin:postgres/postgres@4.0.0";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -173,6 +180,7 @@ function refusal(e) {
   if (e instanceof SendError) return { tag: e.denied ? "failed" : "retry", val: e.message };
   if (e instanceof KeyValueError) return { tag: e.denied ? "failed" : "retry", val: e.message };
   if (e instanceof ConfigError) return { tag: "retry", val: e.message };
+  if (e instanceof DatabaseError) return { tag: e.retryable ? "retry" : "failed", val: e.message };
   return undefined;
 }
 
@@ -433,5 +441,153 @@ export class Bucket {
   /** Sets `key` to `value` as JSON. */
   setJson(key, value) {
     this.set(key, JSON.stringify(value));
+  }
+}
+
+// --- Postgres (spin:postgres/postgres@4.0.0) -------------------------------------------------
+
+/** SQLSTATE classes of failures that may pass: 08 connection, 40 rollback (serialization,
+ * deadlock), 53 resources, 57 operator intervention (shutdown, cancel); and 55P03 (lock). */
+const PASSING_SQLSTATES = ["08", "40", "53", "57", "55P03"];
+
+/**
+ * A database call that did not succeed. `kind` is the interface's case (`connection-failed`,
+ * `bad-parameter`, `query-failed`, `value-conversion-failed`, `other`); `sqlstate` is
+ * Postgres's code (`"23505"` for a unique violation) when the server sent an error.
+ */
+export class DatabaseError extends Error {
+  constructor(message, kind, sqlstate) {
+    super(message);
+    this.kind = kind;
+    this.sqlstate = sqlstate;
+  }
+
+  /** Whether the same call may pass later (what an uncaught one becomes: `retry`). */
+  get retryable() {
+    if (this.kind === "connection-failed") return !this.message.includes("may not open database");
+    if (this.sqlstate !== undefined) return PASSING_SQLSTATES.some((c) => this.sqlstate.startsWith(c));
+    if (this.kind === "query-failed") return this.message.includes("deadline");
+    return this.kind === "other";
+  }
+}
+
+function pg(what, call) {
+  try {
+    return call();
+  } catch (e) {
+    const error = e?.payload;
+    if (error?.tag === undefined) throw e;
+    if (error.tag === "query-failed" && error.val.tag === "db-error") {
+      const { message, code } = error.val.val;
+      throw new DatabaseError(`${what}: ${message} (SQLSTATE ${code})`, error.tag, code);
+    }
+    throw new DatabaseError(`${what}: ${error.val?.val ?? error.val}`, error.tag);
+  }
+}
+
+const isInteger = (v) => typeof v === "bigint" || Number.isInteger(v);
+
+/** A plain value as the interface's parameter. */
+function toParameter(value) {
+  if (value === null || value === undefined) return { tag: "db-null" };
+  if (typeof value === "boolean") return { tag: "boolean", val: value };
+  if (typeof value === "bigint") return { tag: "int64", val: value };
+  if (typeof value === "number") {
+    return Number.isSafeInteger(value) ? { tag: "int64", val: BigInt(value) } : { tag: "floating64", val: value };
+  }
+  if (typeof value === "string") return { tag: "str", val: value };
+  if (ArrayBuffer.isView(value)) {
+    return { tag: "binary", val: new Uint8Array(value.buffer, value.byteOffset, value.byteLength) };
+  }
+  if (value instanceof Date) {
+    const d = value;
+    const fields = [d.getUTCFullYear(), d.getUTCMonth() + 1, d.getUTCDate(), d.getUTCHours(), d.getUTCMinutes()];
+    return { tag: "datetime", val: [...fields, d.getUTCSeconds(), d.getUTCMilliseconds() * 1e6] };
+  }
+  if (Array.isArray(value)) {
+    const present = value.filter((v) => v !== null && v !== undefined);
+    if (present.length > 0 && present.every(isInteger)) {
+      return { tag: "array-int64", val: value.map((v) => (isInteger(v) ? BigInt(v) : undefined)) };
+    }
+    if (present.every((v) => typeof v === "string")) {
+      return { tag: "array-str", val: value.map((v) => v ?? undefined) };
+    }
+    throw new DatabaseError(
+      "an array parameter holds integers or strings (and null): pass other arrays as JSON text (JSON.stringify(value))",
+      "bad-parameter",
+    );
+  }
+  if (typeof value === "object") return { tag: "jsonb", val: encoder.encode(JSON.stringify(value)) };
+  throw new DatabaseError(`a parameter cannot be a ${typeof value}`, "bad-parameter");
+}
+
+/** An int64 as a Number when it is exact, else a BigInt. */
+const int64 = (v) => (v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+const pad = (n, width = 2) => String(n).padStart(width, "0");
+
+/** The interface's value as a plain one. */
+function fromDbValue({ tag, val }) {
+  switch (tag) {
+    case "db-null":
+      return null;
+    case "int64":
+      return int64(val);
+    case "binary":
+    case "unsupported":
+      return Uint8Array.from(val);
+    case "date":
+      return new Date(Date.UTC(val[0], val[1] - 1, val[2]));
+    case "datetime":
+      return new Date(Date.UTC(val[0], val[1] - 1, val[2], val[3], val[4], val[5], Math.floor(val[6] / 1e6)));
+    case "timestamp":
+      return new Date(Number(val) * 1000);
+    case "time":
+      return `${pad(val[0])}:${pad(val[1])}:${pad(val[2])}.${pad(Math.floor(val[3] / 1000), 6)}`;
+    case "jsonb":
+      return JSON.parse(decoder.decode(val));
+    case "array-int32":
+    case "array-int64":
+    case "array-decimal":
+    case "array-str":
+      return val.map((v) => (v === undefined ? null : typeof v === "bigint" ? int64(v) : v));
+    case "interval":
+      return { months: val.months, days: val.days, micros: int64(val.micros) };
+    default:
+      // boolean, int8/16/32, floats, str, uuid, decimal (as text: no precision lost), ranges.
+      return val;
+  }
+}
+
+/**
+ * A connection to a Postgres database the host grants this plugin (by name, never a URL).
+ * Parameters are bound (`$1`, `$2`, …), never spliced into the statement; each is a plain
+ * value: null, boolean, number or BigInt, string (also for numeric, uuid and json columns),
+ * Uint8Array, Date, an array of integers or of strings, or an object (JSON). Values read back
+ * the same way: integers as numbers (BigInt past 2^53), `numeric` and `uuid` as strings,
+ * json parsed, dates and timestamps as `Date` (UTC), `time` as "HH:MM:SS.ffffff", an interval
+ * as `{ months, days, micros }`, a type the interface lacks as its raw bytes.
+ */
+export class Database {
+  constructor(name, inner) {
+    this.name = name;
+    this.inner = inner;
+  }
+
+  /** Opens the granted database `name`; throws {@link DatabaseError} when it cannot. */
+  static open(name) {
+    return new Database(name, pg(`open database '${name}'`, () => postgres.Connection.open(name)));
+  }
+
+  /** Runs a statement that returns no rows; the number of rows it affected. */
+  execute(statement, params = []) {
+    const bound = params.map(toParameter);
+    return Number(pg(`database '${this.name}'`, () => this.inner.execute(statement, bound)));
+  }
+
+  /** Runs a query: `{ columns, rows }`, column names and each row an array of values. */
+  query(statement, params = []) {
+    const bound = params.map(toParameter);
+    const result = pg(`database '${this.name}'`, () => this.inner.query(statement, bound));
+    return { columns: result.columns.map((c) => c.name), rows: result.rows.map((row) => row.map(fromDbValue)) };
   }
 }

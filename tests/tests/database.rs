@@ -317,3 +317,51 @@ broker_test! {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A real restart, of a server of the test's own (the default one is never stopped): while it
+/// is down a call fails at once as connection-failed (a `retry` in the SDKs), not at its
+/// deadline; once it is back, calls succeed on the same host and plugin, nothing reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_gives_errors_then_recovery_without_restarting_the_host() {
+    let server = tokio::task::spawn_blocking(warren_tests::pg_server::PgServer::start).await.expect("initdb and start");
+    let settings = warren::config::DatabaseSettings {
+        url: server.url("postgres"),
+        password: None,
+        ca_pem: None,
+        max_connections: 2,
+    };
+    let databases = Databases::open(&std::collections::BTreeMap::from([("app".to_string(), settings)])).expect("pools");
+    let timeout = Duration::from_secs(5);
+    let plugin = load(databases, &["app"], false, timeout).await;
+    let select = json!({"db": "app", "steps": [step("SELECT 1::int4", json!([]), true)]});
+    assert!(call(&plugin, select.clone()).await.unwrap().unwrap().contains("Int32(1)"));
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .expect("pg_ctl stop");
+    let started = Instant::now();
+    let down = call(&plugin, select.clone()).await.expect("no fault").expect("the fixture answers with the error");
+    assert!(down.contains("ConnectionFailed"), "with the server down: {down}");
+    assert!(started.elapsed() < timeout / 2, "a down server failed the call only after {:?}", started.elapsed());
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.start_again();
+        server
+    })
+    .await
+    .expect("pg_ctl start");
+    // The pool may still hold a connection the restart closed: that call fails and the
+    // connection is dropped; the next ones connect afresh.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(call(&plugin, select.clone()).await.unwrap().unwrap());
+        if answers.last().is_some_and(|a| a.contains("Int32(1)")) {
+            break;
+        }
+    }
+    assert!(answers.last().is_some_and(|a| a.contains("Int32(1)")), "no recovery after the restart: {answers:?}");
+    drop(server);
+}

@@ -36,6 +36,8 @@ pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(test)]
+mod test_tls;
 pub mod tooling;
 pub mod wasi_config;
 pub mod wasm;

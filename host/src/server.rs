@@ -51,6 +51,8 @@ pub enum ServerError {
     KeyValue { store: String, grants: String, source: KeyValueError },
     #[error(transparent)]
     Database(#[from] crate::database::DatabaseError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// Why a new config was refused; the old one keeps serving.
@@ -163,7 +165,8 @@ pub async fn open_keyvalue(config: &Config) -> Result<Option<Arc<KeyValue>>, Ser
     if config.bucket_grants().is_empty() {
         return Ok(None);
     }
-    let store = KeyValue::open(&config.keyvalue, &config.service).await.map_err(|source| keyvalue_error(config, source))?;
+    let store =
+        KeyValue::open(&config.keyvalue, &config.service).await.map_err(|source| keyvalue_error(config, source))?;
     info!(store = %config.keyvalue.describe(), "key-value store open");
     Ok(Some(store))
 }
@@ -180,7 +183,10 @@ pub async fn check_keyvalue(config: &Config) -> Result<(), ServerError> {
 
 /// `source`, naming the store and every plugin granted a bucket in it.
 fn keyvalue_error(config: &Config, source: KeyValueError) -> ServerError {
-    let grants = config.bucket_grants().into_iter().map(|(plugin, buckets)| format!("plugin '{plugin}' ({})", buckets.join(", ")));
+    let grants = config
+        .bucket_grants()
+        .into_iter()
+        .map(|(plugin, buckets)| format!("plugin '{plugin}' ({})", buckets.join(", ")));
     ServerError::KeyValue { store: config.keyvalue.describe(), grants: grants.collect::<Vec<_>>().join(", "), source }
 }
 
@@ -273,7 +279,7 @@ impl Server {
             "topology declared"
         );
         let metrics = Arc::new(Metrics::default());
-        let tracer = Tracer::start(&config.telemetry, &config.service);
+        let tracer = Tracer::start(&config.telemetry, &config.service)?;
         if let Some(tracer) = &tracer {
             metrics.track_telemetry(tracer.counters().clone());
         }

@@ -56,8 +56,8 @@ pub use limits::{Limits, MAX_REUSE};
 pub use origin::Origin;
 pub use plugins::{Grants, HttpGrant, PluginSettings};
 pub use service::{Delivery, STATE_DIR_ENV};
-pub use values::{ConfigValues, MAX_CONFIG_FILE_BYTES};
 pub use telemetry::TelemetrySettings;
+pub use values::{ConfigValues, MAX_CONFIG_FILE_BYTES};
 
 use broker::{RawBroker, resolve_broker, resolve_prefetch};
 use handlers::{RawEvent, RawRequest, RawResponse, resolve_events, resolve_requests, resolve_responses};

@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -16,6 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use prost::Message;
 use tokio::sync::mpsc;
 
+use super::collector::Collector;
 use super::{FinishedSpan, SpanKind, Value};
 use crate::config::TelemetrySettings;
 
@@ -67,7 +67,7 @@ pub fn endpoint(settings: &TelemetrySettings) -> Option<String> {
 
 /// The exporter task: runs until the tracer (every sender) is gone, then sends what is left.
 pub async fn run(
-    endpoint: String,
+    collector: Collector,
     service: String,
     mut spans: mpsc::Receiver<FinishedSpan>,
     counters: std::sync::Arc<Counters>,
@@ -92,7 +92,7 @@ pub async fn run(
         }
         let count = batch.len() as u64;
         let body = encode(&service, batch);
-        match tokio::time::timeout(EXPORT_TIMEOUT, post(&endpoint, body)).await {
+        match tokio::time::timeout(EXPORT_TIMEOUT, collector.post(body)).await {
             Ok(Ok(())) => {
                 counters.exported.fetch_add(count, Ordering::Relaxed);
             }
@@ -104,43 +104,10 @@ pub async fn run(
                 };
                 if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                     last_warning = Some(Instant::now());
-                    tracing::warn!(%endpoint, error = %why, "could not export spans to the collector; they are dropped and counted (warren_telemetry_spans_failed_total); message handling goes on");
+                    tracing::warn!(endpoint = %collector.url, error = %why, "could not export spans to the collector; they are dropped and counted (warren_telemetry_spans_failed_total); message handling goes on");
                 }
             }
         }
-    }
-}
-
-/// One POST of an encoded request; `Err` says why in words.
-async fn post(endpoint: &str, body: Vec<u8>) -> Result<(), String> {
-    let uri: http::Uri = endpoint.parse().map_err(|e| format!("'{endpoint}' is not a URL: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "'{endpoint}': only http:// collectors are supported (run the collector's OTLP/HTTP receiver on a local port)"
-        ));
-    }
-    let host = uri.host().ok_or_else(|| format!("'{endpoint}' names no host"))?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connecting: {e}"))?;
-    // hyper's I/O traits over a tokio stream: the adapter wasmtime-wasi-http ships (the host
-    // has hyper without hyper-util).
-    let io = wasmtime_wasi_http::io::TokioIo::new(stream);
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
-    tokio::spawn(connection);
-    // On the wire the request line carries the path only; the host is in `Host`.
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let request = http::Request::post(path)
-        .header(http::header::HOST, format!("{host}:{port}"))
-        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| format!("sending: {e}"))?;
-    let status = response.status();
-    let _ = response.into_body().collect().await;
-    match status.is_success() {
-        true => Ok(()),
-        false => Err(format!("the collector answered {status}")),
     }
 }
 

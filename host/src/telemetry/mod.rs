@@ -4,6 +4,7 @@
 //! - [`context`]: the W3C `traceparent`, parsed and written (the one place it is spelled).
 //! - [`sampler`]: which traces are recorded (`OTEL_TRACES_SAMPLER`, parent-based by default).
 //! - [`export`]: the batching exporter task and its counters.
+//! - [`collector`]: where exports go (`http://` or `https://`), with the standard headers and CA.
 //!
 //! A [`Tracer`] exists only when an endpoint is configured (`[telemetry] otlp_endpoint`, or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`); without one nothing
@@ -13,6 +14,7 @@
 //!
 //! This module is neutral ground: both wings record spans through it, and it knows neither.
 
+pub mod collector;
 pub mod context;
 pub mod export;
 pub mod sampler;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use collector::TelemetryError;
 pub use context::{SpanContext, new_traceparent};
 pub use export::Counters;
 use sampler::Sampler;
@@ -97,17 +100,19 @@ pub struct Tracer {
 
 impl Tracer {
     /// A tracer exporting to the configured endpoint, or `None` when none is configured.
-    /// Starts the exporter task on the current tokio runtime.
-    pub fn start(settings: &TelemetrySettings, service: &str) -> Option<Arc<Tracer>> {
-        let endpoint = export::endpoint(settings)?;
+    /// Starts the exporter task on the current tokio runtime. Fails (saying what to fix) when
+    /// the endpoint, a header or the CA of the standard variables cannot be used.
+    pub fn start(settings: &TelemetrySettings, service: &str) -> Result<Option<Arc<Tracer>>, TelemetryError> {
+        let Some(endpoint) = export::endpoint(settings) else { return Ok(None) };
+        let collector = collector::Collector::from_env(&endpoint)?;
         let service_name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty());
         let service_name = service_name.unwrap_or_else(|| service.to_string());
         let (queue, spans) = tokio::sync::mpsc::channel(QUEUE_SPANS);
         let counters = Arc::new(Counters::default());
         tracing::info!(%endpoint, service = %service_name, "exporting traces over OTLP/HTTP");
-        tokio::spawn(export::run(endpoint, service_name, spans, counters.clone()));
+        tokio::spawn(export::run(collector, service_name, spans, counters.clone()));
         let tracer = Tracer { queue, sampler: Sampler::from_env(), counters, warned_full: AtomicBool::new(false) };
-        Some(Arc::new(tracer))
+        Ok(Some(Arc::new(tracer)))
     }
 
     /// The exporter's counters (exported, dropped, failed), for `/metrics`.

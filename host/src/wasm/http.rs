@@ -37,8 +37,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks};
 
 use crate::config::HttpGrant;
-use crate::telemetry::{self, SpanContext, SpanKind, Tracer, new_traceparent};
 pub use crate::config::Origin;
+use crate::telemetry::{self, SpanContext, SpanKind, Tracer, new_traceparent};
 
 /// The `traceparent` header (W3C trace context), sent on every request.
 pub const TRACEPARENT: &str = "traceparent";
@@ -694,8 +694,6 @@ impl<C: Future> Connection<C> {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-
-
 // --- metrics ----------------------------------------------------------------------------------
 
 /// Upper bounds (seconds) of the outbound latency histogram.
@@ -799,83 +797,10 @@ mod tests {
         assert_eq!(display_origin("https", "api.example.com", 443), "https://api.example.com");
     }
 
-    /// A CA and a server certificate for 127.0.0.1 made with `openssl` in `dir`: `(ca.pem,
-    /// server.pem, server.key)`; `None` without openssl.
-    fn test_certificates(dir: &std::path::Path) -> Option<(String, String, String)> {
-        let openssl = |args: &[&str]| {
-            std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        std::fs::create_dir_all(dir).ok()?;
-        std::fs::write(dir.join("san.cnf"), "subjectAltName = IP:127.0.0.1\n").ok()?;
-        let made = openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-sha256",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=warren test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]) && openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-sha256",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]) && openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-sha256",
-            "-extfile",
-            "san.cnf",
-            "-out",
-            "server.pem",
-        ]);
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-        if made { Some((read("ca.pem")?, read("server.pem")?, read("server.key")?)) } else { None }
-    }
-
     /// An HTTPS server on 127.0.0.1 answering every request with 200 "ok" (one connection at a time).
     async fn tls_server(cert_pem: &str, key_pem: &str) -> u16 {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         use tokio::io::AsyncWriteExt;
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::test_tls::server_config(cert_pem, key_pem));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -897,7 +822,7 @@ mod tests {
     #[tokio::test]
     async fn https_trusts_the_system_roots_plus_the_plugins_ca_file() {
         let dir = std::env::temp_dir().join(format!("warren-http-tls-{}", std::process::id()));
-        let made = test_certificates(&dir);
+        let made = crate::test_tls::test_certificates(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         let (ca, cert, key) = made.expect(
             "this test needs `openssl` on PATH to make a test CA (`apt-get install openssl`; .ci/run installs it)",

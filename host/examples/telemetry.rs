@@ -2,12 +2,18 @@
 //! component — traces off, traces exported to a live OTLP/HTTP collector (a sink in this
 //! process that takes every batch), and traces aimed at a collector that is gone (nothing
 //! listens; every export fails and spans are dropped). A goamqp-style client keeps 100
-//! requests in flight against each in turn, three rounds.
+//! requests in flight against each in turn, ROUNDS rounds (each round starts with a different
+//! host, so none always runs first).
 //!
 //! ```text
 //! cargo run -p warren -- build                       # target/plugins/echo.wasm
-//! cargo run --release -p warren --example telemetry -- [SECONDS_PER_CELL]
+//! cargo run --release -p warren --example telemetry -- [SECONDS_PER_CELL] [ROUNDS]
 //! ```
+//!
+//! Two measures per cell: throughput, and this process's CPU per answered request (host,
+//! client and sink together; only one host is loaded at a time). On a busy machine the
+//! throughput of a cell swings with the neighbours; CPU per request much less, so the summary
+//! gives the median of each and the median of the per-round ratios against `off`.
 
 mod common;
 
@@ -65,27 +71,54 @@ async fn main() {
         keep_in_flight(&client, "echo", b"{}", 100, 1.0).await; // warm up
         hosts.push((*label, *service, server, client, url));
     }
-    println!("| round | traces | req/s (100 in flight) | p50 | p99 | vs off |");
-    println!("|---|---|---|---|---|---|");
-    for round in 1..=3 {
-        let mut off = 0.0;
-        for (label, _, _, client, _) in &hosts {
+    let rounds: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10);
+    // Per variant, per round: (req/s, CPU µs per request).
+    let mut cells: Vec<Vec<(f64, f64)>> = vec![Vec::new(); hosts.len()];
+    for round in 0..rounds {
+        for i in (0..hosts.len()).map(|k| (k + round) % hosts.len()) {
+            let client = &hosts[i].3;
+            let cpu_before = cpu_seconds("self");
             let load = keep_in_flight(client, "echo", b"{}", 100, seconds).await;
-            let rate = load.per_second();
-            if *label == "off" {
-                off = rate;
-            }
-            println!(
-                "| {round} | {label} | {rate:.0} | {:.0} µs | {:.0} µs | {:.3} |",
-                load.percentile_us(0.50),
-                load.percentile_us(0.99),
-                rate / off
-            );
+            let cpu = cpu_seconds("self") - cpu_before;
+            let answered = load.latencies.len().max(1) as f64;
+            cells[i].push((load.per_second(), cpu * 1e6 / answered));
         }
+        let line: Vec<String> = hosts
+            .iter()
+            .zip(&cells)
+            .map(|(h, c)| format!("{} {:.0} req/s {:.1} µs", h.0, c[round].0, c[round].1))
+            .collect();
+        println!("round {:>2}: {}", round + 1, line.join(" · "));
+    }
+    println!(
+        "\n| traces | req/s (median) | vs off (median of rounds) | CPU µs/request (median) | vs off (median of rounds) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (i, (label, ..)) in hosts.iter().enumerate() {
+        let rates: Vec<f64> = cells[i].iter().map(|c| c.0).collect();
+        let cpus: Vec<f64> = cells[i].iter().map(|c| c.1).collect();
+        let rate_ratios: Vec<f64> = cells[i].iter().zip(&cells[0]).map(|(c, off)| c.0 / off.0).collect();
+        let cpu_ratios: Vec<f64> = cells[i].iter().zip(&cells[0]).map(|(c, off)| c.1 / off.1).collect();
+        println!(
+            "| {label} | {:.0} | {:.3} | {:.1} | {:.3} |",
+            median(rates),
+            median(rate_ratios),
+            median(cpus),
+            median(cpu_ratios)
+        );
     }
     println!("\nthe live collector took {} KiB of spans", exported.load(Ordering::Relaxed) / 1024);
     for (_, service, server, _, url) in hosts {
         server.stop().await.unwrap();
         remove_service(&url, service).await;
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }

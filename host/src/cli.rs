@@ -55,6 +55,22 @@ impl From<Lang> for builder::Language {
     }
 }
 
+/// What a plugin made by `warren new` keeps its state in, besides the default key-value
+/// bucket (`--with`; more kinds may follow).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum WithState {
+    /// A Postgres table written in the call's transaction (Rust plugins).
+    Postgres,
+}
+
+impl From<WithState> for crate::tooling::scaffold::With {
+    fn from(with: WithState) -> crate::tooling::scaffold::With {
+        match with {
+            WithState::Postgres => crate::tooling::scaffold::With::Postgres,
+        }
+    }
+}
+
 /// How log lines are written (to stderr).
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
@@ -119,6 +135,10 @@ pub enum Command {
         /// The language to write it in (built with cargo, componentize-py or componentize-js).
         #[arg(long, value_enum, default_value_t = Lang::Rust)]
         lang: Lang,
+        /// Keep its state in this instead of a key-value bucket: `postgres` (a table written in
+        /// the call's transaction; Rust only).
+        #[arg(long = "with", value_enum, value_delimiter = ',')]
+        with: Vec<WithState>,
     },
     /// Send one request as a goamqp client and print the response body on stdout.
     ///
@@ -257,12 +277,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Command::Run { config, fail_fast } => serve(&Config::load(&config)?, fail_fast).await,
             Command::Check { config } => check(&config).await,
-            Command::New { name, source, lang } => {
-                let dir = crate::tooling::scaffold::new_plugin(&source, &name, lang.into())?;
+            Command::New { name, source, lang, with } => {
+                use crate::tooling::scaffold;
+                let with: Vec<scaffold::With> = with.into_iter().map(Into::into).collect();
+                let dir = scaffold::new_plugin(&source, &name, lang.into(), &with)?;
                 println!("created {}", dir.display());
-                println!("test it: {}", crate::tooling::scaffold::test_command(&dir, lang.into()));
-                println!("next: add it to warren.toml, then `warren build` (or keep `warren dev` running):");
-                println!("  [[request]]\n  routing_key = \"{name}\"\n  plugin = \"{name}\"");
+                println!("test it: {}", scaffold::test_command(&dir, lang.into()));
+                print!("next: {}", scaffold::next_steps(&dir, &name, &with));
                 Ok(())
             }
             Command::Topology { config, json, mermaid } => {

@@ -358,27 +358,77 @@ fn topology_prints_what_run_declares() {
     assert!(table.contains(&format!("direct   {service}.direct.exchange.request")), "{table}");
 }
 
+/// A Postgres database of the test's own (`createdb`, as `warren new --with postgres` tells a
+/// user), dropped with `dropdb --force` when the guard goes, also when the test fails.
+struct TestDatabase(String);
+
+impl TestDatabase {
+    fn create() -> TestDatabase {
+        let name = format!("warren_cli_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        run_ok(Command::new("createdb").args(["-h", "127.0.0.1", "-U", "postgres", &name]));
+        TestDatabase(name)
+    }
+
+    /// Runs `psql` on this database, stopping at the first error; its output.
+    fn psql(&self, args: &[&std::ffi::OsStr]) -> String {
+        run_ok(
+            Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-d", &self.0])
+                .args(args),
+        )
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let dropped = Command::new("dropdb").args(["-h", "127.0.0.1", "-U", "postgres", "--force", &self.0]).status();
+        if !dropped.is_ok_and(|s| s.success()) {
+            eprintln!("cleanup: could not drop database {}", self.0);
+        }
+    }
+}
+
 #[test]
 fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
     let service = unique("dev");
     let mut leftovers = Leftovers::of(&service);
-    // The scaffold counts greetings in the bucket `counters` (the embedded store, beside the config).
-    let table =
-        "[[request]]\nrouting_key = \"hello\"\nplugin = \"hello\"\n\n[plugin.hello]\nkeyvalue = [\"counters\"]\n";
-    let dir = project(&service, table, &mut leftovers);
+    let database = TestDatabase::create();
+    // The scaffold counts greetings in the bucket `counters` (the embedded store, beside the
+    // config); the --with postgres one keeps them in its table, in one transaction per call.
+    let table = format!(
+        "[[request]]\nrouting_key = \"hello\"\nplugin = \"hello\"\n\n\
+         [[request]]\nrouting_key = \"hello-pg\"\nplugin = \"hello-pg\"\n\n\
+         [plugin.hello]\nkeyvalue = [\"counters\"]\n\n\
+         [database.hello_pg]\nurl = \"postgres://postgres@127.0.0.1:5432/{}\"\n\n\
+         [plugin.hello-pg]\ndatabases = [\"hello_pg\"]\ntransaction = true\n",
+        database.0
+    );
+    let dir = project(&service, &table, &mut leftovers);
     let source = dir.join("plugins");
     let created = run_ok(warren().args(["new", "hello", "--source"]).arg(&source));
-    assert!(created.contains("created"), "{created}");
+    assert!(created.contains("created") && created.contains("keyvalue = [\"counters\"]"), "{created}");
+    let created = run_ok(warren().args(["new", "hello-pg", "--with", "postgres", "--source"]).arg(&source));
+    for line in ["createdb -h 127.0.0.1 -U postgres hello_pg", "[database.hello_pg]", "transaction = true"] {
+        assert!(created.contains(line), "{line} in:\n{created}");
+    }
+    let refused =
+        run_err(warren().args(["new", "hello-py", "--lang", "python", "--with", "postgres", "--source"]).arg(&source));
+    assert_eq!(
+        refused.trim(),
+        "error: warren new --with postgres is written in Rust only for now: leave out --lang python"
+    );
+    database.psql(&["-f".as_ref(), source.join("hello-pg/schema.sql").as_os_str()]);
     let target = repo().join("target/plugin-build");
-    let test = Command::new(env!("CARGO"))
-        .args(["test", "-q", "--manifest-path"])
-        .arg(source.join("hello/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(test.status.success(), "the scaffold's own test fails:\n{}", String::from_utf8_lossy(&test.stderr));
-
+    for plugin in ["hello", "hello-pg"] {
+        let test = Command::new(env!("CARGO"))
+            .args(["test", "-q", "--manifest-path"])
+            .arg(source.join(plugin).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(test.status.success(), "{plugin}'s own test fails:\n{}", String::from_utf8_lossy(&test.stderr));
+    }
     let mut child = warren()
         .args(["dev", "--config"])
         .arg(dir.join("warren.toml"))
@@ -392,8 +442,8 @@ fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
     let mut host = Host::attach(&mut child);
     host.child = Some(child);
     host.wait_for_log("serving");
-    let ask = || {
-        let output = warren().args(["request", &service, "hello", r#"{"name":"Ada"}"#]).output().unwrap();
+    let ask_with = |key: &str, body: &str| {
+        let output = warren().args(["request", &service, key, body]).output().unwrap();
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_else(|e| {
             panic!(
                 "no JSON answer ({e}): {}{}",
@@ -402,8 +452,15 @@ fn new_scaffolds_a_plugin_that_passes_its_test_and_dev_rebuilds_it_on_change() {
             )
         })
     };
+    let ask = || ask_with("hello", r#"{"name":"Ada"}"#);
     assert_eq!(ask(), serde_json::json!({"message": "Hello from hello, Ada!", "count": 1}));
     assert_eq!(ask()["count"], 2, "the count is kept between messages");
+    let greet_pg = |id: &str| ask_with("hello-pg", &format!(r#"{{"id":"{id}","name":"Ada"}}"#));
+    assert_eq!(greet_pg("g-1"), serde_json::json!({"message": "Hello from hello-pg, Ada!", "count": 1}));
+    assert_eq!(greet_pg("g-1")["count"], 1, "a greeting sent twice is kept once");
+    assert_eq!(greet_pg("g-2")["count"], 2);
+    let rows = database.psql(&["-tAc".as_ref(), "SELECT string_agg(id, ',' ORDER BY id) FROM greetings".as_ref()]);
+    assert_eq!(rows.trim(), "g-1,g-2", "Postgres holds the committed greetings");
 
     let lib = source.join("hello/src/lib.rs");
     let edited = std::fs::read_to_string(&lib).unwrap().replace("format!(\"Hello from", "format!(\"Hi from");

@@ -11,9 +11,34 @@ fn json_body(delivery: &lapin::message::Delivery) -> Value {
     serde_json::from_slice(&delivery.data).unwrap()
 }
 
-const ORDERS_CONFIG: &str = "[[response]]\nservice = \"billing\"\nrouting_key = \"invoice.create\"\nplugin = \"orders\"\n\
-    [[event]]\nrouting_key = \"order.#\"\nplugin = \"audit\"\n\
-    [plugin.orders]\npublish = [\"events\"]\nrequest = [\"billing\"]\n[plugin.audit]\npublish = [\"audit\"]\n";
+/// The orders example's config beside its `[[request]]`: billing's answers, audit's events,
+/// `[database.orders]` on `db`, and `grants` for the orders plugin besides its database (one
+/// transaction per call, as `warren-orders.toml` has it).
+fn orders_config(db: &TestDb, grants: &str) -> String {
+    format!(
+        "[[response]]\nservice = \"billing\"\nrouting_key = \"invoice.create\"\nplugin = \"orders\"\n\
+         [[event]]\nrouting_key = \"order.#\"\nplugin = \"audit\"\n\
+         [database.orders]\nurl = \"{}\"\nmax_connections = 2\n\
+         [plugin.orders]\ndatabases = [\"orders\"]\ntransaction = true\n{grants}\n\
+         [plugin.audit]\npublish = [\"audit\"]\n",
+        db.url()
+    )
+}
+
+/// A database of the test's own holding the orders plugin's table, made by the same
+/// `plugins/orders/schema.sql` the demo's users apply.
+async fn orders_database(what: &str) -> TestDb {
+    let db = TestDb::new(what).await;
+    let schema = include_str!("../../plugins/orders/schema.sql");
+    db.client().await.batch_execute(schema).await.expect("plugins/orders/schema.sql applies");
+    db
+}
+
+/// Postgres's own view of the orders table: `(id, amount)` by id.
+async fn stored_orders(db: &TestDb) -> Vec<(String, i64)> {
+    let rows = db.client().await.query("SELECT id, amount FROM orders ORDER BY id", &[]).await.expect("the orders");
+    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+}
 
 broker_test! {
     async fn the_orders_example_talks_goamqp_in_both_directions() {
@@ -29,9 +54,11 @@ broker_test! {
         let mut events = Tap::bind("events.topic.exchange", lapin::ExchangeKind::Topic, &["order.*"], &cleanup).await;
         let mut audit = Tap::bind("audit.topic.exchange", lapin::ExchangeKind::Topic, &["audit.recorded"], &cleanup).await;
 
+        let db = orders_database("orders").await;
         let plugins = private_plugins(&service, &[("orders", "orders"), ("audit", "audit")]);
         cleanup.dir(&plugins);
-        let mut s = Scenario::start_in(&service, &plugins, &[("order.create", "orders")], ORDERS_CONFIG, &[]).await;
+        let config = orders_config(&db, "publish = [\"events\"]\nrequest = [\"billing\"]");
+        let mut s = Scenario::start_in(&service, &plugins, &[("order.create", "orders")], &config, &[]).await;
         let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let mut headers = FieldTable::default();
         headers.insert("service".into(), AMQPValue::LongString(LongString::from("go-client")));
@@ -41,6 +68,7 @@ broker_test! {
         let response = s.client.response(DEADLINE).await.expect("orders answers");
         assert_eq!(json_body(&response), json!({"id": "o-1", "status": "created"}));
         assert_goamqp_message(&response, "go-client", &[]);
+        assert_eq!(stored_orders(&db).await, [("o-1".to_string(), 42)], "the order was committed before the answer");
 
         let created = events.next_from(&service).await.expect("order.created is published");
         assert_eq!(created.routing_key.as_str(), "order.created");
@@ -68,25 +96,63 @@ broker_test! {
 
         // Billing's answer was taken and acked: nothing waits in the orders host's response queue.
         wait_until_settled(&format!("billing.headers.exchange.response.queue.{service}")).await;
+
+        // The same order again (a client's retry, or a redelivery after the commit): its row is
+        // there, so it is answered as the first time and nothing is announced or billed twice.
+        s.client.request("order.create", br#"{"id":"o-1","amount":42}"#).await;
+        let again = s.client.response(DEADLINE).await.expect("orders answers the repeated order");
+        assert_eq!(json_body(&again), json!({"id": "o-1", "status": "created"}));
+        assert_eq!(stored_orders(&db).await, [("o-1".to_string(), 42)]);
+        wait_until_settled("billing.direct.exchange.request.queue").await;
+        assert_eq!(billing.requests_seen().len(), 1, "the repeated order was billed again");
+        events.assert_nothing_from(&service).await;
         s.finish().await;
         billing.stop().await;
     }
 }
 
+/// Sends `order` to an orders host granted its database and `grants` (besides), whose handler
+/// then fails after its insert: checks that the order was rejected (dead-lettered, not retried),
+/// not answered, and left no row. Returns what the test checks further (a tap on the `events`
+/// stream, bound before the order was sent) and the guards of what it made.
+async fn refused_order(what: &str, grants: &str, order: &[u8]) -> (Scenario, Tap, TestDb, Cleanup) {
+    let service = unique_service(what);
+    let cleanup = Cleanup::new();
+    let db = orders_database(what).await;
+    let plugins = private_plugins(&service, &[("orders", "orders"), ("audit", "audit")]);
+    cleanup.dir(&plugins);
+    let events = Tap::bind("events.topic.exchange", lapin::ExchangeKind::Topic, &["order.*"], &cleanup).await;
+    let config = orders_config(&db, grants);
+    let mut s = Scenario::start_in(&service, &plugins, &[("order.create", "orders")], &config, &[]).await;
+    s.client.request("order.create", order).await;
+    let rejected = s.dead.next(DEADLINE).await.expect("the failed order is rejected (dead-lettered)");
+    assert_eq!(rejected.data, order);
+    assert_eq!(DeadLetters::death_reason(&rejected).as_deref(), Some("rejected"), "rejected, not retried");
+    // Settled, so whatever the call published was confirmed before: the broker holds no answer.
+    s.assert_no_response().await;
+    assert_eq!(stored_orders(&db).await, [], "the failed call's insert was rolled back");
+    (s, events, db, cleanup)
+}
+
 broker_test! {
     async fn a_plugin_without_a_grant_cannot_publish() {
-        let service = unique_service("nogrant");
-        let cleanup = Cleanup::new();
-        let plugins = private_plugins(&service, &[("orders", "orders")]);
-        cleanup.dir(&plugins);
-        let mut events = Tap::bind("events.topic.exchange", lapin::ExchangeKind::Topic, &["order.*"], &cleanup).await;
-        let mut s = Scenario::start_in(&service, &plugins, &[("order.create", "orders")], "", &[]).await;
-        s.client.request("order.create", br#"{"id":"o-2","amount":1}"#).await;
-        let rejected = s.dead.next(DEADLINE).await.expect("the request fails for good and is rejected");
-        assert_eq!(DeadLetters::death_reason(&rejected).as_deref(), Some("rejected"));
-        // Settled, so whatever the call published was confirmed before: the broker holds nothing.
-        s.assert_no_response().await;
-        events.assert_nothing_from(&service).await;
+        // Granted only its database: the insert runs, publishing order.created is denied.
+        let (s, mut events, _db, _cleanup) = refused_order("nogrant", "", br#"{"id":"o-2","amount":1}"#).await;
+        events.assert_nothing_from(&s.service).await;
+        s.finish().await;
+    }
+}
+
+broker_test! {
+    async fn an_order_whose_billing_request_is_refused_leaves_no_row_and_is_rejected() {
+        // Granted its stream but not billing: the order is inserted and announced, then asking
+        // billing is denied, the handler fails (`failed`) and the host rolls the insert back.
+        let grants = "publish = [\"events\"]";
+        let (s, mut events, _db, _cleanup) = refused_order("nobill", grants, br#"{"id":"o-3","amount":5}"#).await;
+        // The README's window, as documented: an event is confirmed before the commit, so the
+        // announcement of an order whose call then failed was still sent.
+        let created = events.next_from(&s.service).await.expect("order.created went out before the failure");
+        assert_eq!(json_body(&created), json!({"id": "o-3", "amount": 5}));
         s.finish().await;
     }
 }

@@ -1,5 +1,5 @@
-//! `warren new <name> [--lang rust|python|js|go]`: a plugin that builds and answers at once,
-//! with its own unit test.
+//! `warren new <name> [--lang rust|python|js|go] [--with postgres]`: a plugin that builds and
+//! answers at once, with its own unit test, and the config lines and setup steps it needs.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,40 @@ pub enum ScaffoldError {
     Exists(PathBuf),
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("warren new --with {with} is written in Rust only for now: leave out --lang {language}")]
+    Unsupported { with: &'static str, language: &'static str },
+}
+
+/// What a scaffolded plugin keeps its state in, besides the default (a key-value bucket that
+/// counts greetings): `warren new --with <this>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum With {
+    /// A Postgres table, written in the call's transaction (`[database.<db>]`,
+    /// `databases = [...]`, `transaction = true`). Rust only.
+    Postgres,
+}
+
+impl With {
+    fn flag(self) -> &'static str {
+        match self {
+            With::Postgres => "postgres",
+        }
+    }
+}
+
+fn language_flag(language: Language) -> &'static str {
+    match language {
+        Language::Rust => "rust",
+        Language::Python => "python",
+        Language::JavaScript => "js",
+        Language::Go => "go",
+    }
+}
+
+/// The database a `--with postgres` plugin is granted (and its config calls it): the plugin's
+/// name with `_` for `-`, so it is also a plain SQL name.
+fn database_name(name: &str) -> String {
+    name.replace('-', "_")
 }
 
 /// Where the guest SDK of this build lives, for plugins created outside this workspace.
@@ -28,7 +62,12 @@ fn guest_sdk() -> PathBuf {
 /// inherits its settings and a Python or JavaScript plugin is added to the workspace's
 /// `exclude` list (it has no `Cargo.toml`); elsewhere the plugin points at this build's
 /// guest SDK by path.
-pub fn new_plugin(plugins: &Path, name: &str, language: Language) -> Result<PathBuf, ScaffoldError> {
+pub fn new_plugin(plugins: &Path, name: &str, language: Language, with: &[With]) -> Result<PathBuf, ScaffoldError> {
+    if let Some(&with) = with.first()
+        && language != Language::Rust
+    {
+        return Err(ScaffoldError::Unsupported { with: with.flag(), language: language_flag(language) });
+    }
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
@@ -49,7 +88,7 @@ pub fn new_plugin(plugins: &Path, name: &str, language: Language) -> Result<Path
             .and_then(|()| std::fs::write(&path, text))
             .map_err(|e| ScaffoldError::Write { path, reason: e.to_string() })
     };
-    let fill = |template: &str| template.replace("{name}", name);
+    let fill = |template: &str| template.replace("{name}", name).replace("{db}", &database_name(name));
     match language {
         Language::Rust => {
             let manifest = if workspace.is_some() {
@@ -58,7 +97,12 @@ pub fn new_plugin(plugins: &Path, name: &str, language: Language) -> Result<Path
                 fill(CARGO_TOML).replace("{sdk}", &sdk.display().to_string())
             };
             write(dir.join("Cargo.toml"), &manifest)?;
-            write(dir.join("src/lib.rs"), &fill(LIB_RS))?;
+            if with.contains(&With::Postgres) {
+                write(dir.join("src/lib.rs"), &fill(LIB_PG_RS))?;
+                write(dir.join("schema.sql"), &fill(SCHEMA_SQL))?;
+            } else {
+                write(dir.join("src/lib.rs"), &fill(LIB_RS))?;
+            }
         }
         Language::Python => {
             write(dir.join("pyproject.toml"), &fill(PYPROJECT_TOML))?;
@@ -101,6 +145,34 @@ pub fn test_command(dir: &Path, language: Language) -> String {
         Language::JavaScript => format!("cd {} && node --test", dir.display()),
         Language::Go => format!("cd {} && go test ./...", dir.display()),
     }
+}
+
+/// What to do next with a plugin created by [`new_plugin`] in `dir`: the config entries that
+/// serve it (and grant what it uses), and for `--with postgres` how to make its table.
+pub fn next_steps(dir: &Path, name: &str, with: &[With]) -> String {
+    let mut steps = String::new();
+    if with.contains(&With::Postgres) {
+        let db = database_name(name);
+        let schema = dir.join("schema.sql");
+        steps += &format!(
+            "create its database and table once:\n  createdb -h 127.0.0.1 -U postgres {db}\n  \
+             psql -h 127.0.0.1 -U postgres -d {db} -f {}\n",
+            schema.display()
+        );
+    }
+    steps += "add it to warren.toml, then `warren build` (or keep `warren dev` running):\n";
+    steps += &format!("  [[request]]\n  routing_key = \"{name}\"\n  plugin = \"{name}\"\n\n");
+    if with.contains(&With::Postgres) {
+        let db = database_name(name);
+        steps += &format!("  [database.{db}]\n  url = \"postgres://postgres@127.0.0.1:5432/{db}\"\n\n");
+        steps += &format!(
+            "  [plugin.{name}]\n  databases = [\"{db}\"]\n  \
+             transaction = true   # its statements commit only if the handler succeeds\n"
+        );
+    } else {
+        steps += &format!("  [plugin.{name}]\n  keyvalue = [\"counters\"]   # the bucket it counts in\n");
+    }
+    steps
 }
 
 /// `text` (a workspace `Cargo.toml`) with `path` added to `[workspace] exclude`, creating
@@ -508,6 +580,126 @@ mod tests {
 }
 "#;
 
+const SCHEMA_SQL: &str = r#"-- The table of plugin {name}, in the database its config grants as "{db}". Apply it once
+-- (applying it again changes nothing):
+--   psql -h 127.0.0.1 -U postgres -d {db} -f schema.sql
+CREATE TABLE IF NOT EXISTS greetings (
+    id         text PRIMARY KEY,        -- the request's id: a message handled twice is kept once
+    name       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"#;
+
+const LIB_PG_RS: &str = r#"//! `{name}`: a Warren plugin that keeps what it is sent in Postgres. Each greeting becomes a
+//! row of table `greetings` (`schema.sql`), written in the call's transaction, and the answer
+//! counts the name's greetings. Build it with `warren build`; create its database and table once:
+//!
+//! ```sh
+//! createdb -h 127.0.0.1 -U postgres {db}
+//! psql -h 127.0.0.1 -U postgres -d {db} -f plugins/{name}/schema.sql
+//! ```
+//!
+//! and serve it with these config entries:
+//!
+//! ```toml
+//! [[request]]
+//! routing_key = "{name}"
+//! plugin = "{name}"
+//!
+//! [database.{db}]
+//! url = "postgres://postgres@127.0.0.1:5432/{db}"
+//!
+//! [plugin.{name}]
+//! databases = ["{db}"]
+//! transaction = true   # the call's statements commit only if the handler succeeds
+//! ```
+
+use serde::{Deserialize, Serialize};
+use warren_guest::{HandlerError, pg};
+
+/// The request body, as JSON. A body that does not parse is rejected as `bad-request`. `id`
+/// names the greeting: sent twice (a client's retry, a redelivery), it is kept once.
+#[derive(Debug, Deserialize)]
+pub struct Input {
+    pub id: String,
+    pub name: String,
+}
+
+/// The response body, as JSON.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Output {
+    pub message: String,
+    /// How many greetings of this name the table holds, this one included.
+    pub count: i64,
+}
+
+/// Handles one request. With `transaction = true` its statements run in one transaction,
+/// committed when this returns `Ok` and rolled back on an error or a trap: a message that
+/// failed leaves no row. `?` on a Postgres error is `retry` when it may pass (the database
+/// restarting) and `failed` when it cannot (a missing table: apply schema.sql).
+pub fn handle(input: Input) -> Result<Output, HandlerError> {
+    let db = pg::Connection::open("{db}")?;
+    greet(input, |input| {
+        db.execute(
+            "INSERT INTO greetings (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            &[pg::text(&input.id), pg::text(&input.name)],
+        )?;
+        let rows = db.query("SELECT count(*) AS count FROM greetings WHERE name = $1", &[pg::text(&input.name)])?;
+        rows.rows
+            .first()
+            .and_then(|row| pg::value(&rows, row, "count"))
+            .and_then(|count| count.as_i64())
+            .ok_or_else(|| HandlerError::Failed("count(*) gave no number".into()))
+    })
+}
+
+/// The logic, with the table passed in (`store` records the greeting and returns the name's
+/// count): the unit test keeps greetings in memory.
+pub fn greet(input: Input, store: impl FnOnce(&Input) -> Result<i64, HandlerError>) -> Result<Output, HandlerError> {
+    if input.name.is_empty() {
+        return Err(HandlerError::BadRequest("name is empty".into()));
+    }
+    let count = store(&input)?;
+    Ok(Output { message: format!("Hello from {name}, {}!", input.name), count })
+}
+
+warren_guest::export_json!(handle);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// `greetings` in memory: id → name, kept once per id as `ON CONFLICT (id) DO NOTHING` does.
+    fn store(table: &mut BTreeMap<String, String>) -> impl FnOnce(&Input) -> Result<i64, HandlerError> + '_ {
+        |input| {
+            table.entry(input.id.clone()).or_insert_with(|| input.name.clone());
+            Ok(table.values().filter(|name| **name == input.name).count() as i64)
+        }
+    }
+
+    fn input(id: &str, name: &str) -> Input {
+        Input { id: id.into(), name: name.into() }
+    }
+
+    #[test]
+    fn greets_by_name_and_counts_each_greeting_once() {
+        let mut table = BTreeMap::new();
+        let first = greet(input("g-1", "Ada"), store(&mut table)).unwrap();
+        assert_eq!(first, Output { message: "Hello from {name}, Ada!".into(), count: 1 });
+        assert_eq!(greet(input("g-2", "Ada"), store(&mut table)).unwrap().count, 2);
+        assert_eq!(greet(input("g-2", "Ada"), store(&mut table)).unwrap().count, 2, "g-2 again is kept once");
+    }
+
+    #[test]
+    fn an_empty_name_is_a_bad_request_and_stores_nothing() {
+        let mut table = BTreeMap::new();
+        assert!(matches!(greet(input("g-1", ""), store(&mut table)), Err(HandlerError::BadRequest(_))));
+        assert!(table.is_empty());
+    }
+}
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,9 +707,27 @@ mod tests {
     #[test]
     fn names_must_be_crate_names() {
         for bad in ["", "Hello", "1st", "a b", "a_b", "../x"] {
-            let created = new_plugin(Path::new("/nonexistent"), bad, Language::Rust);
+            let created = new_plugin(Path::new("/nonexistent"), bad, Language::Rust, &[]);
             assert!(matches!(created, Err(ScaffoldError::Name(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn postgres_is_scaffolded_in_rust_only_and_says_what_to_configure() {
+        let refused = new_plugin(Path::new("/nonexistent"), "shop", Language::Python, &[With::Postgres]);
+        let said = refused.expect_err("python with postgres").to_string();
+        assert_eq!(said, "warren new --with postgres is written in Rust only for now: leave out --lang python");
+        let steps = next_steps(Path::new("plugins/my-shop"), "my-shop", &[With::Postgres]);
+        for line in [
+            "createdb -h 127.0.0.1 -U postgres my_shop",
+            "-d my_shop -f plugins/my-shop/schema.sql",
+            "[database.my_shop]",
+            "url = \"postgres://postgres@127.0.0.1:5432/my_shop\"",
+            "[plugin.my-shop]\n  databases = [\"my_shop\"]\n  transaction = true",
+        ] {
+            assert!(steps.contains(line), "{line} in\n{steps}");
+        }
+        assert!(next_steps(Path::new("p/x"), "x", &[]).contains("keyvalue = [\"counters\"]"));
     }
 
     #[test]

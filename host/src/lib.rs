@@ -24,6 +24,8 @@
 //!   either wing.
 //! - [`telemetry`]: OpenTelemetry spans and their OTLP/HTTP exporter; neutral ground both
 //!   wings record through.
+//! - [`tls_roots`]: the system's trusted root certificates, read once for every TLS client
+//!   (outbound HTTP, the trace collector).
 //! - [`watch`]: debounced file watching (plugins folder, config file, plugin sources).
 //! - [`cli`]: the `warren` command line.
 
@@ -38,6 +40,7 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(test)]
 mod test_tls;
+pub mod tls_roots;
 pub mod tooling;
 pub mod wasi_config;
 pub mod wasm;

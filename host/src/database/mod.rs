@@ -261,8 +261,8 @@ impl DatabaseCtx<'_> {
     ) -> wasmtime::Result<Result<Outcome, Error>> {
         let name = self.table.get(connection)?.name.clone();
         let until = self.call.until();
-        let mut span =
-            self.call.trace.span(format!("{} {name}", if query { "query" } else { "execute" }), SpanKind::Client);
+        let verb = if query { "query" } else { "execute" };
+        let mut span = self.call.trace.span(|| format!("{verb} {name}"), SpanKind::Client);
         if let Some(span) = &mut span {
             span.set("db.system.name", "postgresql");
             span.set("db.namespace", &*name);

@@ -339,7 +339,7 @@ impl Ready {
     /// Runs `work` until the deadline, counts it, and turns a failure into the WIT's error.
     async fn run<V>(&self, work: impl Future<Output = Result<V, KeyValueError>>) -> Result<V, Error> {
         let started = Instant::now();
-        let mut span = self.trace.span(format!("{} {}", self.op, self.bucket), SpanKind::Client);
+        let mut span = self.trace.span(|| format!("{} {}", self.op, self.bucket), SpanKind::Client);
         if let Some(span) = &mut span {
             span.set("db.system.name", self.store.system());
             span.set("db.operation.name", self.op);

@@ -26,6 +26,23 @@ pub enum TelemetryError {
     Certificate { variable: &'static str, path: String, why: String },
 }
 
+/// Why one export did not arrive.
+#[derive(Debug)]
+pub enum PostError {
+    /// No connection could be opened: nothing listens there, or the network is down.
+    Unreachable(String),
+    /// Connected, then TLS, HTTP or the collector's answer failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PostError::Unreachable(why) | PostError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Where and how exports go.
 #[derive(Clone)]
 pub struct Collector {
@@ -76,33 +93,40 @@ impl Collector {
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let tls = match secure {
-            true => Some(tls_config(extra_cas).map_err(|e| match e {
-                TelemetryError::Endpoint { why, .. } => bad(why),
-                other => other,
-            })?),
+            true => Some(tls_config(url, extra_cas)?),
             false => None,
         };
         Ok(Collector { url: url.to_string(), host, port, path, headers, tls })
     }
 
-    /// One POST of an encoded request; `Err` says why in words.
-    pub async fn post(&self, body: Vec<u8>) -> Result<(), String> {
+    /// One POST of an encoded request.
+    pub async fn post(&self, body: Vec<u8>) -> Result<(), PostError> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|e| format!("connecting: {e}"))?;
+            .map_err(|e| PostError::Unreachable(format!("connecting: {e}")))?;
         let _ = stream.set_nodelay(true);
-        match &self.tls {
+        let sent = match &self.tls {
             None => self.send(stream, body).await,
             Some(config) => {
                 let name = self.host.trim_start_matches('[').trim_end_matches(']').to_string();
-                let name = rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("server name: {e}"))?;
-                let stream = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                self.send(stream, body).await
+                let name = rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("server name: {e}"));
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                match name {
+                    Ok(name) => match connector.connect(name, stream).await {
+                        Ok(stream) => self.send(stream, body).await,
+                        Err(e) => Err(format!("TLS: {e}")),
+                    },
+                    Err(e) => Err(e),
+                }
             }
-        }
+        };
+        sent.map_err(PostError::Failed)
+    }
+
+    /// Whether a connection to the collector can be opened now (within a second).
+    pub async fn reachable(&self) -> bool {
+        let connect = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
+        matches!(tokio::time::timeout(std::time::Duration::from_secs(1), connect).await, Ok(Ok(_)))
     }
 
     async fn send<S>(&self, stream: S, body: Vec<u8>) -> Result<(), String>
@@ -170,12 +194,14 @@ fn percent_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// rustls with the system's roots, plus the certificates of `extra_cas`.
-fn tls_config(extra_cas: &[(&'static str, String, Vec<u8>)]) -> Result<Arc<rustls::ClientConfig>, TelemetryError> {
+/// rustls for the collector at `url`: the system's roots, plus the certificates of `extra_cas`.
+fn tls_config(
+    url: &str,
+    extra_cas: &[(&'static str, String, Vec<u8>)],
+) -> Result<Arc<rustls::ClientConfig>, TelemetryError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let mut roots = crate::tls_roots::system_roots().clone();
     for (variable, path, pem) in extra_cas {
         let bad = |why: String| TelemetryError::Certificate { variable, path: path.clone(), why };
         let mut added = 0;
@@ -190,10 +216,33 @@ fn tls_config(extra_cas: &[(&'static str, String, Vec<u8>)]) -> Result<Arc<rustl
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TelemetryError::Endpoint { url: String::new(), why: format!("TLS settings: {e}") })?
+        .map_err(|e| TelemetryError::Endpoint { url: url.to_string(), why: format!("TLS settings: {e}") })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Tests' collectors: one HTTP/1.1 request read from `stream` — its head (lowercased) and
+/// body; `None` when the stream ends first.
+#[cfg(test)]
+pub(super) async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let Ok(n @ 1..) = stream.read(&mut chunk).await else { return None };
+        data.extend_from_slice(&chunk[..n]);
+        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if data.len() >= end + 4 + length {
+            return Some((head, data[end + 4..end + 4 + length].to_vec()));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -232,7 +281,7 @@ mod tests {
 
     /// An OTLP/HTTP receiver over TLS on 127.0.0.1: each request's head (lowercased) and body.
     async fn tls_receiver(cert: &str, key: &str) -> (u16, tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let acceptor = tokio_rustls::TlsAcceptor::from(crate::test_tls::server_config(cert, key));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -240,22 +289,7 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let Ok(mut tls) = acceptor.accept(stream).await else { continue };
-                let mut data = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let (head, body) = loop {
-                    let Ok(n @ 1..) = tls.read(&mut chunk).await else { break (String::new(), Vec::new()) };
-                    data.extend_from_slice(&chunk[..n]);
-                    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                    let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if data.len() >= end + 4 + length {
-                        break (head, data[end + 4..end + 4 + length].to_vec());
-                    }
-                };
+                let (head, body) = read_request(&mut tls).await.unwrap_or_default();
                 let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
                 let _ = tls.shutdown().await;
                 let _ = tx.send((head, body));
@@ -287,7 +321,7 @@ mod tests {
         assert_eq!(body, b"spans");
 
         let untrusted = Collector::with(&url, headers, &[]).unwrap();
-        let refused = untrusted.post(b"spans".to_vec()).await.unwrap_err();
+        let refused = untrusted.post(b"spans".to_vec()).await.unwrap_err().to_string();
         assert!(refused.starts_with("TLS:"), "a collector no trusted root vouches for is refused: {refused}");
     }
 }

@@ -9,8 +9,9 @@
 //! A [`Tracer`] exists only when an endpoint is configured (`[telemetry] otlp_endpoint`, or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`); without one nothing
 //! is recorded and the `traceparent` is carried as before. A finished span goes into a bounded
-//! queue with `try_send`: a collector that is down, slow or refusing can fill the queue, and
-//! then spans are dropped and counted — message handling never waits for it.
+//! queue ([`export::SpanQueue`]) without waiting or waking anyone: a collector that is down,
+//! slow or refusing can fill the queue, and then spans are dropped and counted — message
+//! handling never waits for it.
 //!
 //! This module is neutral ground: both wings record spans through it, and it knows neither.
 
@@ -92,7 +93,7 @@ pub struct FinishedSpan {
 
 /// Records spans for one host and hands them to the exporter.
 pub struct Tracer {
-    queue: tokio::sync::mpsc::Sender<FinishedSpan>,
+    queue: Arc<export::SpanQueue>,
     sampler: Sampler,
     counters: Arc<Counters>,
     warned_full: AtomicBool,
@@ -107,10 +108,10 @@ impl Tracer {
         let collector = collector::Collector::from_env(&endpoint)?;
         let service_name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty());
         let service_name = service_name.unwrap_or_else(|| service.to_string());
-        let (queue, spans) = tokio::sync::mpsc::channel(QUEUE_SPANS);
+        let queue = Arc::new(export::SpanQueue::default());
         let counters = Arc::new(Counters::default());
         tracing::info!(%endpoint, service = %service_name, "exporting traces over OTLP/HTTP");
-        tokio::spawn(export::run(collector, service_name, spans, counters.clone()));
+        tokio::spawn(export::run(collector, service_name, queue.clone(), counters.clone()));
         let tracer = Tracer { queue, sampler: Sampler::from_env(), counters, warned_full: AtomicBool::new(false) };
         Ok(Some(Arc::new(tracer)))
     }
@@ -128,8 +129,14 @@ impl Tracer {
             Some(parent) => SpanContext { sampled, ..parent.child() },
             None => SpanContext::new_root(sampled),
         };
+        // A collector that cannot be reached would only lose the span: it is counted, not
+        // recorded (its context still goes on, sampled, to what the message causes).
+        let recorded = sampled && !self.queue.collector_unreachable();
+        if sampled && !recorded {
+            self.counters.failed();
+        }
         Span {
-            tracer: sampled.then(|| self.clone()),
+            tracer: recorded.then(|| self.clone()),
             data: FinishedSpan {
                 context,
                 parent: parent.map(|p| p.span_id),
@@ -137,14 +144,14 @@ impl Tracer {
                 kind,
                 start_unix_nanos: now_nanos(),
                 end_unix_nanos: 0,
-                attributes: Vec::new(),
+                attributes: if recorded { Vec::with_capacity(12) } else { Vec::new() },
                 error: None,
             },
         }
     }
 
     fn finish(&self, span: FinishedSpan) {
-        if self.queue.try_send(span).is_err() {
+        if !self.queue.push(span) {
             self.counters.dropped();
             if !self.warned_full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -152,6 +159,12 @@ impl Tracer {
                 );
             }
         }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 
@@ -220,9 +233,11 @@ impl CallTrace {
         CallTrace { parent: traceparent.and_then(SpanContext::parse), tracer }
     }
 
-    /// A child span of the call (a key-value or SQL call, say); `None` when telemetry is off.
-    pub fn span(&self, name: impl Into<String>, kind: SpanKind) -> Option<Span> {
-        self.parent.and_then(|parent| span(self.tracer.as_ref(), name, kind, Some(parent)))
+    /// A child span of the call (a key-value or SQL call, say) named by `name` (only called
+    /// when telemetry is on); `None` when it is off.
+    pub fn span(&self, name: impl FnOnce() -> String, kind: SpanKind) -> Option<Span> {
+        let (tracer, parent) = (self.tracer.as_ref()?, self.parent?);
+        Some(tracer.span(name(), kind, Some(parent)))
     }
 }
 
@@ -238,4 +253,67 @@ pub fn span(
 
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// Waits (at most 10 s) until `condition` holds.
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "not within 10 s: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An OTLP/HTTP receiver on `port`: answers 200 and hands over each request's body.
+    async fn receiver(port: u16) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("the port is free again");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if let Some((_, body)) = collector::read_request(&mut stream).await {
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                    let _ = tx.send(body);
+                }
+            }
+        });
+        rx
+    }
+
+    #[tokio::test]
+    async fn while_the_collector_cannot_be_reached_spans_are_counted_not_recorded_and_then_recorded_again() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(); // closed again
+        let settings = TelemetrySettings { otlp_endpoint: Some(format!("http://127.0.0.1:{port}")) };
+        let tracer = Tracer::start(&settings, "svc").unwrap().expect("an endpoint is configured");
+        let failed = || tracer.counters().snapshot().2;
+
+        tracer.span("first", SpanKind::Consumer, None).end();
+        until("the failed export marks the collector unreachable", || tracer.queue.collector_unreachable()).await;
+        assert_eq!(failed(), 1, "the first span was lost in the failed export");
+        let unrecorded = tracer.span("second", SpanKind::Consumer, None);
+        assert!(unrecorded.tracer.is_none(), "a span is not recorded while the collector is unreachable");
+        assert!(unrecorded.context().sampled, "its trace goes on sampled to what the message causes");
+        unrecorded.end();
+        assert_eq!(failed(), 2, "and it is counted as failed");
+
+        let mut bodies = receiver(port).await;
+        until("the exporter finds the collector again", || !tracer.queue.collector_unreachable()).await;
+        tracer.span("third", SpanKind::Consumer, None).end();
+        let body = tokio::time::timeout(Duration::from_secs(10), bodies.recv()).await.expect("an export").unwrap();
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
+        let names: Vec<&str> = request.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["third"]);
+        until("the export is counted", || tracer.counters().snapshot().0 == 1).await;
+        assert_eq!(failed(), 2);
+    }
 }

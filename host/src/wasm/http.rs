@@ -174,25 +174,10 @@ impl PluginHttp {
     }
 }
 
-/// The system's trusted roots, read once per process.
-fn system_roots() -> &'static rustls::RootCertStore {
-    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let found = rustls_native_certs::load_native_certs();
-        for error in &found.errors {
-            tracing::warn!(%error, "outbound HTTP: a system root certificate could not be read");
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        let (added, ignored) = roots.add_parsable_certificates(found.certs);
-        tracing::debug!(added, ignored, "outbound HTTP: system root certificates loaded");
-        roots
-    })
-}
-
 fn tls_config(ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let mut roots = system_roots().clone();
+    let mut roots = crate::tls_roots::system_roots().clone();
     if let Some(pem) = ca_pem {
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             let cert = cert.map_err(|e| format!("http_ca_file: {e}"))?;

@@ -10,7 +10,7 @@
 #   bash docs/telemetry-cost.sh [IN_FLIGHT=100] [SECONDS=60] [SLICES=12]
 #
 # RabbitMQ must answer at 127.0.0.1:5672 (WARREN_BROKER_URL overrides it). The services are
-# named telcost-*; their queues are deleted at the end.
+# named telcost-*; their queues and exchanges are deleted at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 in_flight=${1:-100} seconds=${2:-60} slices=${3:-12}
@@ -35,6 +35,9 @@ cleanup() {
     wait 2>/dev/null || true
     for variant in off on gone; do
         rabbitmqctl -q delete_queue "telcost-$variant.direct.exchange.request.queue" >/dev/null 2>&1 || true
+        for exchange in direct.exchange.request headers.exchange.response; do # rabbitmqctl has no delete_exchange
+            rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"telcost-$variant.$exchange\">>), false, <<\"telemetry-cost\">>)." >/dev/null 2>&1 || true
+        done
     done
     rm -rf "$work"
 }

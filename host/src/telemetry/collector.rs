@@ -27,20 +27,14 @@ pub enum TelemetryError {
 }
 
 /// Why one export did not arrive.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PostError {
     /// No connection could be opened: nothing listens there, or the network is down.
+    #[error("{0}")]
     Unreachable(String),
     /// Connected, then TLS, HTTP or the collector's answer failed.
+    #[error("{0}")]
     Failed(String),
-}
-
-impl std::fmt::Display for PostError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PostError::Unreachable(why) | PostError::Failed(why) => f.write_str(why),
-        }
-    }
 }
 
 /// Where and how exports go.
@@ -105,22 +99,19 @@ impl Collector {
             .await
             .map_err(|e| PostError::Unreachable(format!("connecting: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let sent = match &self.tls {
-            None => self.send(stream, body).await,
-            Some(config) => {
-                let name = self.host.trim_start_matches('[').trim_end_matches(']').to_string();
-                let name = rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("server name: {e}"));
-                let connector = tokio_rustls::TlsConnector::from(config.clone());
-                match name {
-                    Ok(name) => match connector.connect(name, stream).await {
-                        Ok(stream) => self.send(stream, body).await,
-                        Err(e) => Err(format!("TLS: {e}")),
-                    },
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        sent.map_err(PostError::Failed)
+        self.send_over(stream, body).await.map_err(PostError::Failed)
+    }
+
+    /// The request over `stream`, inside TLS for `https://`; `Err` says why in words.
+    async fn send_over(&self, stream: tokio::net::TcpStream, body: Vec<u8>) -> Result<(), String> {
+        let Some(config) = &self.tls else { return self.send(stream, body).await };
+        let name = self.host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let name = rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("server name: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        self.send(stream, body).await
     }
 
     /// Whether a connection to the collector can be opened now (within a second).

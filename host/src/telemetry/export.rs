@@ -141,7 +141,8 @@ pub async fn run(
             let count = batch.len() as u64;
             let body = encode(&service, &batch, &mut scratch);
             drop(batch);
-            if let Err(Unreachable) = export(&collector, body, count, &counters, &mut last_warning).await {
+            if let Err(PostError::Unreachable(_)) = export(&collector, body, count, &counters, &mut last_warning).await
+            {
                 queue.collector_unreachable.store(true, Ordering::Relaxed);
             }
         }
@@ -155,17 +156,15 @@ pub async fn run(
     }
 }
 
-/// An export failed because the collector could not be connected to.
-struct Unreachable;
-
-/// POSTs one encoded batch of `count` spans, counting what became of it.
+/// POSTs one encoded batch of `count` spans, counting what became of it (and logging a
+/// failure, once a minute at most); the failure is returned for the caller to read.
 async fn export(
     collector: &Collector,
     body: Vec<u8>,
     count: u64,
     counters: &Counters,
     last_warning: &mut Option<Instant>,
-) -> Result<(), Unreachable> {
+) -> Result<(), PostError> {
     let failure = match tokio::time::timeout(EXPORT_TIMEOUT, collector.post(body)).await {
         Ok(Ok(())) => {
             counters.exported.fetch_add(count, Ordering::Relaxed);
@@ -179,10 +178,7 @@ async fn export(
         *last_warning = Some(Instant::now());
         tracing::warn!(endpoint = %collector.url, error = %failure, "could not export spans to the collector; they are dropped and counted (warren_telemetry_spans_failed_total); message handling goes on");
     }
-    match failure {
-        PostError::Unreachable(_) => Err(Unreachable),
-        PostError::Failed(_) => Ok(()),
-    }
+    Err(failure)
 }
 
 /// The OTLP request (`ExportTraceServiceRequest`, protobuf) for `spans` of service `service`.
@@ -256,9 +252,7 @@ fn write_span(buf: &mut Vec<u8>, span: &FinishedSpan) {
         Some(message) => (message.as_str(), status::StatusCode::Error as u64),
         None => ("", status::StatusCode::Unset as u64),
     };
-    let status_len = string_len(2, message) + varint_len(3, code);
-    encoding::encode_key(15, WireType::LengthDelimited, buf);
-    encoding::encode_varint(status_len as u64, buf);
+    length_delimited(buf, 15, string_len(2, message) + varint_len(3, code));
     string_field(buf, 2, message);
     varint_field(buf, 3, code);
     if span.context.sampled {
@@ -270,22 +264,15 @@ fn write_span(buf: &mut Vec<u8>, span: &FinishedSpan) {
 /// A `KeyValue` at `tag`: its key and an `AnyValue` (a oneof: written even when empty).
 fn attribute_field(buf: &mut Vec<u8>, tag: u32, key: &str, value: &Value) {
     let any_len = match value {
-        Value::Text(text) => 1 + encoding::encoded_len_varint(text.len() as u64) + text.len(),
+        Value::Text(text) => field_len(1, text.len()),
         Value::Bool(_) => 2,
         Value::Int(n) => 1 + encoding::encoded_len_varint(*n as u64),
     };
-    let kv_len = string_len(1, key) + 1 + encoding::encoded_len_varint(any_len as u64) + any_len;
-    encoding::encode_key(tag, WireType::LengthDelimited, buf);
-    encoding::encode_varint(kv_len as u64, buf);
+    length_delimited(buf, tag, string_len(1, key) + field_len(2, any_len));
     string_field(buf, 1, key);
-    encoding::encode_key(2, WireType::LengthDelimited, buf);
-    encoding::encode_varint(any_len as u64, buf);
+    length_delimited(buf, 2, any_len);
     match value {
-        Value::Text(text) => {
-            encoding::encode_key(1, WireType::LengthDelimited, buf);
-            encoding::encode_varint(text.len() as u64, buf);
-            buf.extend_from_slice(text.as_bytes());
-        }
+        Value::Text(text) => bytes_field(buf, 1, text.as_bytes()),
         Value::Bool(b) => {
             encoding::encode_key(2, WireType::Varint, buf);
             encoding::encode_varint(u64::from(*b), buf);
@@ -309,11 +296,9 @@ fn string_field(buf: &mut Vec<u8>, tag: u32, text: &str) {
     }
 }
 
+/// The bytes [`string_field`] writes.
 fn string_len(tag: u32, text: &str) -> usize {
-    match text.len() {
-        0 => 0,
-        n => encoding::key_len(tag) + encoding::encoded_len_varint(n as u64) + n,
-    }
+    if text.is_empty() { 0 } else { field_len(tag, text.len()) }
 }
 
 /// A varint field; left out when 0.

@@ -57,16 +57,21 @@ impl PgServer {
         self.run("pg_ctl", &["-D", path(&self.data.join("data")), "-m", "fast", "-w", "stop"]);
     }
 
-    /// Runs one of the server's binaries (as `postgres` when we are root); panics with its
-    /// output when it fails.
+    /// Runs one of the server's binaries; panics with its output when it fails.
     fn run(&self, program: &str, args: &[&str]) {
+        must(self.command(program).args(args).output(), program);
+    }
+
+    /// One of the server's binaries, run as `postgres` when we are root.
+    fn command(&self, program: &str) -> Command {
         let binary = self.bin.join(program);
-        let output = if running_as_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&binary).args(args).output()
+        if running_as_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(binary);
+            command
         } else {
-            Command::new(&binary).args(args).output()
-        };
-        must(output, program);
+            Command::new(binary)
+        }
     }
 }
 
@@ -74,13 +79,7 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         let pgdata = self.data.join("data");
         if pgdata.join("postmaster.pid").exists() {
-            let program = self.bin.join("pg_ctl");
-            let args = ["-D", path(&pgdata), "-m", "immediate", "-w", "stop"];
-            let _ = if running_as_root() {
-                Command::new("runuser").args(["-u", "postgres", "--"]).arg(&program).args(args).output()
-            } else {
-                Command::new(&program).args(args).output()
-            };
+            let _ = self.command("pg_ctl").args(["-D", path(&pgdata), "-m", "immediate", "-w", "stop"]).output();
         }
         let _ = std::fs::remove_dir_all(&self.data);
     }
